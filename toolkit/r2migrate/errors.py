@@ -1,0 +1,186 @@
+"""The exception tree, exit codes and per-file problem codes of r2migrate.
+
+Must not import anything from the package: every other module imports this one.
+
+Whole-run failures are exceptions; per-file trouble is data (a ``Problem`` code on a row) so a
+batch goes on past one bad file. The tree (a test keeps this drawing and the classes in step)::
+
+    ToolkitError                      exit 1   root; every error carries .hint and .exit_code
+    ├── ConfigError                   exit 2   settings missing, malformed or contradictory
+    ├── ServiceUnavailable            exit 3   a service cannot be reached at all
+    │   ├── DatabaseUnavailable       exit 3   PostgreSQL refused, timed out or is not running
+    │   └── BucketUnavailable         exit 3   the S3 endpoint refused or timed out
+    ├── StateError                    exit 4   the toolkit's own tables say no
+    │   ├── SchemaTooNew              exit 4   the database was migrated by a newer r2migrate
+    │   ├── BatchNotFound             exit 4   no batch with that id
+    │   └── BatchBusy                 exit 4   another runner holds the batch
+    ├── BucketError                   exit 1   one S3 operation failed; .retryable, .code
+    │   ├── AccessDenied              exit 2   credentials wrong or lacking permission
+    │   ├── NoSuchBucket              exit 2   the bucket does not exist (R2 never creates one)
+    │   ├── ObjectExists              exit 1   create-only PUT refused: the key is taken
+    │   ├── DigestMismatch            exit 1   the server computed another SHA-256 (BadDigest)
+    │   └── TransientBucketError      exit 1   5xx, SlowDown, timeout, reset: worth retrying
+    ├── SourceError                   exit 1   a source file cannot be read safely; .problem
+    │   └── UnsafePath                exit 1   the name leaves MEDIA_ROOT or is not a plain file
+    └── Interrupted                   exit 130 Ctrl-C or SIGTERM; state is saved, resume later
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, documented in ``r2migrate --help``."""
+
+    OK = 0
+    FILES_FAILED = 1
+    CONFIG = 2
+    UNREACHABLE = 3
+    STATE = 4
+    INTERRUPTED = 130
+
+
+class Problem(StrEnum):
+    """Why a referenced (or orphaned) file cannot be migrated as it is; stored by value."""
+
+    EMPTY_NAME = "empty_name"  # NULL or '' in the reference column
+    MISSING = "missing"  # no file at the path
+    UNSAFE_PATH = "unsafe_path"  # '..', absolute, or a symlink leaving MEDIA_ROOT
+    NOT_REGULAR_FILE = "not_regular_file"  # directory, fifo, device, socket
+    UNREADABLE = "unreadable"  # permission denied
+    DUPLICATE_REFERENCE = "duplicate_reference"  # another row points at the same name
+    KEY_TOO_LONG = "key_too_long"  # object key above 1024 bytes of UTF-8
+    KEY_INVALID = "key_invalid"  # control characters or not encodable as UTF-8
+    NOT_NFC = "not_nfc"  # R2 folds NFC/NFD; the bucket may answer for another spelling
+    NORMALIZATION_COLLISION = "normalization_collision"  # two names equal after NFC
+    GZIP_ENCODING = "gzip_encoding"  # '.gz' gets Content-Encoding: gzip from django-storages
+    ORPHAN = "orphan"  # on disk, but no row points at it
+
+    @property
+    def blocking(self) -> bool:
+        """True when a file with this problem must not be uploaded."""
+        return self not in _WARNINGS
+
+
+_WARNINGS = frozenset({Problem.NOT_NFC, Problem.GZIP_ENCODING, Problem.DUPLICATE_REFERENCE})
+
+
+class ToolkitError(Exception):
+    """Root of every error r2migrate raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.FILES_FAILED
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ToolkitError):
+    exit_code = ExitCode.CONFIG
+    default_hint = "Run `r2migrate config show` to see every setting and where it came from."
+
+    def __init__(self, problems: list[str] | str, *, hint: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} configuration problems:\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(message, hint=hint)
+
+
+class ServiceUnavailable(ToolkitError):
+    exit_code = ExitCode.UNREACHABLE
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    default_hint = (
+        "Check DATABASE_URL (or database_url in r2migrate.toml) and that PostgreSQL is running; "
+        "for the embedded stack run `r2migrate dev up`."
+    )
+
+
+class BucketUnavailable(ServiceUnavailable):
+    default_hint = (
+        "Check endpoint_url (or r2_account_id) and that the S3 server is reachable; "
+        "for the embedded stack run `r2migrate dev up`."
+    )
+
+
+class StateError(ToolkitError):
+    exit_code = ExitCode.STATE
+
+
+class SchemaTooNew(StateError):
+    default_hint = "Upgrade r2migrate to the version that migrated this database."
+
+
+class BatchNotFound(StateError):
+    default_hint = "List batches with `r2migrate batches`."
+
+
+class BatchBusy(StateError):
+    default_hint = (
+        "Another runner is working on this batch; watch it with `r2migrate status BATCH`, "
+        "or wait for its lease to expire."
+    )
+
+
+class BucketError(ToolkitError):
+    """One S3 operation failed. ``retryable`` decides retries, never the message text."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, code: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class AccessDenied(BucketError):
+    exit_code = ExitCode.CONFIG
+    default_hint = (
+        "Check the access key and secret (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and that "
+        "the token may read and write this bucket."
+    )
+
+
+class NoSuchBucket(BucketError):
+    exit_code = ExitCode.CONFIG
+    default_hint = (
+        "Create the bucket first (R2 never creates one on upload), or fix bucket_name; "
+        "for the embedded stack `r2migrate dev up` creates it."
+    )
+
+
+class ObjectExists(BucketError):
+    pass
+
+
+class DigestMismatch(BucketError):
+    default_hint = "The file changed while it was read, or the data was corrupted in transit."
+
+
+class TransientBucketError(BucketError):
+    retryable = True
+
+
+class SourceError(ToolkitError):
+    def __init__(self, message: str, *, problem: Problem, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.problem = problem
+
+
+class UnsafePath(SourceError):
+    pass
+
+
+class Interrupted(ToolkitError):
+    exit_code = ExitCode.INTERRUPTED
+    default_hint = "Nothing is lost: resume with `r2migrate run --resume-batch BATCH`."
