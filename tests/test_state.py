@@ -1,0 +1,135 @@
+"""state.py against real PostgreSQL: migrations, version guard, claims and leases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from r2migrate.errors import BatchNotFound, DatabaseUnavailable, SchemaTooNew
+from r2migrate.state import (
+    SCHEMA_VERSION,
+    FileStatus,
+    NewFile,
+    State,
+    new_owner_id,
+)
+
+
+def _files(n: int) -> list[NewFile]:
+    return [
+        NewFile(
+            file_id=f"t.c:{i}",
+            source_refs=(f"t.c:{i}",),
+            relative_path=f"f{i}.txt",
+            object_key=f"f{i}.txt",
+            size_bytes=i,
+            mtime_ns=None,
+            content_type="text/plain",
+            content_encoding=None,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def state(fresh_database_url):
+    with State.open(fresh_database_url) as st:
+        yield st
+
+
+def test_migrate_is_idempotent_and_versioned(fresh_database_url):
+    with State.open(fresh_database_url) as st:
+        assert st.schema_version() == SCHEMA_VERSION
+        assert st.migrate() == SCHEMA_VERSION
+
+
+def test_concurrent_migrations_serialise(fresh_database_url):
+    errors: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            State.open(fresh_database_url).close()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_schema_newer_than_code_is_a_clear_error(state, fresh_database_url):
+    state.conn.execute(
+        "INSERT INTO r2migrate.schema_migrations (version, name) VALUES (%s, 'future')",
+        (SCHEMA_VERSION + 1,),
+    )
+    with pytest.raises(SchemaTooNew) as info:
+        State.open(fresh_database_url)
+    assert "Upgrade" in info.value.hint
+
+
+def test_unreachable_database(unused_port):
+    with pytest.raises(DatabaseUnavailable):
+        State.open(f"postgresql://nobody@127.0.0.1:{unused_port}/x?connect_timeout=1")
+
+
+def test_unknown_batch(state):
+    with pytest.raises(BatchNotFound):
+        state.get_batch("nope")
+
+
+def test_two_owners_never_claim_the_same_file(state, fresh_database_url):
+    state.create_batch("b1", _files(40), batch_size=40, bucket_name="b", location="", settings={})
+    with State.open(fresh_database_url) as other:
+        a = state.claim_files("b1", owner="host:1:a", limit=25, lease_s=60)
+        b = other.claim_files("b1", owner="host:2:b", limit=25, lease_s=60)
+    ids_a = {r.id for r in a}
+    ids_b = {r.id for r in b}
+    assert len(ids_a) == 25
+    assert len(ids_b) == 15
+    assert not ids_a & ids_b
+    assert all(r.status is FileStatus.UPLOADING for r in a + b)
+
+
+def test_live_lease_is_not_taken_but_an_expired_one_is(state):
+    state.create_batch("b2", _files(3), batch_size=3, bucket_name="b", location="", settings={})
+    first = state.claim_files("b2", owner="elsewhere:1:x", limit=3, lease_s=60)
+    assert len(first) == 3
+    assert state.claim_files("b2", owner="me:2:y", limit=3, lease_s=60) == []
+    state.conn.execute("UPDATE r2migrate.files SET lease_expires_at = now() - interval '1 s'")
+    again = state.claim_files("b2", owner="me:2:y", limit=3, lease_s=60)
+    assert {r.previous_status for r in again} == {FileStatus.UPLOADING}
+
+
+def test_dead_local_owner_is_released_at_once(state):
+    state.create_batch("b3", _files(2), batch_size=2, bucket_name="b", location="", settings={})
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    owner = f"{os.uname().nodename}:{pid}:dead"
+    state.claim_files("b3", owner=owner, limit=2, lease_s=3600)
+    assert state.release_dead_leases("b3") == 2
+    assert len(state.claim_files("b3", owner=new_owner_id(), limit=2, lease_s=60)) == 2
+
+
+def test_outcomes_from_a_runner_that_lost_its_lease_are_ignored(state):
+    from r2migrate.state import Outcome
+
+    state.create_batch("b4", _files(1), batch_size=1, bucket_name="b", location="", settings={})
+    (rec,) = state.claim_files("b4", owner="old:1:a", limit=1, lease_s=60)
+    state.conn.execute("UPDATE r2migrate.files SET lease_owner = 'new:2:b'")
+    written = state.record_outcomes(
+        "b4", [Outcome(row_id=rec.id, status=FileStatus.UPLOADED, attempts_made=1)], owner="old:1:a"
+    )
+    assert written == 0
+    assert state.batch_files("b4")[0].status is FileStatus.UPLOADING

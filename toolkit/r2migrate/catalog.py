@@ -1,0 +1,127 @@
+"""Read-only queries of the application's tables, plus the optional write-back columns.
+
+Must not touch the toolkit's own tables (state.py owns those), files or the bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+
+from r2migrate.errors import ConfigError
+from r2migrate.state import Connection, translate_db_errors
+
+log = logging.getLogger(__name__)
+
+WRITE_BACK_COLUMNS = (
+    ("r2_key", "text"),
+    ("migrated_at", "timestamptz"),
+    ("migration_status", "text"),
+    ("migration_batch_id", "text"),
+    ("checksum", "text"),
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A `[schema.]table.column` holding Django names relative to MEDIA_ROOT."""
+
+    schema: str | None
+    table: str
+    column: str
+    id_column: str = "id"
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.table}.{self.column}"
+            if not self.schema
+            else (f"{self.schema}.{self.table}.{self.column}")
+        )
+
+    def table_sql(self) -> sql.Composable:
+        if self.schema:
+            return sql.Identifier(self.schema, self.table)
+        return sql.Identifier(self.table)
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    source_ref: str
+    source_id: str
+    name: str | None
+
+
+def parse_reference(text: str, *, id_column: str = "id") -> Reference:
+    parts = text.split(".")
+    if len(parts) == 2 and all(parts):
+        return Reference(None, parts[0], parts[1], id_column)
+    if len(parts) == 3 and all(parts):
+        return Reference(parts[0], parts[1], parts[2], id_column)
+    raise ConfigError(
+        f"reference {text!r} is not 'table.column' or 'schema.table.column'",
+        hint='Example: references = ["list_cutter_savedfile.file_path"]',
+    )
+
+
+def iter_source_rows(conn: Connection, ref: Reference) -> Iterator[SourceRow]:
+    """Every row of one reference, streamed with a server-side cursor in id order."""
+    query = sql.SQL(
+        "SELECT {id}::text AS source_id, {col}::text AS name FROM {tbl} ORDER BY {id}"
+    ).format(id=sql.Identifier(ref.id_column), col=sql.Identifier(ref.column), tbl=ref.table_sql())
+    with (
+        translate_db_errors(f"reading {ref.label}"),
+        conn.transaction(),
+        conn.cursor(name=f"r2m_src_{ref.table}_{ref.column}"[:60]) as cur,
+    ):
+        cur.itersize = 5000
+        cur.execute(query)
+        for row in cur:
+            yield SourceRow(ref.label, row["source_id"], row["name"])
+
+
+def count_source_rows(conn: Connection, ref: Reference) -> int:
+    query = sql.SQL("SELECT count(*) AS n FROM {tbl}").format(tbl=ref.table_sql())
+    with translate_db_errors(f"counting {ref.label}"):
+        row = conn.execute(query).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def ensure_write_back_columns(conn: Connection, ref: Reference) -> None:
+    """Add the original system's migration columns to the source table (idempotent)."""
+    with translate_db_errors(f"adding write-back columns to {ref.label}"), conn.transaction():
+        for name, kind in WRITE_BACK_COLUMNS:
+            conn.execute(
+                sql.SQL("ALTER TABLE {tbl} ADD COLUMN IF NOT EXISTS {col} " + kind).format(
+                    tbl=ref.table_sql(), col=sql.Identifier(name)
+                )
+            )
+
+
+def write_back(
+    conn: Connection,
+    ref: Reference,
+    source_ids: Sequence[str],
+    *,
+    object_key: str | None,
+    status: str,
+    batch_id: str | None,
+    sha256_hex: str | None,
+    migrated_at: datetime | None,
+) -> int:
+    """Fill (or, with status '' and no key, clear) the migration columns of some rows."""
+    if not source_ids:
+        return 0
+    query = sql.SQL(
+        "UPDATE {tbl} SET r2_key = %s, migrated_at = %s, migration_status = %s,"
+        " migration_batch_id = %s, checksum = %s WHERE {id}::text = ANY(%s)"
+    ).format(tbl=ref.table_sql(), id=sql.Identifier(ref.id_column))
+    with translate_db_errors(f"writing back to {ref.label}"):
+        cur = conn.execute(
+            query, (object_key, migrated_at, status or None, batch_id, sha256_hex, list(source_ids))
+        )
+    return cur.rowcount

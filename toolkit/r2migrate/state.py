@@ -1,0 +1,814 @@
+"""The toolkit's own tables: migrations, inventory snapshots, batches, per-file ledger, events.
+
+Must not touch source files or the bucket; it is the only module that speaks SQL to schema
+``state_schema`` and the one place psycopg exceptions are translated into the error tree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from r2migrate.errors import (
+    BatchNotFound,
+    ConfigError,
+    DatabaseUnavailable,
+    SchemaTooNew,
+    StateError,
+)
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[dict[str, Any]]
+
+
+class BatchStatus(StrEnum):
+    PLANNED = "planned"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+class FileStatus(StrEnum):
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    UPLOADED = "uploaded"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    CONFLICT = "conflict"
+    SKIPPED = "skipped"
+    ROLLED_BACK = "rolled_back"
+
+
+DONE_STATUSES = frozenset({FileStatus.UPLOADED, FileStatus.VERIFIED, FileStatus.SKIPPED})
+
+
+@dataclass(frozen=True)
+class MediaFile:
+    """One inventory row: a referenced name (or an orphan on disk) and what is wrong with it."""
+
+    file_id: str
+    source_ref: str | None
+    source_id: str | None
+    relative_path: str | None
+    object_key: str | None
+    size_bytes: int | None
+    mtime_ns: int | None
+    content_type: str | None
+    content_encoding: str | None
+    problems: tuple[str, ...] = ()
+
+    @property
+    def is_orphan(self) -> bool:
+        return self.source_ref is None
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    status: BatchStatus
+    dry_run: bool
+    batch_size: int
+    total_files: int
+    uploaded_files: int
+    verified_files: int
+    failed_files: int
+    skipped_files: int
+    conflict_files: int
+    total_bytes: int
+    uploaded_bytes: int
+    bucket_name: str
+    location: str
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One row of the per-file ledger (the original system's file_migration_records)."""
+
+    id: int
+    batch_id: str
+    file_id: str
+    relative_path: str
+    object_key: str
+    size_bytes: int
+    mtime_ns: int | None
+    content_type: str
+    content_encoding: str | None
+    status: FileStatus
+    attempts: int
+    source_sha256: str | None = None
+    object_sha256: str | None = None
+    etag: str | None = None
+    part_size_bytes: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    lease_owner: str | None = None
+    source_refs: tuple[str, ...] = ()
+    previous_status: FileStatus | None = None  # set by claim_files: what the row was before
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """What plan hands to create_batch for one object key."""
+
+    file_id: str
+    source_refs: tuple[str, ...]
+    relative_path: str
+    object_key: str
+    size_bytes: int
+    mtime_ns: int | None
+    content_type: str
+    content_encoding: str | None
+    status: FileStatus = FileStatus.PENDING
+    source_sha256: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the transfer stage learned about one claimed file; written in groups."""
+
+    row_id: int
+    status: FileStatus
+    attempts_made: int
+    source_sha256: str | None = None
+    object_sha256: str | None = None
+    etag: str | None = None
+    part_size_bytes: int | None = None
+    size_bytes: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    events: tuple[tuple[str, str, Mapping[str, Any]], ...] = field(default=())
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in resources.files("r2migrate.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:3].isdigit():
+            found.append((int(name[:3]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+SCHEMA_VERSION = max(v for v, _, _ in _migration_files())
+
+
+def new_owner_id() -> str:
+    """A lease owner id naming this host and process, so a dead local owner can be recognised."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_dead_here(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextmanager
+def translate_db_errors(what: str) -> Iterator[None]:
+    """Turn psycopg errors into the toolkit's tree; the only place that knows psycopg's."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"PostgreSQL failed while {what}: {_first_line(exc)}") from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise StateError(
+            f"PostgreSQL refused {what}: {_first_line(exc)}",
+            hint="The database user needs CREATE on the database and rights on the schema.",
+        ) from exc
+    except psycopg.errors.UndefinedTable as exc:
+        raise ConfigError(
+            f"A table does not exist while {what}: {_first_line(exc)}",
+            hint="Check `references` (table.column) in your settings and DATABASE_URL.",
+        ) from exc
+    except psycopg.errors.UndefinedColumn as exc:
+        raise ConfigError(
+            f"A column does not exist while {what}: {_first_line(exc)}",
+            hint="Check `references` and `reference_id_column` in your settings.",
+        ) from exc
+    except psycopg.Error as exc:
+        raise StateError(f"PostgreSQL error while {what}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def connect(database_url: str | None, *, connect_timeout_s: float = 10.0) -> Connection:
+    """Open an autocommit connection; the password never reaches an error message."""
+    if not database_url:
+        raise ConfigError(
+            "No database configured.",
+            hint="Set DATABASE_URL (or database_url in r2migrate.toml), "
+            "or start the embedded stack with `r2migrate dev up`.",
+        )
+    try:
+        return psycopg.connect(
+            database_url,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=max(1, int(connect_timeout_s)),
+            application_name="r2migrate",
+        )
+    except psycopg.OperationalError as exc:
+        # psycopg's message names host and port but not the password; keep only its first line.
+        raise DatabaseUnavailable(f"Cannot connect to PostgreSQL: {_first_line(exc)}") from exc
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"database_url is not a valid connection string: {_first_line(exc)}"
+        ) from exc
+
+
+class State:
+    """A handle on the toolkit's schema over one connection (not shared between threads)."""
+
+    def __init__(self, conn: Connection, schema: str = "r2migrate") -> None:
+        self.conn = conn
+        self.schema = schema
+        self._s = sql.Identifier(schema)
+
+    @classmethod
+    def open(
+        cls, database_url: str | None, *, schema: str = "r2migrate", migrate: bool = True
+    ) -> State:
+        state = cls(connect(database_url), schema)
+        try:
+            if migrate:
+                state.migrate()
+            else:
+                state.check_version()
+        except BaseException:
+            state.close()
+            raise
+        return state
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=self._s)
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with translate_db_errors("reading the schema version"):
+            row = self.conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS present",
+                (f"{sql.Identifier(self.schema).as_string(self.conn)}.schema_migrations",),
+            ).fetchone()
+            if not row or not row["present"]:
+                return 0
+            got = self.conn.execute(
+                self._q("SELECT coalesce(max(version), 0) AS v FROM {s}.schema_migrations")
+            ).fetchone()
+            return int(got["v"]) if got else 0
+
+    def check_version(self) -> int:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"Schema {self.schema!r} is at version {version}, "
+                f"but this r2migrate knows only up to {SCHEMA_VERSION}."
+            )
+        return version
+
+    def migrate(self) -> int:
+        """Apply numbered SQL files in order under an advisory lock; returns the version."""
+        with translate_db_errors("migrating the state schema"), self.conn.transaction():
+            self.conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"r2migrate:{self.schema}",)
+            )
+            self.conn.execute(self._q("CREATE SCHEMA IF NOT EXISTS {s}"))
+            self.conn.execute(
+                self._q(
+                    "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+            version = self.check_version()
+            schema_sql = sql.Identifier(self.schema).as_string(self.conn)
+            for number, name, text in _migration_files():
+                if number <= version:
+                    continue
+                log.info("applying state migration %s", name)
+                self.conn.execute(text.replace("{schema}", schema_sql).encode())
+                self.conn.execute(
+                    self._q("INSERT INTO {s}.schema_migrations (version, name) VALUES (%s, %s)"),
+                    (number, name),
+                )
+                version = number
+            return version
+
+    # -- inventory ------------------------------------------------------------------------------
+
+    def save_inventory(
+        self,
+        files: Iterable[MediaFile],
+        *,
+        media_root: str,
+        references: Sequence[str],
+        location: str,
+    ) -> int:
+        """Store one inventory snapshot with COPY (streams); returns its run id."""
+        with translate_db_errors("saving the inventory"), self.conn.transaction():
+            row = self.conn.execute(
+                self._q(
+                    "INSERT INTO {s}.inventory_runs (media_root, references_used, location)"
+                    " VALUES (%s, %s, %s) RETURNING run_id"
+                ),
+                (media_root, list(references), location),
+            ).fetchone()
+            assert row is not None
+            run_id = int(row["run_id"])
+            copy_sql = self._q(
+                "COPY {s}.inventory_files (run_id, file_id, source_ref, source_id, relative_path,"
+                " object_key, size_bytes, mtime_ns, content_type, content_encoding, problems)"
+                " FROM STDIN"
+            )
+            with self.conn.cursor().copy(copy_sql) as copy:
+                for f in files:
+                    copy.write_row(
+                        (
+                            run_id,
+                            f.file_id,
+                            f.source_ref,
+                            f.source_id,
+                            f.relative_path,
+                            f.object_key,
+                            f.size_bytes,
+                            f.mtime_ns,
+                            f.content_type,
+                            f.content_encoding,
+                            list(f.problems),
+                        )
+                    )
+            return run_id
+
+    def set_inventory_summary(self, run_id: int, summary: Mapping[str, Any]) -> None:
+        with translate_db_errors("saving the inventory summary"):
+            self.conn.execute(
+                self._q("UPDATE {s}.inventory_runs SET summary = %s WHERE run_id = %s"),
+                (json.dumps(summary), run_id),
+            )
+
+    def latest_inventory_run(self) -> int | None:
+        if self.schema_version() == 0:
+            return None
+        with translate_db_errors("reading the inventory"):
+            row = self.conn.execute(
+                self._q("SELECT max(run_id) AS r FROM {s}.inventory_runs")
+            ).fetchone()
+        return int(row["r"]) if row and row["r"] is not None else None
+
+    def iter_inventory(self, run_id: int) -> Iterator[MediaFile]:
+        """Stream one snapshot in file_id order with a server-side cursor."""
+        with (
+            translate_db_errors("reading the inventory"),
+            self.conn.transaction(),
+            self.conn.cursor(name="r2m_inventory") as cur,
+        ):
+            cur.execute(
+                self._q(
+                    "SELECT file_id, source_ref, source_id, relative_path, object_key, size_bytes,"
+                    " mtime_ns, content_type, content_encoding, problems"
+                    " FROM {s}.inventory_files WHERE run_id = %s ORDER BY file_id"
+                ),
+                (run_id,),
+            )
+            for r in cur:
+                yield MediaFile(
+                    file_id=r["file_id"],
+                    source_ref=r["source_ref"],
+                    source_id=r["source_id"],
+                    relative_path=r["relative_path"],
+                    object_key=r["object_key"],
+                    size_bytes=r["size_bytes"],
+                    mtime_ns=r["mtime_ns"],
+                    content_type=r["content_type"],
+                    content_encoding=r["content_encoding"],
+                    problems=tuple(r["problems"]),
+                )
+
+    # -- batches --------------------------------------------------------------------------------
+
+    def live_object_keys(self) -> set[str]:
+        """Keys already queued or done in some batch (rolled-back ones excluded)."""
+        if self.schema_version() == 0:  # a dry run on a database never migrated
+            return set()
+        with translate_db_errors("reading planned keys"):
+            rows = self.conn.execute(
+                self._q("SELECT object_key FROM {s}.files WHERE status <> 'rolled_back'")
+            ).fetchall()
+        return {r["object_key"] for r in rows}
+
+    def next_batch_id(self) -> str:
+        with translate_db_errors("naming a batch"):
+            row = self.conn.execute(
+                "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD-HH24MISS') AS t"
+            ).fetchone()
+        assert row is not None
+        return f"b{row['t']}-{uuid.uuid4().hex[:6]}"
+
+    def create_batch(
+        self,
+        batch_id: str,
+        files: Sequence[NewFile],
+        *,
+        batch_size: int,
+        bucket_name: str,
+        location: str,
+        settings: Mapping[str, Any],
+    ) -> Batch:
+        with translate_db_errors(f"creating batch {batch_id}"), self.conn.transaction():
+            self.conn.execute(
+                self._q(
+                    "INSERT INTO {s}.batches"
+                    " (batch_id, batch_size, bucket_name, location, settings)"
+                    " VALUES (%s, %s, %s, %s, %s)"
+                ),
+                (batch_id, batch_size, bucket_name, location, json.dumps(settings, default=str)),
+            )
+            with self.conn.cursor() as cur:
+                cur.executemany(
+                    self._q(
+                        "INSERT INTO {s}.files (batch_id, file_id, source_refs, relative_path,"
+                        " object_key, size_bytes, mtime_ns, content_type, content_encoding, status,"
+                        " source_sha256, error_code, error_message)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    ),
+                    [
+                        (
+                            batch_id,
+                            f.file_id,
+                            json.dumps(list(f.source_refs)),
+                            f.relative_path,
+                            f.object_key,
+                            f.size_bytes,
+                            f.mtime_ns,
+                            f.content_type,
+                            f.content_encoding,
+                            f.status.value,
+                            f.source_sha256,
+                            f.error_code,
+                            f.error_message,
+                        )
+                        for f in files
+                    ],
+                )
+            self.add_event(batch_id, None, "batch", "planned", {"files": len(files)})
+            self._refresh_counts(batch_id)
+        return self.get_batch(batch_id)
+
+    def get_batch(self, batch_id: str) -> Batch:
+        with translate_db_errors(f"reading batch {batch_id}"):
+            row = self.conn.execute(
+                self._q("SELECT * FROM {s}.batches WHERE batch_id = %s"), (batch_id,)
+            ).fetchone()
+        if row is None:
+            raise BatchNotFound(f"No batch {batch_id!r} in schema {self.schema!r}.")
+        return _batch_from_row(row)
+
+    def list_batches(self) -> list[Batch]:
+        with translate_db_errors("listing batches"):
+            rows = self.conn.execute(
+                self._q("SELECT * FROM {s}.batches ORDER BY created_at, batch_id")
+            ).fetchall()
+        return [_batch_from_row(r) for r in rows]
+
+    def batches_to_run(self) -> list[Batch]:
+        """Batches with work left: planned, partial, failed, or running (maybe abandoned)."""
+        return [
+            b
+            for b in self.list_batches()
+            if b.status
+            in (BatchStatus.PLANNED, BatchStatus.RUNNING, BatchStatus.PARTIAL, BatchStatus.FAILED)
+        ]
+
+    def set_batch_status(
+        self, batch_id: str, status: BatchStatus, *, last_error: str | None = None
+    ) -> None:
+        stamp = {
+            BatchStatus.RUNNING: ", started_at = coalesce(started_at, now()), completed_at = NULL",
+            BatchStatus.COMPLETED: ", completed_at = now()",
+            BatchStatus.PARTIAL: ", completed_at = now()",
+            BatchStatus.FAILED: ", completed_at = now()",
+        }.get(status, "")
+        with translate_db_errors(f"updating batch {batch_id}"):
+            self.conn.execute(
+                self._q(
+                    "UPDATE {s}.batches SET status = %s, last_error = %s"
+                    + stamp
+                    + " WHERE batch_id = %s"
+                ),
+                (status.value, last_error, batch_id),
+            )
+            self.add_event(batch_id, None, "batch", status.value, {"error": last_error})
+
+    def _refresh_counts(self, batch_id: str) -> None:
+        self.conn.execute(
+            self._q(
+                "UPDATE {s}.batches b SET"
+                " total_files = c.total, uploaded_files = c.uploaded, verified_files = c.verified,"
+                " failed_files = c.failed, skipped_files = c.skipped, conflict_files = c.conflict,"
+                " total_bytes = c.total_bytes, uploaded_bytes = c.uploaded_bytes"
+                " FROM (SELECT count(*) AS total,"
+                "   count(*) FILTER (WHERE status IN ('uploaded','verified')) AS uploaded,"
+                "   count(*) FILTER (WHERE status = 'verified') AS verified,"
+                "   count(*) FILTER (WHERE status = 'failed') AS failed,"
+                "   count(*) FILTER (WHERE status = 'skipped') AS skipped,"
+                "   count(*) FILTER (WHERE status = 'conflict') AS conflict,"
+                "   coalesce(sum(size_bytes), 0) AS total_bytes,"
+                "   coalesce(sum(size_bytes) FILTER (WHERE status IN ('uploaded','verified')), 0)"
+                "     AS uploaded_bytes"
+                "  FROM {s}.files WHERE batch_id = %s) c"
+                " WHERE b.batch_id = %s"
+            ),
+            (batch_id, batch_id),
+        )
+
+    def refresh_counts(self, batch_id: str) -> Batch:
+        with translate_db_errors(f"counting batch {batch_id}"):
+            self._refresh_counts(batch_id)
+        return self.get_batch(batch_id)
+
+    # -- per-file ledger ------------------------------------------------------------------------
+
+    def batch_files(self, batch_id: str, *, status: FileStatus | None = None) -> list[FileRecord]:
+        query = "SELECT * FROM {s}.files WHERE batch_id = %s"
+        params: list[Any] = [batch_id]
+        if status is not None:
+            query += " AND status = %s"
+            params.append(status.value)
+        with translate_db_errors(f"reading files of {batch_id}"):
+            rows = self.conn.execute(self._q(query + " ORDER BY id"), params).fetchall()
+        return [_file_from_row(r) for r in rows]
+
+    def requeue_failed(self, batch_id: str) -> int:
+        """Give failed files another round of attempts (conflicts stay for the operator)."""
+        with translate_db_errors(f"requeueing failed files of {batch_id}"):
+            cur = self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files SET status = 'pending', next_attempt_at = NULL,"
+                    " updated_at = now() WHERE batch_id = %s AND status = 'failed'"
+                ),
+                (batch_id,),
+            )
+        return cur.rowcount
+
+    def open_file_count(self, batch_id: str) -> int:
+        """Files still pending or in flight (by anyone)."""
+        with translate_db_errors(f"counting open files of {batch_id}"):
+            row = self.conn.execute(
+                self._q(
+                    "SELECT count(*) AS n FROM {s}.files WHERE batch_id = %s"
+                    " AND status IN ('pending', 'uploading')"
+                ),
+                (batch_id,),
+            ).fetchone()
+        return int(row["n"]) if row else 0
+
+    def release_dead_leases(self, batch_id: str) -> int:
+        """Expire leases held by processes on this host that no longer exist (kill -9)."""
+        with translate_db_errors("checking leases"):
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT DISTINCT lease_owner FROM {s}.files WHERE batch_id = %s"
+                    " AND status = 'uploading' AND lease_expires_at > now()"
+                ),
+                (batch_id,),
+            ).fetchall()
+            dead = [r["lease_owner"] for r in rows if r["lease_owner"]]
+            dead = [o for o in dead if _owner_is_dead_here(o)]
+            if not dead:
+                return 0
+            cur = self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files SET lease_expires_at = now() - interval '1 second'"
+                    " WHERE batch_id = %s AND status = 'uploading' AND lease_owner = ANY(%s)"
+                ),
+                (batch_id, dead),
+            )
+            log.info("took over %d file(s) from dead local runner(s) %s", cur.rowcount, dead)
+            return cur.rowcount
+
+    def claim_files(
+        self,
+        batch_id: str,
+        *,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        include_failed: bool = False,
+    ) -> list[FileRecord]:
+        """Atomically take up to `limit` files to send: pending, failed, or abandoned uploads.
+
+        The row becomes `uploading` (the intent) and is committed before any byte is sent, so a
+        crash leaves evidence that a resume resolves by HEAD.
+        """
+        wanted = "status = 'pending' OR (status = 'uploading' AND lease_expires_at < now())"
+        if include_failed:
+            wanted += " OR status = 'failed'"
+        with translate_db_errors(f"claiming files of {batch_id}"), self.conn.transaction():
+            rows = self.conn.execute(
+                self._q(
+                    "WITH picked AS ("
+                    "  SELECT id, status AS previous FROM {s}.files"
+                    "  WHERE batch_id = %s AND (" + wanted + ")"
+                    "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
+                    " UPDATE {s}.files f SET status = 'uploading', lease_owner = %s,"
+                    "  lease_expires_at = now() + make_interval(secs => %s), updated_at = now()"
+                    " FROM picked WHERE f.id = picked.id"
+                    " RETURNING f.*, picked.previous"
+                ),
+                (batch_id, limit, owner, lease_s),
+            ).fetchall()
+        return [_file_from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
+
+    def renew_leases(self, row_ids: Sequence[int], *, owner: str, lease_s: float) -> None:
+        if not row_ids:
+            return
+        with translate_db_errors("renewing leases"):
+            self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files SET lease_expires_at = now() + make_interval(secs => %s)"
+                    " WHERE id = ANY(%s) AND lease_owner = %s AND status = 'uploading'"
+                ),
+                (lease_s, list(row_ids), owner),
+            )
+
+    def release_files(self, row_ids: Sequence[int], *, owner: str) -> None:
+        """Give back claimed files that were never started (Ctrl-C) so nothing waits on a lease."""
+        if not row_ids:
+            return
+        with translate_db_errors("releasing files"):
+            self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files SET status = CASE WHEN attempts > 0 THEN 'failed'"
+                    " ELSE 'pending' END, lease_owner = NULL, lease_expires_at = NULL,"
+                    " updated_at = now()"
+                    " WHERE id = ANY(%s) AND lease_owner = %s AND status = 'uploading'"
+                ),
+                (list(row_ids), owner),
+            )
+
+    def record_outcomes(self, batch_id: str, outcomes: Sequence[Outcome], *, owner: str) -> int:
+        """Write a group of outcomes in one transaction; only rows this owner still holds."""
+        if not outcomes:
+            return 0
+        with translate_db_errors(f"recording outcomes for {batch_id}"), self.conn.transaction():
+            written = 0
+            with self.conn.cursor() as cur:
+                for o in outcomes:
+                    cur.execute(
+                        self._q(
+                            "UPDATE {s}.files SET status = %s, attempts = attempts + %s,"
+                            " source_sha256 = coalesce(%s, source_sha256),"
+                            " object_sha256 = coalesce(%s, object_sha256),"
+                            " etag = coalesce(%s, etag),"
+                            " part_size_bytes = coalesce(%s, part_size_bytes),"
+                            " size_bytes = coalesce(%s, size_bytes),"
+                            " error_code = %s, error_message = %s,"
+                            " lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),"
+                            " uploaded_at = CASE WHEN %s IN ('uploaded','skipped') THEN now()"
+                            "   ELSE uploaded_at END"
+                            " WHERE id = %s AND lease_owner = %s"
+                        ),
+                        (
+                            o.status.value,
+                            o.attempts_made,
+                            o.source_sha256,
+                            o.object_sha256,
+                            o.etag,
+                            o.part_size_bytes,
+                            o.size_bytes,
+                            o.error_code,
+                            o.error_message,
+                            o.status.value,
+                            o.row_id,
+                            owner,
+                        ),
+                    )
+                    if cur.rowcount != 1:
+                        # The lease was taken over by another runner: its result wins; ours is
+                        # only history.
+                        log.warning("row %s is no longer leased by this runner", o.row_id)
+                    written += cur.rowcount
+                    for kind, outcome, detail in o.events:
+                        self.add_event(batch_id, o.row_id, kind, outcome, detail)
+            self._refresh_counts(batch_id)
+        return written
+
+    def add_event(
+        self,
+        batch_id: str | None,
+        file_row_id: int | None,
+        kind: str,
+        outcome: str,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        with translate_db_errors("recording an event"):
+            self.conn.execute(
+                self._q(
+                    "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                    " VALUES (%s, %s, %s, %s, %s)"
+                ),
+                (batch_id, file_row_id, kind, outcome, json.dumps(detail or {}, default=str)),
+            )
+
+    def events(self, batch_id: str, *, kind: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT * FROM {s}.events WHERE batch_id = %s"
+        params: list[Any] = [batch_id]
+        if kind:
+            query += " AND kind = %s"
+            params.append(kind)
+        with translate_db_errors("reading events"):
+            return self.conn.execute(self._q(query + " ORDER BY id"), params).fetchall()
+
+
+def _batch_from_row(r: Mapping[str, Any]) -> Batch:
+    return Batch(
+        batch_id=r["batch_id"],
+        status=BatchStatus(r["status"]),
+        dry_run=r["dry_run"],
+        batch_size=r["batch_size"],
+        total_files=r["total_files"],
+        uploaded_files=r["uploaded_files"],
+        verified_files=r["verified_files"],
+        failed_files=r["failed_files"],
+        skipped_files=r["skipped_files"],
+        conflict_files=r["conflict_files"],
+        total_bytes=r["total_bytes"],
+        uploaded_bytes=r["uploaded_bytes"],
+        bucket_name=r["bucket_name"],
+        location=r["location"],
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        completed_at=r["completed_at"],
+        last_error=r["last_error"],
+    )
+
+
+def _file_from_row(r: Mapping[str, Any]) -> FileRecord:
+    previous = r.get("previous")
+    return FileRecord(
+        id=r["id"],
+        batch_id=r["batch_id"],
+        file_id=r["file_id"],
+        relative_path=r["relative_path"],
+        object_key=r["object_key"],
+        size_bytes=r["size_bytes"],
+        mtime_ns=r["mtime_ns"],
+        content_type=r["content_type"],
+        content_encoding=r["content_encoding"],
+        status=FileStatus(r["status"]),
+        attempts=r["attempts"],
+        source_sha256=r["source_sha256"],
+        object_sha256=r["object_sha256"],
+        etag=r["etag"],
+        part_size_bytes=r["part_size_bytes"],
+        error_code=r["error_code"],
+        error_message=r["error_message"],
+        lease_owner=r["lease_owner"],
+        source_refs=tuple(r["source_refs"] or ()),
+        previous_status=FileStatus(previous) if previous else None,
+    )
