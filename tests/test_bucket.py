@@ -1,0 +1,153 @@
+"""bucket.py against a real S3 server (weed mini): create-only, checksums, multipart, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+
+from r2migrate.bucket import Bucket, part_size_for, sha256_b64
+from r2migrate.errors import (
+    AccessDenied,
+    BucketUnavailable,
+    DigestMismatch,
+    NoSuchBucket,
+    ObjectExists,
+)
+
+MIB = 1024 * 1024
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_put_is_create_only_and_keeps_sha256(make_settings):
+    bucket = Bucket(make_settings())
+    data = b"hello r2"
+    bucket.put_object_checked("a/b.txt", data, sha256_hex=_sha(data), content_type="text/plain")
+    info = bucket.head("a/b.txt")
+    assert info is not None
+    assert info.size_bytes == len(data)
+    assert info.sha256_hex == _sha(data)
+    assert info.content_type == "text/plain"
+    with pytest.raises(ObjectExists):
+        bucket.put_object_checked(
+            "a/b.txt", b"other", sha256_hex=_sha(b"other"), content_type="text/plain"
+        )
+    # the first object is untouched
+    assert bucket.get_sha256("a/b.txt") == (_sha(data), len(data))
+
+
+def test_wrong_digest_is_refused_by_the_server(make_settings):
+    bucket = Bucket(make_settings())
+    with pytest.raises(DigestMismatch):
+        bucket.put_object_checked(
+            "bad.txt", b"payload", sha256_hex=_sha(b"something else"), content_type="text/plain"
+        )
+    assert bucket.head("bad.txt") is None
+
+
+def test_head_missing_object_is_none(make_settings):
+    assert Bucket(make_settings()).head("nope") is None
+
+
+def test_content_encoding_is_sent(make_settings):
+    bucket = Bucket(make_settings())
+    data = b"\x1f\x8b fake gzip"
+    bucket.put_object_checked(
+        "x.csv.gz",
+        data,
+        sha256_hex=_sha(data),
+        content_type="text/csv",
+        content_encoding="gzip",
+    )
+    info = bucket.head("x.csv.gz")
+    assert info is not None
+    assert info.content_encoding == "gzip"
+    assert info.content_type == "text/csv"
+
+
+def test_multipart_equal_parts_and_sha256_metadata(make_settings):
+    bucket = Bucket(make_settings())
+    data = bytes(range(256)) * (12 * MIB // 256) + b"tail"
+    part = part_size_for(len(data), 5 * MIB)
+    result = bucket.put_multipart_checked(
+        "big.bin",
+        io.BytesIO(data),
+        size_bytes=len(data),
+        part_size_bytes=part,
+        sha256_hex=_sha(data),
+        content_type="application/octet-stream",
+    )
+    assert result.part_size_bytes == 5 * MIB
+    assert result.etag.strip('"').endswith("-3")
+    info = bucket.head("big.bin")
+    assert info is not None
+    assert info.sha256_hex == _sha(data)
+    assert bucket.get_sha256("big.bin") == (_sha(data), len(data))
+
+
+def test_multipart_aborts_when_the_content_differs_from_the_hash(make_settings):
+    bucket = Bucket(make_settings())
+    data = b"x" * (6 * MIB)
+    with pytest.raises(DigestMismatch):
+        bucket.put_multipart_checked(
+            "changed.bin",
+            io.BytesIO(data),
+            size_bytes=len(data),
+            part_size_bytes=5 * MIB,
+            sha256_hex=_sha(b"what it was when hashed"),
+            content_type="application/octet-stream",
+        )
+    assert bucket.head("changed.bin") is None
+
+
+def test_multipart_is_create_only(make_settings):
+    bucket = Bucket(make_settings())
+    small = b"first"
+    bucket.put_object_checked("taken.bin", small, sha256_hex=_sha(small), content_type="x/y")
+    data = b"y" * (6 * MIB)
+    with pytest.raises(ObjectExists):
+        bucket.put_multipart_checked(
+            "taken.bin",
+            io.BytesIO(data),
+            size_bytes=len(data),
+            part_size_bytes=5 * MIB,
+            sha256_hex=_sha(data),
+            content_type="application/octet-stream",
+        )
+    assert bucket.get_sha256("taken.bin") == (_sha(small), len(small))
+
+
+def test_missing_bucket_is_reported_not_created(make_settings):
+    bucket = Bucket(make_settings(bucket_name="does-not-exist-r2m"))
+    with pytest.raises(NoSuchBucket) as info:
+        bucket.check()
+    assert "does-not-exist-r2m" in info.value.message
+    assert info.value.hint
+
+
+def test_wrong_secret_is_access_denied(make_settings):
+    bucket = Bucket(make_settings(secret_key="wrong-secret-value"))
+    with pytest.raises(AccessDenied):
+        bucket.check()
+
+
+def test_unreachable_endpoint(make_settings, unused_port):
+    bucket = Bucket(
+        make_settings(endpoint_url=f"http://127.0.0.1:{unused_port}", connect_timeout_s=1)
+    )
+    with pytest.raises(BucketUnavailable):
+        bucket.check()
+
+
+def test_part_size_grows_to_fit_ten_thousand_parts():
+    assert part_size_for(10 * MIB, 8 * MIB) == 8 * MIB
+    assert part_size_for(100_000 * MIB, 8 * MIB) == 16 * MIB
+    assert part_size_for(1, 1) == 5 * MIB
+
+
+def test_sha256_b64():
+    assert sha256_b64(_sha(b"")) == "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="

@@ -1,0 +1,373 @@
+"""The bucket side, the only boto3 user: create-only PUT with SHA-256, multipart, HEAD, GET.
+
+Must not touch the database, batches or decide what to upload; botocore errors are translated here
+and nowhere else, into the error tree with ``retryable`` set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from r2migrate.errors import (
+    AccessDenied,
+    BucketError,
+    BucketUnavailable,
+    DigestMismatch,
+    NoSuchBucket,
+    ObjectExists,
+    TransientBucketError,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from r2migrate.config import Settings
+
+log = logging.getLogger(__name__)
+
+SHA256_METADATA_KEY = "sha256"  # sent as x-amz-meta-sha256, hex digest of the whole file
+MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "TooManyRequests",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "OperationAborted",
+    }
+)
+_DENIED_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
+)
+_DIGEST_CODES = frozenset(
+    {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
+)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size_bytes: int
+    etag: str
+    sha256_hex: str | None  # from our metadata; None when the object is not ours
+    checksum_sha256: str | None  # what the server stored (base64), when it reports it
+    content_type: str | None
+    content_encoding: str | None
+    last_modified: datetime | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    etag: str
+    part_size_bytes: int | None = None
+
+
+def sha256_b64(hex_digest: str) -> str:
+    """The ChecksumSHA256 header value: base64 of the raw digest."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
+
+
+def part_size_for(size_bytes: int, chunk_bytes: int) -> int:
+    """Equal parts of at least `chunk_bytes`, grown until the file fits in 10,000 parts."""
+    part = max(chunk_bytes, MIN_PART_BYTES)
+    while size_bytes > part * MAX_PARTS:
+        part *= 2
+    return part
+
+
+def make_client(settings: Settings, *, max_pool_connections: int | None = None) -> S3Client:
+    """A client with R2-safe checksum settings and no hidden retries (we record every attempt)."""
+    config = Config(
+        region_name=settings.effective_region_name or "us-east-1",
+        signature_version="s3v4",
+        s3={"addressing_style": settings.addressing_style},  # type: ignore[arg-type]
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=max_pool_connections or max(10, settings.workers + 4),
+        # botocore >= 1.36 adds CRC checksums R2 has rejected; we send SHA-256 ourselves.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra="r2migrate",
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        aws_session_token=settings.session_token,
+    )
+    client: S3Client = session.client(
+        "s3",
+        endpoint_url=settings.effective_endpoint_url,
+        verify=settings.verify,
+        config=config,
+    )
+    return client
+
+
+def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = None) -> BucketError:
+    """Map a botocore exception onto the tree; callers `raise translate_error(...) from exc`."""
+    where = f"{op} s3://{bucket}/{key}" if key is not None else f"{op} s3://{bucket}"
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = str(err.get("Message") or code or status)
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return ObjectExists(
+                f"{where}: the key already holds an object", code="PreconditionFailed"
+            )
+        if code in _DIGEST_CODES:
+            return DigestMismatch(f"{where}: the server rejected the SHA-256 ({code})", code=code)
+        if code == "NoSuchBucket" or (status == 404 and key is None):
+            return NoSuchBucket(f"Bucket {bucket!r} does not exist", code="NoSuchBucket")
+        if code in _DENIED_CODES or status == 403:
+            return AccessDenied(f"{where}: access denied ({code or status})", code=code or "403")
+        if code in _TRANSIENT_CODES or status in (429, 500, 502, 503, 504) or status >= 500:
+            return TransientBucketError(f"{where}: {code or status}: {message}", code=code)
+        return BucketError(f"{where}: {code or status}: {message}", code=code)
+    if isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectTimeoutError
+        | botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectionClosedError
+        | botocore.exceptions.ProxyConnectionError
+        | botocore.exceptions.ResponseStreamingError
+        | botocore.exceptions.IncompleteReadError,
+    ):
+        return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
+    if isinstance(exc, botocore.exceptions.HTTPClientError | ConnectionError | TimeoutError):
+        return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDenied(f"{where}: no credentials configured", code="NoCredentials")
+    return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
+
+
+class Bucket:
+    """One bucket through one client. Thread-safe: boto3 clients may be shared between threads."""
+
+    def __init__(self, settings: Settings, *, client: S3Client | None = None) -> None:
+        if not settings.bucket_name:
+            from r2migrate.errors import ConfigError
+
+            raise ConfigError(
+                "No bucket configured.",
+                hint="Set bucket_name in r2migrate.toml or R2MIGRATE_BUCKET_NAME.",
+            )
+        self.name: str = settings.bucket_name
+        self.client = client or make_client(settings)
+        self.object_parameters = dict(settings.object_parameters)
+
+    # -- whole-bucket ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """HEAD the bucket: NoSuchBucket, AccessDenied, or BucketUnavailable when unreachable."""
+        try:
+            self.client.head_bucket(Bucket=self.name)
+        except Exception as exc:
+            err = translate_error(exc, op="HEAD bucket", bucket=self.name)
+            if isinstance(err, TransientBucketError):
+                raise BucketUnavailable(
+                    f"Cannot reach the S3 endpoint for bucket {self.name!r}: {err.message}"
+                ) from exc
+            raise err from exc
+
+    def create(self) -> None:
+        try:
+            self.client.create_bucket(Bucket=self.name)
+        except Exception as exc:
+            raise translate_error(exc, op="CREATE bucket", bucket=self.name) from exc
+
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under prefix, paged."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            try:
+                page = self.client.list_objects_v2(**kwargs)
+            except Exception as exc:
+                raise translate_error(exc, op="LIST", bucket=self.name, key=prefix) from exc
+            for item in page.get("Contents", []):
+                yield item["Key"], int(item["Size"])
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
+    # -- one object -----------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag and our SHA-256 metadata; None when there is no object."""
+        try:
+            resp = self.client.head_object(Bucket=self.name, Key=key, ChecksumMode="ENABLED")
+        except botocore.exceptions.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code")
+            if status == 404 and code != "NoSuchBucket":
+                return None
+            raise translate_error(exc, op="HEAD", bucket=self.name, key=key) from exc
+        except Exception as exc:
+            raise translate_error(exc, op="HEAD", bucket=self.name, key=key) from exc
+        metadata = {k.lower(): v for k, v in resp.get("Metadata", {}).items()}
+        return ObjectInfo(
+            key=key,
+            size_bytes=int(resp.get("ContentLength", 0)),
+            etag=str(resp.get("ETag", "")),
+            sha256_hex=metadata.get(SHA256_METADATA_KEY),
+            checksum_sha256=resp.get("ChecksumSHA256"),
+            content_type=resp.get("ContentType"),
+            content_encoding=resp.get("ContentEncoding"),
+            last_modified=resp.get("LastModified"),
+            metadata=metadata,
+        )
+
+    def _write_params(
+        self, sha256_hex: str, content_type: str, content_encoding: str | None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, value in self.object_parameters.items():
+            params[name] = value
+        params["ContentType"] = params.get("ContentType", content_type)
+        if content_encoding and "ContentEncoding" not in params:
+            params["ContentEncoding"] = content_encoding
+        metadata = dict(params.pop("Metadata", {}) or {})
+        metadata[SHA256_METADATA_KEY] = sha256_hex
+        params["Metadata"] = metadata
+        return params
+
+    def put_object_checked(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        sha256_hex: str,
+        content_type: str,
+        content_encoding: str | None = None,
+    ) -> PutResult:
+        """Create-only PUT (If-None-Match: *) carrying ChecksumSHA256; the server checks both."""
+        params = self._write_params(sha256_hex, content_type, content_encoding)
+        try:
+            resp = self.client.put_object(
+                Bucket=self.name,
+                Key=key,
+                Body=body,
+                IfNoneMatch="*",
+                ChecksumSHA256=sha256_b64(sha256_hex),
+                **params,
+            )
+        except Exception as exc:
+            raise translate_error(exc, op="PUT", bucket=self.name, key=key) from exc
+        return PutResult(etag=str(resp.get("ETag", "")))
+
+    def put_multipart_checked(
+        self,
+        key: str,
+        stream: IO[bytes],
+        *,
+        size_bytes: int,
+        part_size_bytes: int,
+        sha256_hex: str,
+        content_type: str,
+        content_encoding: str | None = None,
+    ) -> PutResult:
+        """Multipart upload in equal parts, each with its SHA-256; memory ≈ one part.
+
+        The whole-file digest is recomputed while the parts are read: if it differs from
+        `sha256_hex` (the file changed since it was hashed) the upload is aborted, never completed.
+        """
+        params = self._write_params(sha256_hex, content_type, content_encoding)
+        try:
+            created = self.client.create_multipart_upload(
+                Bucket=self.name, Key=key, ChecksumAlgorithm="SHA256", **params
+            )
+        except Exception as exc:
+            raise translate_error(exc, op="CREATE-MULTIPART", bucket=self.name, key=key) from exc
+        upload_id = created["UploadId"]
+        whole = hashlib.sha256()
+        parts: list[dict[str, Any]] = []
+        sent = 0
+        try:
+            number = 0
+            while True:
+                chunk = stream.read(part_size_bytes)
+                if not chunk and number > 0:
+                    break
+                number += 1
+                whole.update(chunk)
+                sent += len(chunk)
+                digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode("ascii")
+                try:
+                    resp = self.client.upload_part(
+                        Bucket=self.name,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                        ChecksumSHA256=digest,
+                    )
+                except Exception as exc:
+                    raise translate_error(exc, op="UPLOAD-PART", bucket=self.name, key=key) from exc
+                parts.append({"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest})
+                if len(chunk) < part_size_bytes:
+                    break
+            if whole.hexdigest() != sha256_hex or sent != size_bytes:
+                raise DigestMismatch(
+                    f"{key}: the file changed while it was uploaded "
+                    f"({sent} bytes read, {size_bytes} expected)",
+                    code="SourceChanged",
+                )
+            try:
+                resp_c = self.client.complete_multipart_upload(
+                    Bucket=self.name,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},  # type: ignore[arg-type]
+                    IfNoneMatch="*",
+                )
+            except Exception as exc:
+                raise translate_error(
+                    exc, op="COMPLETE-MULTIPART", bucket=self.name, key=key
+                ) from exc
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        return PutResult(etag=str(resp_c.get("ETag", "")), part_size_bytes=part_size_bytes)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+        except Exception as exc:  # the server aborts leftovers itself after 7 days (R2)
+            log.warning("could not abort multipart upload of %s: %s", key, exc)
+
+    def get_sha256(self, key: str, *, chunk_bytes: int = 1 << 20) -> tuple[str, int]:
+        """Stream the object back and hash it: (hex digest, size)."""
+        try:
+            resp = self.client.get_object(Bucket=self.name, Key=key)
+            body = resp["Body"]
+            digest = hashlib.sha256()
+            size = 0
+            for chunk in body.iter_chunks(chunk_bytes):
+                digest.update(chunk)
+                size += len(chunk)
+        except Exception as exc:
+            raise translate_error(exc, op="GET", bucket=self.name, key=key) from exc
+        return digest.hexdigest(), size
