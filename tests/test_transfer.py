@@ -1,0 +1,234 @@
+"""transfer.py under faults injected between real parts: a proxy, a killed process, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from r2migrate import inventory, plan
+from r2migrate import run as run_batches
+from r2migrate.bucket import Bucket
+from r2migrate.errors import BucketUnavailable
+from r2migrate.state import BatchStatus, FileStatus, State
+from tests.proxy import FaultProxy
+
+MIB = 1024 * 1024
+
+
+def _make_files(root: Path, n: int, size: int = 2048) -> None:
+    for i in range(n):
+        p = root / "uploads" / f"{i // 50:03d}" / f"file_{i:04d}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(size))
+
+
+def _seed_rows(database_url: str, root: Path) -> int:
+    import psycopg
+
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_id text UNIQUE,"
+            " file_name text, file_path text, uploaded_at timestamptz, system_tags jsonb,"
+            " user_tags jsonb, metadata jsonb, user_id integer)"
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO list_cutter_savedfile (file_id, file_name, file_path)"
+                " VALUES (%s, %s, %s)",
+                [(f"f{i}", Path(n).name, n) for i, n in enumerate(names)],
+            )
+    return len(names)
+
+
+def _plan(settings) -> list[str]:
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        return list(plan(settings, state, batch_size=1000).batch_ids)
+
+
+def _env_for(settings, endpoint: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "R2MIGRATE_"))}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        AWS_ACCESS_KEY_ID=settings.access_key,
+        AWS_SECRET_ACCESS_KEY=settings.secret_key,
+        R2MIGRATE_ENDPOINT_URL=endpoint,
+        R2MIGRATE_REGION_NAME="us-east-1",
+        R2MIGRATE_BUCKET_NAME=settings.bucket_name,
+        R2MIGRATE_MEDIA_ROOT=str(settings.media_root),
+        R2MIGRATE_STATE_DIR=str(settings.state_dir),
+        R2MIGRATE_WORKERS="4",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1] / "toolkit"),
+    )
+    return env
+
+
+@pytest.fixture
+def proxied(make_settings, stack):
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        yield proxy, make_settings(endpoint_url=proxy.url)
+
+
+def test_kill_9_then_resume_sends_no_recorded_file_twice(proxied, media_root, fresh_database_url):
+    proxy, settings = proxied
+    _make_files(media_root, 120)
+    total = _seed_rows(fresh_database_url, media_root)
+    (batch_id,) = _plan(settings)
+    # slow every PUT down so the kill lands mid-batch
+    proxy.rule = lambda r: ("delay", 0.05) if r.method == "PUT" else None
+    child = subprocess.Popen(
+        [sys.executable, "-m", "r2migrate", "run", "--batch", batch_id],
+        env=_env_for(settings, proxy.url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while sum(proxy.count("PUT").values()) < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    with State.open(settings.database_url) as state:
+        at_kill = {f.object_key: f.status for f in state.batch_files(batch_id)}
+        recorded = {k for k, s in at_kill.items() if s is FileStatus.UPLOADED}
+        in_flight = {k for k, s in at_kill.items() if s is FileStatus.UPLOADING}
+        assert recorded, "the kill came before anything was recorded; slow the proxy more"
+        assert len(recorded) < total
+        proxy.rule = None
+        summary = run_batches(settings, state, batch_id=batch_id)
+        final = state.batch_files(batch_id)
+        assert state.get_batch(batch_id).status is BatchStatus.COMPLETED
+    assert summary.failed == 0
+    assert {f.status for f in final} == {FileStatus.UPLOADED}
+    puts = proxy.count("PUT")
+    for key in recorded:
+        assert puts[key] == 1, key
+    assert all(n <= 2 for n in puts.values())
+    assert set(puts) == {f.object_key for f in final}
+    # every abandoned upload was decided by a HEAD before any byte was sent again
+    heads = proxy.count("HEAD")
+    assert all(heads[k] >= 1 for k in in_flight)
+    assert len(dict(Bucket(settings).iter_objects())) == total
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(proxied, media_root, fresh_database_url):
+    proxy, settings = proxied
+    _make_files(media_root, 80)
+    _seed_rows(fresh_database_url, media_root)
+    (batch_id,) = _plan(settings)
+    proxy.rule = lambda r: ("delay", 0.05) if r.method == "PUT" else None
+    child = subprocess.Popen(
+        [sys.executable, "-m", "r2migrate", "run"],
+        env=_env_for(settings, proxy.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while sum(proxy.count("PUT").values()) < 15 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    assert "resume" in err.lower()
+    with State.open(settings.database_url) as state:
+        batch = state.get_batch(batch_id)
+        assert batch.status is BatchStatus.PARTIAL
+        left = {f.status for f in state.batch_files(batch_id)}
+        assert FileStatus.UPLOADING not in left  # nothing left leased by a stopped runner
+        proxy.rule = None
+        run_batches(settings, state, batch_id=batch_id)
+        assert state.get_batch(batch_id).status is BatchStatus.COMPLETED
+
+
+def test_transient_failures_are_retried_and_recorded(proxied, media_root, fresh_database_url):
+    proxy_obj, base = proxied
+    _make_files(media_root, 30)
+    _seed_rows(fresh_database_url, media_root)
+    (batch_id,) = _plan(base)
+    failed_once: set[str] = set()
+    lock = threading.Lock()
+
+    def first_put_fails(req):
+        if req.method != "PUT":
+            return None
+        with lock:
+            if req.key in failed_once:
+                return None
+            failed_once.add(req.key)
+        return "slowdown" if len(failed_once) % 2 else "503"
+
+    proxy_obj.rule = first_put_fails
+    with State.open(base.database_url) as state:
+        summary = run_batches(base, state, batch_id=batch_id)
+        files = state.batch_files(batch_id)
+        errors = [e for e in state.events(batch_id, kind="attempt") if e["outcome"] == "error"]
+    assert summary.failed == 0
+    assert {f.status for f in files} == {FileStatus.UPLOADED}
+    assert all(f.attempts == 2 for f in files)
+    assert len(errors) == 30
+
+
+def test_endpoint_down_stops_with_a_clear_error_and_resumable_state(
+    proxied, media_root, fresh_database_url
+):
+    proxy, settings = proxied
+    _make_files(media_root, 40)
+    _seed_rows(fresh_database_url, media_root)
+    (batch_id,) = _plan(settings)
+    proxy.rule = lambda r: "503" if r.method == "PUT" else None
+    with State.open(settings.database_url) as state:
+        with pytest.raises(BucketUnavailable) as info:
+            run_batches(settings, state, batch_id=batch_id)
+        assert "--resume-batch" in info.value.hint
+        assert state.get_batch(batch_id).status is BatchStatus.PARTIAL
+        proxy.rule = None
+        summary = run_batches(settings, state, batch_id=batch_id)
+        assert summary.failed == 0
+        assert state.get_batch(batch_id).status is BatchStatus.COMPLETED
+
+
+def test_file_changed_during_multipart_upload_is_never_completed(
+    proxied, media_root, fresh_database_url
+):
+    proxy, settings = proxied
+    big = media_root / "uploads" / "big.bin"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(12 * MIB))
+    _seed_rows(fresh_database_url, media_root)
+    (batch_id,) = _plan(settings)
+    first_part = threading.Event()
+
+    def slow_parts(req):
+        if req.method == "PUT" and "partNumber=" in req.query:
+            first_part.set()
+            return ("delay", 0.5)
+        return None
+
+    proxy.rule = slow_parts
+
+    def change_it() -> None:
+        first_part.wait(30)
+        with big.open("r+b") as fh:  # the test's own fixture file, changed on purpose
+            fh.seek(11 * MIB)
+            fh.write(b"changed")
+
+    changer = threading.Thread(target=change_it)
+    changer.start()
+    with State.open(settings.database_url) as state:
+        summary = run_batches(settings, state, batch_id=batch_id)
+        (row,) = state.batch_files(batch_id)
+    changer.join()
+    assert summary.failed == 1
+    assert row.status is FileStatus.FAILED
+    assert row.error_code == "SourceChanged"
+    assert Bucket(settings).head("uploads/big.bin") is None

@@ -1,0 +1,570 @@
+"""Stage 3: run batches. Claim files, hash, create-only PUT with SHA-256, retry, record, resume.
+
+Must not choose which files to migrate or compute keys (plan did); it only sends what the ledger
+holds, writing the intent (`uploading`) before each PUT and the outcome after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from r2migrate import catalog, source
+from r2migrate.bucket import Bucket, part_size_for
+from r2migrate.config import Settings
+from r2migrate.errors import (
+    BucketError,
+    BucketUnavailable,
+    ConfigError,
+    Interrupted,
+    ObjectExists,
+    SourceError,
+)
+from r2migrate.state import (
+    DONE_STATUSES,
+    Batch,
+    BatchStatus,
+    FileRecord,
+    FileStatus,
+    Outcome,
+    State,
+    new_owner_id,
+)
+
+log = logging.getLogger(__name__)
+
+FLUSH_EVERY_S = 0.5  # ledger writes are grouped: one transaction per flush, not per file
+FLUSH_EVERY_FILES = 64
+
+
+class SourceChanged(Exception):
+    """The file changed between the stat before reading and the stat after (retryable)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    batch_id: str
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+    last_key: str
+    last_status: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    batch_id: str
+    status: BatchStatus
+    uploaded: int
+    skipped: int
+    failed: int
+    conflict: int
+    resolved_by_head: int
+    bytes_sent: int
+    attempts: int
+    elapsed_s: float
+    failures: tuple[tuple[str, str, str], ...] = field(default=())  # (key, code, message)
+
+    @property
+    def files_per_s(self) -> float:
+        return (self.uploaded + self.skipped) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes_sent / 2**20 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    batches: tuple[BatchResult, ...]
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(b.failed + b.conflict for b in self.batches)
+
+    @property
+    def uploaded(self) -> int:
+        return sum(b.uploaded for b in self.batches)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(b.bytes_sent for b in self.batches)
+
+    @property
+    def elapsed_s(self) -> float:
+        return sum(b.elapsed_s for b in self.batches)
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: half to all of min(max, base * 2^(attempt-1))."""
+    ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
+    return float(ceiling * rng.uniform(0.5, 1.0))
+
+
+class _Sender:
+    """Sends one claimed file with retries; runs in worker threads, never touches the DB."""
+
+    def __init__(self, settings: Settings, bucket: Bucket, stop: threading.Event) -> None:
+        if settings.media_root is None:
+            raise ConfigError(
+                "media_root is not set.", hint="Set media_root (Django's MEDIA_ROOT)."
+            )
+        self.settings = settings
+        self.media_root = Path(settings.media_root)
+        self.bucket = bucket
+        self.stop = stop
+        self.rng = random.Random()
+
+    def send(self, rec: FileRecord) -> Outcome:
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        if rec.previous_status is FileStatus.UPLOADING:
+            # A runner died after writing its intent: the PUT may have landed. HEAD before any
+            # byte is sent again.
+            resolved = self._resolve_abandoned(rec, events)
+            if resolved is not None:
+                return resolved
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                sha, etag, part_size, size = self._put(rec)
+            except ObjectExists:
+                return self._resolve_existing(rec, attempt, events)
+            except SourceError as exc:
+                events.append(("attempt", "failed", {"code": exc.problem.value}))
+                return self._failed(rec, attempt, exc.problem.value, exc.message, events)
+            except SourceChanged as exc:
+                code, message, retryable = "source_changed", str(exc), True
+            except BucketError as exc:
+                code, message, retryable = (
+                    exc.code or type(exc).__name__,
+                    exc.message,
+                    exc.retryable,
+                )
+            else:
+                events.append(("attempt", "uploaded", {"attempt": attempt, "etag": etag}))
+                log.info(
+                    "uploaded %s (%d bytes, attempt %d)",
+                    rec.object_key,
+                    size,
+                    attempt,
+                    extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "uploaded"},
+                )
+                return Outcome(
+                    row_id=rec.id,
+                    status=FileStatus.UPLOADED,
+                    attempts_made=attempt,
+                    source_sha256=sha,
+                    object_sha256=sha,
+                    etag=etag,
+                    part_size_bytes=part_size,
+                    size_bytes=size,
+                    events=tuple(events),
+                )
+            events.append(
+                ("attempt", "error", {"attempt": attempt, "code": code, "error": message})
+            )
+            if not retryable or attempt >= self.settings.max_attempts or self.stop.is_set():
+                return self._failed(rec, attempt, code, message, events, transient=retryable)
+            delay = backoff_s(
+                attempt,
+                base_s=self.settings.backoff_base_s,
+                max_s=self.settings.backoff_max_s,
+                rng=self.rng,
+            )
+            log.warning("retrying %s in %.1fs after %s", rec.object_key, delay, code)
+            if self.stop.wait(delay):
+                return self._failed(rec, attempt, code, message, events, transient=retryable)
+
+    def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int]:
+        before = source.stat_media_file(self.media_root, rec.relative_path)
+        if before.size_bytes <= self.settings.multipart_threshold_bytes:
+            with source.open_media_file(self.media_root, rec.relative_path) as fh:
+                data = fh.read()
+            after = source.stat_media_file(self.media_root, rec.relative_path)
+            if not source.files_identical_stat(before, after) or len(data) != before.size_bytes:
+                raise SourceChanged(f"{rec.relative_path} changed while it was read")
+            sha = hashlib.sha256(data).hexdigest()
+            result = self.bucket.put_object_checked(
+                rec.object_key,
+                data,
+                sha256_hex=sha,
+                content_type=rec.content_type,
+                content_encoding=rec.content_encoding,
+            )
+            return sha, result.etag, None, len(data)
+        # Large: hash in a first streaming pass (the digest must travel in the metadata, which
+        # is sent before the parts), then stream the parts; put_multipart re-hashes and aborts
+        # when the two passes disagree.
+        sha, size = source.sha256_file(self.media_root, rec.relative_path)
+        after = source.stat_media_file(self.media_root, rec.relative_path)
+        if not source.files_identical_stat(before, after) or size != before.size_bytes:
+            raise SourceChanged(f"{rec.relative_path} changed while it was hashed")
+        part = part_size_for(size, self.settings.multipart_chunksize_bytes)
+        with source.open_media_file(self.media_root, rec.relative_path) as fh:
+            result = self.bucket.put_multipart_checked(
+                rec.object_key,
+                fh,
+                size_bytes=size,
+                part_size_bytes=part,
+                sha256_hex=sha,
+                content_type=rec.content_type,
+                content_encoding=rec.content_encoding,
+            )
+        return sha, result.etag, part, size
+
+    def _resolve_abandoned(
+        self, rec: FileRecord, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> Outcome | None:
+        try:
+            info = self.bucket.head(rec.object_key)
+        except BucketError as exc:
+            events.append(("resolve", "error", {"error": exc.message}))
+            return None
+        if info is None:
+            events.append(("resolve", "absent", {}))
+            return None
+        return self._judge_existing(rec, 0, info.sha256_hex, info.size_bytes, info.etag, events)
+
+    def _resolve_existing(
+        self, rec: FileRecord, attempt: int, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> Outcome:
+        try:
+            info = self.bucket.head(rec.object_key)
+        except BucketError as exc:
+            return self._failed(rec, attempt, exc.code or "head_failed", exc.message, events)
+        if info is None:  # deleted in between: leave it for the next round
+            return self._failed(
+                rec, attempt, "vanished", "create-only PUT refused but no object found", events
+            )
+        return self._judge_existing(
+            rec, attempt, info.sha256_hex, info.size_bytes, info.etag, events
+        )
+
+    def _judge_existing(
+        self,
+        rec: FileRecord,
+        attempt: int,
+        object_sha: str | None,
+        object_size: int,
+        etag: str,
+        events: list[tuple[str, str, dict[str, Any]]],
+    ) -> Outcome:
+        """An object holds the key: it is ours only if it carries this file's SHA-256."""
+        try:
+            sha, size = source.sha256_file(self.media_root, rec.relative_path)
+        except SourceError as exc:
+            return self._failed(rec, attempt, exc.problem.value, exc.message, events)
+        if object_sha == sha and object_size == size:
+            events.append(("resolve", "ours", {"etag": etag}))
+            log.info(
+                "%s already holds this file's SHA-256; not sent again",
+                rec.object_key,
+                extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "resolved"},
+            )
+            return Outcome(
+                row_id=rec.id,
+                status=FileStatus.UPLOADED,
+                attempts_made=attempt,
+                source_sha256=sha,
+                object_sha256=object_sha,
+                etag=etag,
+                size_bytes=size,
+                error_code="resolved_by_head",
+                events=tuple(events),
+            )
+        events.append(("resolve", "conflict", {"object_sha256": object_sha}))
+        log.error(
+            "%s holds another object; it is never overwritten",
+            rec.object_key,
+            extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "conflict"},
+        )
+        return Outcome(
+            row_id=rec.id,
+            status=FileStatus.CONFLICT,
+            attempts_made=attempt,
+            source_sha256=sha,
+            object_sha256=object_sha,
+            error_code="conflict",
+            error_message="the key holds an object with another SHA-256 (or none of ours)",
+            events=tuple(events),
+        )
+
+    def _failed(
+        self,
+        rec: FileRecord,
+        attempt: int,
+        code: str,
+        message: str,
+        events: list[tuple[str, str, dict[str, Any]]],
+        *,
+        transient: bool = False,
+    ) -> Outcome:
+        log.error(
+            "failed %s after %d attempt(s): %s",
+            rec.object_key,
+            attempt,
+            message,
+            extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "failed"},
+        )
+        return Outcome(
+            row_id=rec.id,
+            status=FileStatus.FAILED,
+            attempts_made=attempt,
+            error_code=("transient:" if transient else "") + code,
+            error_message=message[:2000],
+            events=tuple(events),
+        )
+
+
+def run(
+    settings: Settings,
+    state: State,
+    *,
+    batch_id: str | None = None,
+    resume: bool = False,
+    max_batches: int | None = None,
+    bucket: Bucket | None = None,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Run one batch (`batch_id`) or every batch with work left; resumable at any point.
+
+    Raises Interrupted after saving state when `stop` is set or Ctrl-C arrives, and
+    BucketUnavailable when the endpoint fails every request in a row.
+    """
+    bucket = bucket or Bucket(settings)
+    bucket.check()
+    stop = stop or threading.Event()
+    if batch_id is not None:
+        batches: Sequence[Batch] = [state.get_batch(batch_id)]
+    else:
+        batches = state.batches_to_run()
+        if max_batches is not None:
+            batches = batches[:max_batches]
+    results: list[BatchResult] = []
+    sender = _Sender(settings, bucket, stop)
+    if settings.write_back:
+        for label in settings.references:
+            ref = catalog.parse_reference(label, id_column=settings.reference_id_column)
+            catalog.ensure_write_back_columns(state.conn, ref)
+    for batch in batches:
+        result = _run_batch(settings, state, batch, sender, stop, on_progress)
+        results.append(result)
+        if stop.is_set():
+            raise Interrupted(
+                f"Interrupted during batch {batch.batch_id}; finished work is recorded.",
+                hint=f"Resume with `r2migrate run --resume-batch {batch.batch_id}`.",
+            )
+    return RunSummary(tuple(results))
+
+
+def _run_batch(
+    settings: Settings,
+    state: State,
+    batch: Batch,
+    sender: _Sender,
+    stop: threading.Event,
+    on_progress: Callable[[Progress], None] | None,
+) -> BatchResult:
+    batch_id = batch.batch_id
+    started = time.monotonic()
+    owner = new_owner_id()
+    state.release_dead_leases(batch_id)
+    state.requeue_failed(batch_id)
+    state.set_batch_status(batch_id, BatchStatus.RUNNING)
+    current = state.refresh_counts(batch_id)
+    files_total = current.total_files
+    bytes_total = current.total_bytes
+    done_files = current.uploaded_files + current.skipped_files
+    done_bytes = current.uploaded_bytes
+    log.info("running batch %s: %d file(s), %d bytes", batch_id, files_total, bytes_total)
+
+    tally = {"uploaded": 0, "failed": 0, "conflict": 0, "resolved": 0, "bytes": 0, "attempts": 0}
+    failures: list[tuple[str, str, str]] = []
+    unflushed: list[Outcome] = []
+    in_flight: dict[Future[Outcome], FileRecord] = {}
+    last_flush = last_renew = time.monotonic()
+    transient_streak = 0
+    window = max(2, settings.workers * 2)
+    outage: str | None = None
+
+    def flush() -> None:
+        nonlocal last_flush
+        if unflushed:
+            state.record_outcomes(batch_id, unflushed, owner=owner)
+            if settings.write_back:
+                _write_back(settings, state, batch_id, unflushed, in_flight_done)
+            unflushed.clear()
+        last_flush = time.monotonic()
+
+    in_flight_done: dict[int, FileRecord] = {}
+    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="r2m-put")
+    try:
+        exhausted = False
+        while True:
+            if not stop.is_set() and outage is None and not exhausted and len(in_flight) < window:
+                claimed = state.claim_files(
+                    batch_id, owner=owner, limit=window - len(in_flight), lease_s=settings.lease_s
+                )
+                if not claimed:
+                    exhausted = True
+                for rec in claimed:
+                    in_flight[pool.submit(sender.send, rec)] = rec
+            if not in_flight:
+                break
+            finished, _ = wait(list(in_flight), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                rec = in_flight.pop(fut)
+                outcome = fut.result()
+                in_flight_done[rec.id] = rec
+                unflushed.append(outcome)
+                tally["attempts"] += outcome.attempts_made
+                if outcome.status is FileStatus.UPLOADED:
+                    tally["uploaded"] += 1
+                    transient_streak = 0
+                    if outcome.error_code == "resolved_by_head":
+                        tally["resolved"] += 1
+                    else:
+                        tally["bytes"] += outcome.size_bytes or 0
+                    done_files += 1
+                    done_bytes += outcome.size_bytes or 0
+                elif outcome.status is FileStatus.CONFLICT:
+                    tally["conflict"] += 1
+                    failures.append((rec.object_key, "conflict", outcome.error_message or ""))
+                else:
+                    tally["failed"] += 1
+                    failures.append(
+                        (rec.object_key, outcome.error_code or "", outcome.error_message or "")
+                    )
+                    if (outcome.error_code or "").startswith("transient:"):
+                        transient_streak += 1
+                        if transient_streak >= max(10, settings.workers) and outage is None:
+                            outage = outcome.error_message or "every request failed"
+                            log.error("stopping batch %s: the endpoint keeps failing", batch_id)
+                if on_progress is not None:
+                    on_progress(
+                        Progress(
+                            batch_id,
+                            done_files,
+                            files_total,
+                            done_bytes,
+                            bytes_total,
+                            rec.object_key,
+                            outcome.status.value,
+                        )
+                    )
+            now = time.monotonic()
+            if len(unflushed) >= FLUSH_EVERY_FILES or now - last_flush >= FLUSH_EVERY_S:
+                flush()
+            if now - last_renew >= settings.lease_s / 3:
+                state.renew_leases(
+                    [r.id for r in in_flight.values()], owner=owner, lease_s=settings.lease_s
+                )
+                last_renew = now
+    except KeyboardInterrupt:
+        # Let in-flight PUTs finish (they will not retry) so their outcome is recorded; a second
+        # Ctrl-C aborts the wait, and the leases + HEAD-on-resume still keep the ledger true.
+        stop.set()
+        log.warning("interrupted: waiting for %d upload(s) in flight", len(in_flight))
+        for fut, rec in list(in_flight.items()):
+            try:
+                unflushed.append(fut.result())
+                in_flight_done[rec.id] = rec
+            except Exception:
+                log.exception("upload of %s ended abnormally", rec.object_key)
+        in_flight.clear()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        flush()
+
+    final = state.refresh_counts(batch_id)
+    elapsed = time.monotonic() - started
+    if stop.is_set():
+        status = BatchStatus.PARTIAL
+        state.set_batch_status(batch_id, status, last_error="interrupted")
+    elif outage is not None:
+        state.set_batch_status(batch_id, BatchStatus.PARTIAL, last_error=outage)
+        raise BucketUnavailable(
+            f"Batch {batch_id} stopped: the S3 endpoint failed every recent request ({outage}).",
+            hint=f"Check the endpoint, then resume with `r2migrate run --resume-batch {batch_id}`.",
+        )
+    elif state.open_file_count(batch_id) > 0:
+        status = BatchStatus.RUNNING  # another runner still holds some files
+    else:
+        files = state.batch_files(batch_id)
+        ok = sum(1 for f in files if f.status in DONE_STATUSES)
+        status = (
+            BatchStatus.COMPLETED
+            if ok == len(files)
+            else BatchStatus.PARTIAL
+            if ok
+            else BatchStatus.FAILED
+        )
+        state.set_batch_status(batch_id, status, last_error=failures[0][2] if failures else None)
+    log.info(
+        "batch %s %s: %d uploaded, %d failed, %d conflict in %.1fs",
+        batch_id,
+        status.value,
+        tally["uploaded"],
+        tally["failed"],
+        tally["conflict"],
+        elapsed,
+        extra={"batch_id": batch_id, "outcome": status.value},
+    )
+    return BatchResult(
+        batch_id=batch_id,
+        status=status,
+        uploaded=tally["uploaded"],
+        skipped=final.skipped_files,
+        failed=tally["failed"],
+        conflict=tally["conflict"],
+        resolved_by_head=tally["resolved"],
+        bytes_sent=tally["bytes"],
+        attempts=tally["attempts"],
+        elapsed_s=elapsed,
+        failures=tuple(failures),
+    )
+
+
+def _write_back(
+    settings: Settings,
+    state: State,
+    batch_id: str,
+    outcomes: Sequence[Outcome],
+    records: dict[int, FileRecord],
+) -> None:
+    """Fill the original system's migration columns for the rows of uploaded files."""
+    for o in outcomes:
+        if o.status is not FileStatus.UPLOADED:
+            continue
+        rec = records.get(o.row_id)
+        if rec is None:
+            continue
+        by_ref: dict[str, list[str]] = {}
+        for file_id in rec.source_refs or (rec.file_id,):
+            ref_label, _, source_id = file_id.rpartition(":")
+            by_ref.setdefault(ref_label, []).append(source_id)
+        for ref_label, ids in by_ref.items():
+            ref = catalog.parse_reference(ref_label, id_column=settings.reference_id_column)
+            catalog.write_back(
+                state.conn,
+                ref,
+                ids,
+                object_key=rec.object_key,
+                status=FileStatus.UPLOADED.value,
+                batch_id=batch_id,
+                sha256_hex=o.source_sha256,
+                migrated_at=datetime.now(UTC),
+            )
