@@ -152,12 +152,15 @@ def configure_logging(
     log_file: Path | None = None,
     log_format: str = "text",
     console: bool = True,
+    console_level: str | None = None,
     secrets: Iterable[str] = (),
 ) -> None:
     """(Re)configure the ``r2migrate`` logger: optional stderr handler, optional rotating file.
 
     Idempotent: handlers from an earlier call are closed and replaced, never duplicated. The log
-    file (10 MiB x 5 backups) and its folder are created on first write.
+    file (10 MiB x 5 backups) and its folder are created on first write. ``console_level``
+    raises the console's threshold above ``level`` (the CLI keeps per-file lines off a terminal
+    that shows a progress bar; the file still gets them).
     """
     problems = []
     if level.upper() not in LOG_LEVELS:
@@ -179,7 +182,10 @@ def configure_logging(
     redacting = RedactingFilter(secrets)
     handlers: list[logging.Handler] = []
     if console:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        stream = logging.StreamHandler(sys.stderr)
+        if console_level is not None:
+            stream.setLevel(console_level.upper())
+        handlers.append(stream)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(

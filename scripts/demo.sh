@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `make demo`: a fresh embedded stack (PostgreSQL + SeaweedFS on 127.0.0.1), a sample Django media
+# tree, then inventory → dry run → plan → run → status, printing what happened at each step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The demo must never reach a real database or bucket: drop anything that could point elsewhere.
+for var in $(env | grep -oE '^(AWS_[A-Z_]+|R2MIGRATE_[A-Z_]+|DATABASE_URL)=' | tr -d '='); do
+    unset "$var"
+done
+export R2MIGRATE_STATE_DIR=.r2migrate/demo
+R2M=.venv/bin/r2migrate
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "Fresh embedded stack under $R2MIGRATE_STATE_DIR"
+$R2M dev down >/dev/null 2>&1 || true
+rm -rf -- "$R2MIGRATE_STATE_DIR"
+$R2M dev up
+
+step "Sample data: list_cutter_savedfile rows and a Django media tree"
+$R2M dev sample-data
+
+step "1. Inventory: what the database references, what is wrong, what it will cost"
+$R2M inventory --show 12
+
+step "2. Dry run: what would happen (nothing is written)"
+$R2M plan --dry-run --show 12
+
+step "3. Plan: store batches of 50"
+$R2M plan --batch-size 50 --show 0
+
+step "4. Run: upload every batch (create-only PUT, SHA-256 checked by the server)"
+$R2M run
+
+step "5. Status"
+$R2M batches
+
+printf '\nThe stack keeps running for you to explore (settings come from %s/stack.json):\n' "$R2MIGRATE_STATE_DIR"
+printf '  R2MIGRATE_STATE_DIR=%s .venv/bin/r2migrate batches\n' "$R2MIGRATE_STATE_DIR"
+printf 'Stop it with: R2MIGRATE_STATE_DIR=%s .venv/bin/r2migrate dev down\n' "$R2MIGRATE_STATE_DIR"

@@ -1,0 +1,90 @@
+"""r2migrate: move Django media files to Cloudflare R2 or any S3 bucket, and prove nothing was lost.
+
+The Python API is the same one the CLI, the notebooks and the Django command call. It never
+prints and never reads the environment except through ``load_settings``.
+
+    >>> from r2migrate import load_settings, State, inventory, plan, run
+    >>> settings = load_settings()
+    >>> with State.open(settings.database_url) as state:
+    ...     inventory(settings, state)
+    ...     plan(settings, state, dry_run=True)
+"""
+
+from r2migrate.bucket import Bucket, ObjectInfo
+from r2migrate.config import Settings, load_settings
+from r2migrate.errors import (
+    AccessDenied,
+    BatchBusy,
+    BatchNotFound,
+    BucketError,
+    BucketUnavailable,
+    ConfigError,
+    DatabaseUnavailable,
+    DigestMismatch,
+    ExitCode,
+    Interrupted,
+    NoSuchBucket,
+    ObjectExists,
+    Problem,
+    SchemaTooNew,
+    ServiceUnavailable,
+    SourceError,
+    StateError,
+    ToolkitError,
+    TransientBucketError,
+    UnsafePath,
+)
+from r2migrate.inventory import CostEstimate, InventorySummary, inventory
+from r2migrate.keys import content_headers_for, object_key_for
+from r2migrate.plan import Action, PlanItem, PlanSummary, plan
+from r2migrate.state import Batch, BatchStatus, FileRecord, FileStatus, MediaFile, State
+from r2migrate.transfer import BatchResult, Progress, RunSummary, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessDenied",
+    "Action",
+    "Batch",
+    "BatchBusy",
+    "BatchNotFound",
+    "BatchResult",
+    "BatchStatus",
+    "Bucket",
+    "BucketError",
+    "BucketUnavailable",
+    "ConfigError",
+    "CostEstimate",
+    "DatabaseUnavailable",
+    "DigestMismatch",
+    "ExitCode",
+    "FileRecord",
+    "FileStatus",
+    "Interrupted",
+    "InventorySummary",
+    "MediaFile",
+    "NoSuchBucket",
+    "ObjectExists",
+    "ObjectInfo",
+    "PlanItem",
+    "PlanSummary",
+    "Problem",
+    "Progress",
+    "RunSummary",
+    "SchemaTooNew",
+    "ServiceUnavailable",
+    "Settings",
+    "SourceError",
+    "State",
+    "StateError",
+    "ToolkitError",
+    "TransientBucketError",
+    "UnsafePath",
+    "__version__",
+    "content_headers_for",
+    "inventory",
+    "load_settings",
+    "object_key_for",
+    "plan",
+    "run",
+]

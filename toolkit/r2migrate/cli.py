@@ -1,0 +1,732 @@
+"""The `r2migrate` command: parse, call one library function, render; errors become exit codes.
+
+Must not speak SQL, call boto3 or hold business rules: every command is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from r2migrate import __version__, devstack
+from r2migrate.config import Settings, load_settings
+from r2migrate.errors import ExitCode, Interrupted, ToolkitError
+from r2migrate.inventory import (
+    DEFAULT_FILES_PER_S,
+    DEFAULT_MIB_PER_S,
+    InventorySummary,
+    summary_dict,
+)
+from r2migrate.inventory import (
+    inventory as take_inventory,
+)
+from r2migrate.logs import configure_logging
+from r2migrate.plan import Action
+from r2migrate.plan import plan as make_plan
+from r2migrate.state import Batch, FileStatus, MediaFile, State
+from r2migrate.transfer import Progress
+from r2migrate.transfer import run as run_batches
+
+log = logging.getLogger("r2migrate.cli")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES_HELP = """
+\b
+Exit codes:
+  0    everything asked for succeeded
+  1    some files failed (see `r2migrate status BATCH`)
+  2    configuration problem (settings, credentials, missing bucket)
+  3    a service is unreachable (PostgreSQL or the S3 endpoint)
+  4    the state says no (unknown batch, schema from a newer version)
+  130  interrupted (Ctrl-C); nothing is lost, resume with `run --resume-batch`
+"""
+
+
+class _Group(click.Group):
+    """Turns a ToolkitError into one message, a hint and its exit code; never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ToolkitError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            _fail(Interrupted("Interrupted."))
+
+
+def _fail(exc: ToolkitError) -> NoReturn:
+    click.secho(f"error: {exc.message}", fg="red", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+    sys.exit(int(exc.exit_code))
+
+
+class _Ctx:
+    def __init__(
+        self, config_file: Path | None, overrides: dict[str, object], *, verbose: bool
+    ) -> None:
+        self.config_file = config_file
+        self.overrides = overrides
+        self.verbose = verbose
+        self._settings: Settings | None = None
+
+    def settings(self, **more: object) -> Settings:
+        given = {k: v for k, v in {**self.overrides, **more}.items() if v is not None}
+        settings = load_settings(config_file=self.config_file, overrides=given)
+        configure_logging(
+            level=settings.log_level,
+            log_file=settings.effective_log_file,
+            log_format=settings.log_format,
+            # One line per file goes to the log file; the terminal shows a progress bar and
+            # warnings, unless a level was asked for explicitly.
+            console_level=None if self.verbose else "WARNING",
+            secrets=settings.secret_values(),
+        )
+        return settings
+
+
+pass_ctx = click.make_pass_decorator(_Ctx)
+
+
+def _parse_set(values: Sequence[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        out[key.strip()] = value
+    return out
+
+
+@click.group(
+    cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="r2migrate")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Settings file (default: ./r2migrate.toml, or $R2MIGRATE_CONFIG).",
+)
+@click.option("--media-root", type=click.Path(path_type=Path), help="Django's MEDIA_ROOT.")
+@click.option("--bucket", "bucket_name", help="Target bucket (django-storages bucket_name).")
+@click.option("--location", help="Key prefix inside the bucket (django-storages location).")
+@click.option("--endpoint-url", help="S3 endpoint; for R2 prefer --set r2_account_id=...")
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path), help="Folder for logs and the embedded stack."
+)
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+)
+@click.option(
+    "--log-file",
+    type=click.Path(path_type=Path),
+    help="Rotating log file (default: STATE_DIR/r2migrate.log).",
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), help="json: one JSON object per line."
+)
+@click.option(
+    "--set",
+    "set_values",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any setting (repeatable); see `r2migrate config show` for the names.",
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Show every log line (one per file) on the terminal too."
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    /,
+    config_file: Path | None,
+    set_values: tuple[str, ...],
+    verbose: bool,
+    **flags: object,
+) -> None:
+    """Move a Django app's uploaded files to Cloudflare R2 (or any S3 bucket) and prove it.
+
+    \b
+    The stages, in order:
+      r2migrate inventory              what the database references, what is wrong, what it costs
+      r2migrate plan --dry-run         what would be uploaded, skipped or refused; touches nothing
+      r2migrate plan                   store batches (default 50 files each)
+      r2migrate run                    upload them: SHA-256 checked, create-only, resumable
+      r2migrate batches / status ID    progress, failures and reasons
+
+    \b
+    Settings come from defaults < the embedded stack < r2migrate.toml < environment
+    (R2MIGRATE_*, DATABASE_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) < these flags.
+    Try it without any servers: `r2migrate dev up && r2migrate dev sample-data`.
+    """
+    overrides = {**_parse_set(set_values), **{k: v for k, v in flags.items() if v is not None}}
+    ctx.obj = _Ctx(config_file, overrides, verbose=verbose or flags.get("log_level") is not None)
+
+
+# -- output helpers ---------------------------------------------------------------------------
+
+
+def _human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(_jsonable(value), indent=2, ensure_ascii=False))
+
+
+@contextmanager
+def _progress(total: int | None, desc: str, unit: str = "file") -> Iterator[Callable[[int], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
+
+    def tick(n: int) -> None:
+        bar.update(n)
+
+    try:
+        yield tick
+    finally:
+        bar.close()
+
+
+@contextmanager
+def _open_state(settings: Settings, *, migrate: bool = True) -> Iterator[State]:
+    settings.require("database_url")
+    state = State.open(settings.database_url, schema=settings.state_schema, migrate=migrate)
+    try:
+        yield state
+    finally:
+        state.close()
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Inspect the effective settings."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def config_show(obj: _Ctx, as_json: bool) -> None:
+    """Print every setting, its value (secrets redacted) and where it came from."""
+    settings = obj.settings()
+    if as_json:
+        _echo_json({name: {"value": v, "source": src} for name, v, src in settings.describe()})
+        return
+    click.echo(_table(["setting", "value", "from"], settings.describe()))
+
+
+# -- embedded stack ---------------------------------------------------------------------------
+
+
+@main.group()
+def dev() -> None:
+    """The embedded stack: PostgreSQL and SeaweedFS on 127.0.0.1, for demos and tests.
+
+    Everything lives under the state folder (default .r2migrate/). With DATABASE_URL and an
+    endpoint configured you do not need it.
+    """
+
+
+@dev.command("up")
+@click.option("--bucket", "bucket_name", default="media", show_default=True)
+@pass_ctx
+def dev_up(obj: _Ctx, bucket_name: str) -> None:
+    """Start (or find running) the embedded PostgreSQL and S3 server."""
+    settings = obj.settings()
+    info = devstack.start_stack(settings.state_dir.resolve(), bucket_name=bucket_name)
+    click.echo(f"PostgreSQL  {_redact(info.database_url)}  (pid {info.postgres_pid})")
+    click.echo(f"S3          {info.endpoint_url}  bucket {info.bucket_name}  (pid {info.weed_pid})")
+    click.echo(f"MEDIA_ROOT  {info.media_root}")
+    click.echo(f"Settings for other commands are read from {info.root / 'stack.json'}.")
+
+
+def _redact(url: str) -> str:
+    from r2migrate.config import redact_url
+
+    return redact_url(url)
+
+
+@dev.command("down")
+@pass_ctx
+def dev_down(obj: _Ctx) -> None:
+    """Stop the embedded stack (only the processes it started, by recorded pid)."""
+    settings = obj.settings()
+    for line in devstack.stop_stack(settings.state_dir.resolve()) or ["nothing was running"]:
+        click.echo(line)
+
+
+@dev.command("status")
+@pass_ctx
+def dev_status(obj: _Ctx) -> None:
+    """Is the embedded stack running, and where."""
+    settings = obj.settings()
+    status = devstack.stack_status(settings.state_dir.resolve())
+    _echo_json(status)
+
+
+@dev.command("sample-data")
+@click.option("--files", default=120, show_default=True, help="How many referenced files.")
+@click.option("--seed", default=0, show_default=True)
+@pass_ctx
+def dev_sample_data(obj: _Ctx, files: int, seed: int) -> None:
+    """Create a realistic Django media tree and the list_cutter_savedfile table pointing at it."""
+    settings = obj.settings()
+    settings.require("database_url", "media_root")
+    assert settings.database_url is not None and settings.media_root is not None
+    sample = devstack.create_sample_data(
+        settings.database_url, Path(settings.media_root), seed=seed, files=files
+    )
+    click.echo(_table(["what", "count"], [(k, v) for k, v in asdict(sample).items()]))
+
+
+# -- inventory --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write every row to this CSV file.",
+)
+@click.option("--no-save", is_flag=True, help="Do not store the snapshot in the state tables.")
+@click.option(
+    "--files-per-s",
+    type=float,
+    default=DEFAULT_FILES_PER_S,
+    show_default=True,
+    help="Throughput for the time estimate.",
+)
+@click.option(
+    "--mib-per-s",
+    type=float,
+    default=DEFAULT_MIB_PER_S,
+    show_default=True,
+    help="Bandwidth for the time estimate.",
+)
+@click.option("--show", default=20, show_default=True, help="How many problem rows to list.")
+@pass_ctx
+def inventory(
+    obj: _Ctx,
+    as_json: bool,
+    csv_path: Path | None,
+    no_save: bool,
+    files_per_s: float,
+    mib_per_s: float,
+    show: int,
+) -> None:
+    """Every file the database references, plus orphans on disk: sizes, problems, cost, time.
+
+    \b
+    Problem codes: missing, unsafe_path, not_regular_file, unreadable, empty_name,
+    duplicate_reference, key_too_long, key_invalid, not_nfc, normalization_collision,
+    gzip_encoding, orphan. Blocking problems keep a file out of the plan.
+    """
+    settings = obj.settings()
+    settings.require("database_url", "media_root")
+    writer = None
+    handle = None
+    if csv_path is not None:
+        handle = csv_path.open("w", newline="", encoding="utf-8")
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "file_id",
+                "relative_path",
+                "object_key",
+                "size_bytes",
+                "content_type",
+                "content_encoding",
+                "problems",
+            ]
+        )
+
+    def on_file(item: MediaFile) -> None:
+        if writer is not None:
+            writer.writerow(
+                [
+                    item.file_id,
+                    item.relative_path,
+                    item.object_key,
+                    item.size_bytes,
+                    item.content_type,
+                    item.content_encoding,
+                    " ".join(item.problems),
+                ]
+            )
+
+    try:
+        with (
+            _open_state(settings, migrate=not no_save) as state,
+            _progress(None, "inventory") as tick,
+        ):
+            summary = take_inventory(
+                settings,
+                state,
+                save=not no_save,
+                files_per_s=files_per_s,
+                mib_per_s=mib_per_s,
+                on_file=on_file,
+                on_progress=tick,
+            )
+    finally:
+        if handle is not None:
+            handle.close()
+    if as_json:
+        _echo_json(summary_dict(summary))
+        return
+    _render_inventory(summary, show)
+    if csv_path is not None:
+        click.echo(f"\nEvery row written to {csv_path}")
+
+
+def _render_inventory(s: InventorySummary, show: int) -> None:
+    e = s.estimate
+    click.echo(
+        f"Referenced rows: {s.rows}   ready to migrate: {s.migratable_files} files, "
+        f"{_human_bytes(s.migratable_bytes)}   orphans on disk: {s.orphans} "
+        f"({_human_bytes(s.orphan_bytes)})"
+    )
+    if s.problems:
+        from r2migrate.errors import Problem
+
+        rows = [
+            (p, n, "blocks" if Problem(p).blocking else "warning") for p, n in s.problems.items()
+        ]
+        click.echo("\n" + _table(["problem", "rows", "effect"], rows))
+    click.echo("\n" + _table(["size", "files"], [h for h in s.size_histogram if h[1]]))
+    click.echo(
+        f"\nR2 estimate: {e.class_a_ops} Class A ops ${e.class_a_usd:.4f}, "
+        f"storage {e.storage_gb:.3f} GB ${e.storage_usd_per_month:.4f}/month, "
+        f"verify (HEAD) ${e.class_b_usd_verify:.4f}; "
+        f"about {e.seconds:.0f} s at {e.files_per_s:.0f} files/s or {e.mib_per_s:.0f} MiB/s"
+    )
+    if s.problem_examples and show:
+        rows2 = [
+            (m.file_id, m.relative_path, ",".join(m.problems)) for m in s.problem_examples[:show]
+        ]
+        click.echo("\n" + _table(["file", "path", "problems"], rows2))
+    if s.run_id is not None:
+        click.echo(f"\nSnapshot saved as inventory run {s.run_id}.")
+
+
+# -- plan -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would happen; write nothing anywhere.")
+@click.option("--batch-size", type=click.IntRange(1, 10000), help="Files per batch (default 50).")
+@click.option("--max-files", type=click.IntRange(1), help="Plan at most this many files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan summary as JSON.")
+@click.option(
+    "--show", default=20, show_default=True, help="How many refused/conflicting files to list."
+)
+@pass_ctx
+def plan(
+    obj: _Ctx,
+    dry_run: bool,
+    batch_size: int | None,
+    max_files: int | None,
+    as_json: bool,
+    show: int,
+) -> None:
+    """Decide per file: upload, already there (ours), conflict, or refuse; group into batches.
+
+    Takes a fresh inventory first. Each key is checked with a HEAD request; an object is only
+    treated as ours when it carries this file's SHA-256. With --dry-run nothing is written: not to
+    the bucket, not to the state tables.
+    """
+    settings = obj.settings(batch_size=batch_size)
+    settings.require("database_url", "media_root", "bucket_name")
+    with _open_state(settings, migrate=not dry_run) as state:
+        collected: list[MediaFile] = []
+        with _progress(None, "inventory") as tick:
+            if dry_run:
+                take_inventory(
+                    settings, state, save=False, on_file=collected.append, on_progress=tick
+                )
+            else:
+                take_inventory(settings, state, save=True, on_progress=tick)
+        with _progress(None, "HEAD") as tick:
+            summary = make_plan(
+                settings,
+                state,
+                items=collected if dry_run else None,
+                dry_run=dry_run,
+                max_files=max_files,
+                on_progress=tick,
+            )
+    if as_json:
+        _echo_json(summary)
+        return
+    rows = [
+        (a, n, _human_bytes(summary.bytes_by_action.get(a, 0))) for a, n in summary.actions.items()
+    ]
+    click.echo(_table(["action", "files", "bytes"], rows))
+    odd = [i for i in summary.items if i.action not in (Action.UPLOAD, Action.ALREADY_THERE)]
+    if odd and show:
+        click.echo(
+            "\n"
+            + _table(
+                ["action", "path", "reason"],
+                [(i.action.value, i.relative_path, i.reason) for i in odd[:show]],
+            )
+        )
+    if summary.dry_run:
+        click.echo(
+            f"\nDry run: {summary.batches_needed} batch(es) of up to {summary.batch_size} would be "
+            f"created after {summary.head_requests} HEAD request(s). Nothing was written."
+        )
+    else:
+        click.echo(
+            f"\nCreated {len(summary.batch_ids)} batch(es): {', '.join(summary.batch_ids) or '-'}"
+        )
+        if summary.batch_ids:
+            click.echo("Next: r2migrate run")
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--batch", "batch_id", help="Run only this batch.")
+@click.option(
+    "--resume-batch",
+    help="Resume this batch: abandoned uploads resolved by HEAD, failed files retried.",
+)
+@click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches.")
+@click.option("--workers", type=click.IntRange(1, 512), help="Concurrent uploads (threads).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@pass_ctx
+def run(
+    obj: _Ctx,
+    batch_id: str | None,
+    resume_batch: str | None,
+    max_batches: int | None,
+    workers: int | None,
+    as_json: bool,
+) -> None:
+    """Upload planned batches: create-only PUT with SHA-256, retries, every step recorded.
+
+    Without --batch, runs every batch that has work left, oldest first. Ctrl-C stops cleanly
+    (exit 130); a killed run loses nothing: the next run HEADs files that were in flight and
+    never sends a file the bucket already holds with its SHA-256.
+    """
+    if batch_id and resume_batch:
+        raise click.UsageError("Give --batch or --resume-batch, not both.")
+    settings = obj.settings(workers=workers)
+    settings.require("database_url", "media_root", "bucket_name")
+    with _open_state(settings) as state:
+        target = batch_id or resume_batch
+        todo = [state.get_batch(target)] if target else state.batches_to_run()
+        if max_batches is not None:
+            todo = todo[:max_batches]
+        if not todo:
+            click.echo("No batch has work left. Create some with `r2migrate plan`.")
+            return
+        total_files = sum(b.total_files for b in todo)
+        done_before = sum(b.uploaded_files + b.skipped_files for b in todo)
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total_files,
+            initial=done_before,
+            desc="upload",
+            unit="file",
+            file=sys.stderr,
+            disable=None,
+        )
+        seen: dict[str, int] = {}
+
+        def on_progress(p: Progress) -> None:
+            before = seen.get(p.batch_id)
+            seen[p.batch_id] = p.files_done
+            if before is not None and p.files_done > before:
+                bar.update(p.files_done - before)
+            elif before is None:
+                start = next(
+                    (b.uploaded_files + b.skipped_files for b in todo if b.batch_id == p.batch_id),
+                    0,
+                )
+                bar.update(max(0, p.files_done - start))
+            bar.set_postfix_str(p.batch_id)
+
+        try:
+            summary = run_batches(
+                settings,
+                state,
+                batch_id=target,
+                resume=resume_batch is not None,
+                max_batches=max_batches,
+                on_progress=on_progress,
+            )
+        finally:
+            bar.close()
+        batches = [state.get_batch(b.batch_id) for b in summary.batches]
+    if as_json:
+        _echo_json(
+            {"batches": summary.batches, "failed": summary.failed, "uploaded": summary.uploaded}
+        )
+    else:
+        _render_batches(batches)
+        click.echo(
+            f"\nUploaded {summary.uploaded} file(s), {_human_bytes(summary.bytes_sent)} in "
+            f"{summary.elapsed_s:.1f} s"
+            + (
+                f" ({summary.uploaded / summary.elapsed_s:.0f} files/s)"
+                if summary.elapsed_s > 0
+                else ""
+            )
+        )
+        for b in summary.batches:
+            for key, code, message in b.failures[:10]:
+                click.echo(f"  FAILED {key}: {code} {message}", err=True)
+    if summary.failed:
+        sys.exit(int(ExitCode.FILES_FAILED))
+
+
+# -- status -----------------------------------------------------------------------------------
+
+
+def _render_batches(batches: Sequence[Batch]) -> None:
+    rows = []
+    for b in batches:
+        elapsed = (
+            (b.completed_at - b.started_at).total_seconds()
+            if b.completed_at and b.started_at
+            else None
+        )
+        rate = f"{(b.uploaded_files / elapsed):.0f}/s" if elapsed else "-"
+        rows.append(
+            (
+                b.batch_id,
+                b.status.value,
+                b.total_files,
+                b.uploaded_files,
+                b.skipped_files,
+                b.failed_files,
+                b.conflict_files,
+                _human_bytes(b.uploaded_bytes),
+                rate,
+            )
+        )
+    click.echo(
+        _table(
+            [
+                "batch",
+                "status",
+                "files",
+                "uploaded",
+                "skipped",
+                "failed",
+                "conflict",
+                "bytes",
+                "rate",
+            ],
+            rows,
+        )
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def batches(obj: _Ctx, as_json: bool) -> None:
+    """List batches (the original system's --list-batches)."""
+    settings = obj.settings()
+    with _open_state(settings) as state:
+        found = state.list_batches()
+    if as_json:
+        _echo_json(found)
+    elif not found:
+        click.echo("No batches yet. Create some with `r2migrate plan`.")
+    else:
+        _render_batches(found)
+
+
+@main.command()
+@click.argument("batch_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--files", "show_files", is_flag=True, help="List every file of the batch.")
+@pass_ctx
+def status(obj: _Ctx, batch_id: str, as_json: bool, show_files: bool) -> None:
+    """One batch: counts, bytes, throughput, failures with reasons (--batch-status)."""
+    settings = obj.settings()
+    with _open_state(settings) as state:
+        batch = state.get_batch(batch_id)
+        files = state.batch_files(batch_id)
+    if as_json:
+        _echo_json({"batch": batch, "files": files})
+        return
+    _render_batches([batch])
+    bad = [f for f in files if f.status in (FileStatus.FAILED, FileStatus.CONFLICT)]
+    listed = files if show_files else bad
+    if listed:
+        click.echo(
+            "\n"
+            + _table(
+                ["status", "key", "attempts", "error"],
+                [
+                    (
+                        f.status.value,
+                        f.object_key,
+                        f.attempts,
+                        f.error_message or f.error_code or "",
+                    )
+                    for f in listed
+                ],
+            )
+        )
+    if batch.last_error:
+        click.echo(f"\nlast error: {batch.last_error}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
