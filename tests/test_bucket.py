@@ -151,3 +151,18 @@ def test_part_size_grows_to_fit_ten_thousand_parts():
 
 def test_sha256_b64():
     assert sha256_b64(_sha(b"")) == "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+
+
+def test_conditional_delete_refuses_a_replaced_object(make_settings):
+    from r2migrate.errors import ObjectChanged
+
+    bucket = Bucket(make_settings())
+    data = b"ours"
+    bucket.put_object_checked("d.txt", data, sha256_hex=_sha(data), content_type="text/plain")
+    info = bucket.head("d.txt")
+    assert info is not None
+    with pytest.raises(ObjectChanged):
+        bucket.delete_if_match("d.txt", '"0123456789abcdef0123456789abcdef"')
+    assert bucket.head("d.txt") is not None
+    bucket.delete_if_match("d.txt", info.etag)
+    assert bucket.head("d.txt") is None

@@ -24,6 +24,7 @@ from r2migrate.errors import (
     BucketUnavailable,
     DigestMismatch,
     NoSuchBucket,
+    ObjectChanged,
     ObjectExists,
     TransientBucketError,
 )
@@ -131,6 +132,10 @@ def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = N
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         message = str(err.get("Message") or code or status)
         if code in ("PreconditionFailed", "412") or status == 412:
+            if op.startswith("DELETE"):
+                return ObjectChanged(
+                    f"{where}: the object changed since it was checked", code="PreconditionFailed"
+                )
             return ObjectExists(
                 f"{where}: the key already holds an object", code="PreconditionFailed"
             )
@@ -340,7 +345,7 @@ class Bucket:
                     Bucket=self.name,
                     Key=key,
                     UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[arg-type]
+                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
                     IfNoneMatch="*",
                 )
             except Exception as exc:
@@ -371,3 +376,14 @@ class Bucket:
         except Exception as exc:
             raise translate_error(exc, op="GET", bucket=self.name, key=key) from exc
         return digest.hexdigest(), size
+
+    def delete_if_match(self, key: str, etag: str) -> None:
+        """Delete only if the object still has `etag` (If-Match); ObjectChanged otherwise.
+
+        Callers prove the object is ours (HEAD: our SHA-256) before calling; the condition closes
+        the window in which it could have been replaced between that HEAD and this DELETE.
+        """
+        try:
+            self.client.delete_object(Bucket=self.name, Key=key, IfMatch=etag)
+        except Exception as exc:
+            raise translate_error(exc, op="DELETE", bucket=self.name, key=key) from exc

@@ -18,6 +18,7 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
     │   ├── AccessDenied              exit 2   credentials wrong or lacking permission
     │   ├── NoSuchBucket              exit 2   the bucket does not exist (R2 never creates one)
     │   ├── ObjectExists              exit 1   create-only PUT refused: the key is taken
+    │   ├── ObjectChanged             exit 1   If-Match refused: the object is not the one we saw
     │   ├── DigestMismatch            exit 1   the server computed another SHA-256 (BadDigest)
     │   └── TransientBucketError      exit 1   5xx, SlowDown, timeout, reset: worth retrying
     ├── SourceError                   exit 1   a source file cannot be read safely; .problem
@@ -161,6 +162,10 @@ class NoSuchBucket(BucketError):
 
 class ObjectExists(BucketError):
     pass
+
+
+class ObjectChanged(BucketError):
+    default_hint = "The object was replaced after it was checked; it was left untouched."
 
 
 class DigestMismatch(BucketError):
