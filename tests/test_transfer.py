@@ -91,17 +91,22 @@ def test_kill_9_then_resume_sends_no_recorded_file_twice(proxied, media_root, fr
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while sum(proxy.count("PUT").values()) < 30 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
     with State.open(settings.database_url) as state:
+        # kill once some outcomes are recorded and uploads are in flight
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if state.get_batch(batch_id).uploaded_files >= 10:
+                break
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        state.refresh_counts(batch_id)
         at_kill = {f.object_key: f.status for f in state.batch_files(batch_id)}
         recorded = {k for k, s in at_kill.items() if s is FileStatus.UPLOADED}
         in_flight = {k for k, s in at_kill.items() if s is FileStatus.UPLOADING}
         assert recorded, "the kill came before anything was recorded; slow the proxy more"
         assert len(recorded) < total
+        assert in_flight, "the kill should land while uploads are in flight"
         proxy.rule = None
         summary = run_batches(settings, state, batch_id=batch_id)
         final = state.batch_files(batch_id)

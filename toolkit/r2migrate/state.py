@@ -125,6 +125,10 @@ class FileRecord:
     lease_owner: str | None = None
     source_refs: tuple[str, ...] = ()
     previous_status: FileStatus | None = None  # set by claim_files: what the row was before
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    uploaded_at: datetime | None = None
+    verified_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -755,14 +759,35 @@ class State:
                 (batch_id, file_row_id, kind, outcome, json.dumps(detail or {}, default=str)),
             )
 
-    def events(self, batch_id: str, *, kind: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT * FROM {s}.events WHERE batch_id = %s"
-        params: list[Any] = [batch_id]
-        if kind:
-            query += " AND kind = %s"
-            params.append(kind)
+    def events(
+        self,
+        batch_id: str | None = None,
+        *,
+        kind: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """History rows (id, at, batch_id, file_row_id, kind, outcome, detail), filtered."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("batch_id", batch_id), ("kind", kind), ("outcome", outcome)):
+            if value is not None:
+                where.append(f"{column} = %s")
+                params.append(value)
+        if since is not None:
+            where.append("at > %s")
+            params.append(since)
+        query = "SELECT * FROM {s}.events"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY id DESC" if newest_first else " ORDER BY id"
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(limit)
         with translate_db_errors("reading events"):
-            return self.conn.execute(self._q(query + " ORDER BY id"), params).fetchall()
+            return self.conn.execute(self._q(query), params).fetchall()
 
 
 def _batch_from_row(r: Mapping[str, Any]) -> Batch:
@@ -811,4 +836,8 @@ def _file_from_row(r: Mapping[str, Any]) -> FileRecord:
         lease_owner=r["lease_owner"],
         source_refs=tuple(r["source_refs"] or ()),
         previous_status=FileStatus(previous) if previous else None,
+        created_at=r.get("created_at"),
+        updated_at=r.get("updated_at"),
+        uploaded_at=r.get("uploaded_at"),
+        verified_at=r.get("verified_at"),
     )
