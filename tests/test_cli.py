@@ -47,6 +47,7 @@ COMMANDS = [
     ["run"],
     ["batches"],
     ["status"],
+    ["worker"],
 ]
 
 
@@ -164,3 +165,13 @@ def test_readme_quick_start_commands_exist():
     assert "make demo" in readme and "make test" in readme
     assert "\ndemo:" in makefile and "\ntest:" in makefile
     assert os.access(root / ".ci" / "run", os.R_OK)
+
+
+def test_worker_once_runs_every_planned_batch(settings, sample):
+    env = _env(settings)
+    assert _invoke(["plan", "--batch-size", "40"], env).exit_code == 0
+    result = _invoke(["worker", "--once", "--poll-s", "0.1", "--processes", "1"], env)
+    assert result.exit_code == 0, result.output
+    batches = json.loads(_invoke(["batches", "--json"], env).stdout)
+    assert len(batches) == 3
+    assert {b["status"] for b in batches} == {"completed"}

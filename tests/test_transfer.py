@@ -129,7 +129,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(proxied, media_root, fresh_dat
     _make_files(media_root, 80)
     _seed_rows(fresh_database_url, media_root)
     (batch_id,) = _plan(settings)
-    proxy.rule = lambda r: ("delay", 0.05) if r.method == "PUT" else None
+    proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
     child = subprocess.Popen(
         [sys.executable, "-m", "r2migrate", "run"],
         env=_env_for(settings, proxy.url),
@@ -237,3 +237,57 @@ def test_file_changed_during_multipart_upload_is_never_completed(
     assert row.status is FileStatus.FAILED
     assert row.error_code == "SourceChanged"
     assert Bucket(settings).head("uploads/big.bin") is None
+
+
+def test_several_processes_share_a_batch_without_sending_twice(
+    proxied, media_root, fresh_database_url
+):
+    proxy, settings = proxied
+    _make_files(media_root, 150)
+    total = _seed_rows(fresh_database_url, media_root)
+    (batch_id,) = _plan(settings)
+    with State.open(settings.database_url) as state:
+        summary = run_batches(settings, state, batch_id=batch_id, processes=2)
+        assert state.get_batch(batch_id).status is BatchStatus.COMPLETED
+    assert summary.uploaded == total
+    puts = proxy.count("PUT")
+    assert len(puts) == total
+    assert set(puts.values()) == {1}
+
+
+def test_a_killed_upload_process_is_finished_by_the_parent(
+    proxied, media_root, fresh_database_url
+):
+    import psutil
+
+    proxy, settings = proxied
+    _make_files(media_root, 150)
+    total = _seed_rows(fresh_database_url, media_root)
+    (batch_id,) = _plan(settings)
+    proxy.rule = lambda r: ("delay", 0.03) if r.method == "PUT" else None
+    killed: list[int] = []
+
+    def kill_one_child() -> None:
+        with State.open(settings.database_url) as watcher:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if watcher.get_batch(batch_id).uploaded_files >= 20:
+                    break
+                time.sleep(0.02)
+        for child in psutil.Process().children():
+            if "spawn_main" in " ".join(child.cmdline()):
+                child.kill()
+                killed.append(child.pid)
+                return
+
+    killer = threading.Thread(target=kill_one_child)
+    killer.start()
+    with State.open(settings.database_url) as state:
+        run_batches(settings, state, batch_id=batch_id, processes=2)
+        killer.join()
+        final = state.batch_files(batch_id)
+        assert state.get_batch(batch_id).status is BatchStatus.COMPLETED
+    assert killed, "no upload process was found to kill"
+    assert {f.status for f in final} == {FileStatus.UPLOADED}
+    assert len(dict(Bucket(settings).iter_objects())) == total
+    assert all(n <= 2 for n in proxy.count("PUT").values())

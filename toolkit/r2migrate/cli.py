@@ -32,7 +32,7 @@ from r2migrate.inventory import (
 from r2migrate.logs import configure_logging
 from r2migrate.plan import Action
 from r2migrate.plan import plan as make_plan
-from r2migrate.state import Batch, FileStatus, MediaFile, State
+from r2migrate.state import Batch, BatchStatus, FileStatus, MediaFile, State
 from r2migrate.transfer import Progress
 from r2migrate.transfer import run as run_batches
 
@@ -542,7 +542,12 @@ def plan(
     help="Resume this batch: abandoned uploads resolved by HEAD, failed files retried.",
 )
 @click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches.")
-@click.option("--workers", type=click.IntRange(1, 512), help="Concurrent uploads (threads).")
+@click.option("--workers", type=click.IntRange(1, 1024), help="Upload threads per process.")
+@click.option(
+    "--processes",
+    type=click.IntRange(0, 256),
+    help="Upload processes (0 = one per core for 500+ files).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 @pass_ctx
 def run(
@@ -551,6 +556,7 @@ def run(
     resume_batch: str | None,
     max_batches: int | None,
     workers: int | None,
+    processes: int | None,
     as_json: bool,
 ) -> None:
     """Upload planned batches: create-only PUT with SHA-256, retries, every step recorded.
@@ -561,7 +567,7 @@ def run(
     """
     if batch_id and resume_batch:
         raise click.UsageError("Give --batch or --resume-batch, not both.")
-    settings = obj.settings(workers=workers)
+    settings = obj.settings(workers=workers, processes=processes)
     settings.require("database_url", "media_root", "bucket_name")
     with _open_state(settings) as state:
         target = batch_id or resume_batch
@@ -630,6 +636,52 @@ def run(
                 click.echo(f"  FAILED {key}: {code} {message}", err=True)
     if summary.failed:
         sys.exit(int(ExitCode.FILES_FAILED))
+
+
+@main.command()
+@click.option("--workers", type=click.IntRange(1, 1024), help="Upload threads per process.")
+@click.option("--processes", type=click.IntRange(0, 256), help="Upload processes (0 = auto).")
+@click.option("--poll-s", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option("--once", is_flag=True, help="Exit when no batch has work left.")
+@pass_ctx
+def worker(
+    obj: _Ctx, workers: int | None, processes: int | None, poll_s: float, once: bool
+) -> None:
+    """Keep uploading: run every batch with work, then wait for new batches.
+
+    Start the same command on several machines pointed at the same database to scale out:
+    files are claimed through leases in the ledger, so no file is sent twice, and the files of a
+    worker that dies are taken over when its lease expires (at once on the same machine).
+    """
+    import time
+
+    settings = obj.settings(workers=workers, processes=processes)
+    settings.require("database_url", "media_root", "bucket_name")
+    first = True
+    failed = 0
+    while True:
+        with _open_state(settings) as state:
+            todo = [b for b in state.batches_to_run() if b.status is not BatchStatus.FAILED]
+            if todo:
+                summary = run_batches(settings, state, retry_failed=first)
+                failed = summary.failed
+                if summary.uploaded:
+                    click.echo(
+                        f"uploaded {summary.uploaded} file(s) in "
+                        f"{len(summary.batches)} batch(es), {summary.failed} failed"
+                    )
+        first = False
+        if once and (not todo or state_is_idle(settings)):
+            break
+        time.sleep(poll_s)
+    if failed:
+        sys.exit(int(ExitCode.FILES_FAILED))
+
+
+def state_is_idle(settings: Settings) -> bool:
+    """True when no batch has pending or in-flight files left (failed ones wait for a resume)."""
+    with _open_state(settings) as state:
+        return all(state.open_file_count(b.batch_id) == 0 for b in state.batches_to_run())
 
 
 # -- status -----------------------------------------------------------------------------------

@@ -122,7 +122,10 @@ class Settings:
     verify                      verify TLS certificates; off only for a self-signed test server.
     object_parameters           extra put_object arguments (e.g. CacheControl) for every object.
     batch_size                  files per batch (1-10000); one ledger transaction per batch.
-    workers                     upload threads; memory ~ workers x multipart_chunksize_bytes.
+    workers                     upload threads per process; memory ~ workers x
+                                multipart_chunksize_bytes per process.
+    processes                   upload processes (each with ``workers`` threads); 0 = one per
+                                CPU core when a run has 500+ files to send, else 1.
     max_attempts                tries per file (1-20); each retry is one more Class A request.
     backoff_base_s              seconds before the first retry; doubles per attempt, jittered.
     backoff_max_s               ceiling of one backoff wait, in seconds.
@@ -161,6 +164,7 @@ class Settings:
     object_parameters: Mapping[str, str] = _EMPTY_MAP
     batch_size: int = 50
     workers: int = 16
+    processes: int = 0
     max_attempts: int = 3
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
@@ -691,6 +695,7 @@ def _check(s: Settings) -> Iterable[tuple[str, str]]:
             yield "object_parameters", f"{key!r} is not a put_object parameter name (CacheControl)"
     yield from _check_range("batch_size", s.batch_size, 1, 10_000)
     yield from _check_range("workers", s.workers, 1, 1024)
+    yield from _check_range("processes", s.processes, 0, 256)
     yield from _check_range("max_attempts", s.max_attempts, 1, 20)
     yield from _check_range("backoff_base_s", s.backoff_base_s, 0, 3600)
     yield from _check_range("backoff_max_s", s.backoff_max_s, 0, 3600)

@@ -6,9 +6,15 @@ holds, writing the intent (`uploading`) before each PUT and the outcome after it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import multiprocessing
+import multiprocessing.queues
+import os
+import queue
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,13 +28,19 @@ from r2migrate import catalog, source
 from r2migrate.bucket import Bucket, part_size_for
 from r2migrate.config import Settings
 from r2migrate.errors import (
+    AccessDenied,
+    BatchNotFound,
     BucketError,
     BucketUnavailable,
     ConfigError,
+    DatabaseUnavailable,
     Interrupted,
+    NoSuchBucket,
     ObjectExists,
     SourceError,
+    ToolkitError,
 )
+from r2migrate.logs import configure_logging
 from r2migrate.state import (
     DONE_STATUSES,
     Batch,
@@ -338,12 +350,21 @@ def run(
     bucket: Bucket | None = None,
     stop: threading.Event | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    processes: int | None = None,
+    retry_failed: bool = True,
 ) -> RunSummary:
     """Run one batch (`batch_id`) or every batch with work left; resumable at any point.
+
+    With more than one process (``processes``, else ``settings.processes``), each process runs
+    ``settings.workers`` threads and all of them claim files from the same batches through the
+    ledger's leases, so nothing is sent twice. `resume` is accepted for symmetry with the CLI:
+    every run resumes (abandoned uploads are resolved by HEAD, and unless `retry_failed` is
+    False, failed files get a new round of attempts).
 
     Raises Interrupted after saving state when `stop` is set or Ctrl-C arrives, and
     BucketUnavailable when the endpoint fails every request in a row.
     """
+    del resume
     bucket = bucket or Bucket(settings)
     bucket.check()
     stop = stop or threading.Event()
@@ -353,12 +374,23 @@ def run(
         batches = state.batches_to_run()
         if max_batches is not None:
             batches = batches[:max_batches]
-    results: list[BatchResult] = []
-    sender = _Sender(settings, bucket, stop)
     if settings.write_back:
         for label in settings.references:
             ref = catalog.parse_reference(label, id_column=settings.reference_id_column)
             catalog.ensure_write_back_columns(state.conn, ref)
+    for batch in batches:
+        # Once, before any runner starts: failed files get a new round of attempts.
+        state.release_dead_leases(batch.batch_id)
+        if retry_failed:
+            state.requeue_failed(batch.batch_id)
+    open_files = sum(state.open_file_count(b.batch_id) for b in batches)
+    count = process_count(settings, open_files, requested=processes)
+    if count > 1:
+        return _run_processes(
+            settings, state, [b.batch_id for b in batches], count, stop, on_progress
+        )
+    results: list[BatchResult] = []
+    sender = _Sender(settings, bucket, stop)
     for batch in batches:
         result = _run_batch(settings, state, batch, sender, stop, on_progress)
         results.append(result)
@@ -368,6 +400,182 @@ def run(
                 hint=f"Resume with `r2migrate run --resume-batch {batch.batch_id}`.",
             )
     return RunSummary(tuple(results))
+
+
+AUTO_PROCESSES_MIN_FILES = 500  # below this, starting processes costs more than it saves
+
+
+def process_count(settings: Settings, open_files: int, *, requested: int | None = None) -> int:
+    """How many upload processes a run uses: explicit, or one per core for large runs."""
+    wanted = requested if requested is not None else settings.processes
+    if wanted > 0:
+        return max(1, min(wanted, max(1, open_files)))
+    if open_files < AUTO_PROCESSES_MIN_FILES:
+        return 1
+    return max(1, os.cpu_count() or 1)
+
+
+def _run_processes(
+    settings: Settings,
+    state: State,
+    batch_ids: Sequence[str],
+    count: int,
+    stop: threading.Event,
+    on_progress: Callable[[Progress], None] | None,
+) -> RunSummary:
+    """Spawn `count` upload processes over the same batches; the ledger's leases split the work."""
+    ctx = multiprocessing.get_context("spawn")  # no fork: the parent holds sockets and threads
+    halt = ctx.Event()
+    inbox: multiprocessing.queues.Queue[tuple[str, Any]] = ctx.Queue()
+    children = [
+        ctx.Process(
+            target=_child_main,
+            args=(settings, list(batch_ids), halt, inbox),
+            name=f"r2migrate-upload-{i}",
+        )
+        for i in range(count)
+    ]
+    log.info("running %d batch(es) in %d processes", len(batch_ids), count)
+    for child in children:
+        child.start()
+    messages: list[tuple[str, Any]] = []
+    seen: dict[str, tuple[int, str]] = {}
+    try:
+        while any(c.is_alive() for c in children) or not inbox.empty():
+            if stop.is_set():
+                halt.set()
+            with contextlib.suppress(queue.Empty):
+                messages.append(inbox.get(timeout=0.5))
+            if on_progress is not None:
+                _poll_progress(state, batch_ids, seen, on_progress)
+    except KeyboardInterrupt:
+        stop.set()
+        halt.set()
+        log.warning("interrupted: waiting for the upload processes to record what is in flight")
+        while any(c.is_alive() for c in children) or not inbox.empty():
+            with contextlib.suppress(queue.Empty):
+                messages.append(inbox.get(timeout=0.5))
+    for child in children:
+        child.join()
+    per_batch: dict[str, list[BatchResult]] = {}
+    errors: list[tuple[str, str, str]] = []
+    for kind, payload in messages:
+        if kind == "result":
+            per_batch.setdefault(payload.batch_id, []).append(payload)
+        elif kind == "error":
+            errors.append(payload)
+    if stop.is_set():
+        for bid in batch_ids:
+            if (
+                state.open_file_count(bid) == 0
+                and state.get_batch(bid).status is BatchStatus.RUNNING
+            ):
+                _finalize(state, bid, [])
+        raise Interrupted(
+            "Interrupted; every finished upload is recorded.",
+            hint="Resume with `r2migrate run` (or `--resume-batch BATCH`).",
+        )
+    if errors:
+        name, message, hint = errors[0]
+        raise _rebuild_error(name, message, hint)
+    # A process killed from outside leaves leased rows; finish them here, in this process.
+    dead = [c for c in children if c.exitcode not in (0, None)]
+    if dead:
+        log.warning("%d upload process(es) died; finishing their files here", len(dead))
+        sender = _Sender(settings, Bucket(settings), stop)
+        for bid in batch_ids:
+            state.release_dead_leases(bid)
+            if state.open_file_count(bid):
+                per_batch.setdefault(bid, []).append(
+                    _run_batch(settings, state, state.get_batch(bid), sender, stop, on_progress)
+                )
+    if on_progress is not None:
+        _poll_progress(state, batch_ids, seen, on_progress)
+    return RunSummary(tuple(_merge(state, bid, per_batch.get(bid, [])) for bid in batch_ids))
+
+
+def _child_main(
+    settings: Settings,
+    batch_ids: list[str],
+    halt: Any,
+    inbox: Any,
+) -> None:
+    """One upload process: its own connection, client and threads; reports results, not logs."""
+    # Ctrl-C reaches the parent, which sets `halt`; a child must finish its in-flight PUTs.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    configure_logging(
+        level=settings.log_level,
+        log_file=settings.effective_log_file,
+        log_format=settings.log_format,
+        console_level="WARNING",
+        secrets=settings.secret_values(),
+    )
+    stop = threading.Event()
+
+    def watch_halt() -> None:
+        halt.wait()
+        stop.set()
+
+    threading.Thread(target=watch_halt, daemon=True).start()
+    try:
+        with State.open(settings.database_url, schema=settings.state_schema, migrate=False) as st:
+            sender = _Sender(settings, Bucket(settings), stop)
+            for bid in batch_ids:
+                if stop.is_set():
+                    break
+                inbox.put(
+                    ("result", _run_batch(settings, st, st.get_batch(bid), sender, stop, None))
+                )
+    except ToolkitError as exc:
+        inbox.put(("error", (type(exc).__name__, exc.message, exc.hint)))
+
+
+def _rebuild_error(name: str, message: str, hint: str) -> ToolkitError:
+    kinds: dict[str, type[ToolkitError]] = {
+        "BucketUnavailable": BucketUnavailable,
+        "DatabaseUnavailable": DatabaseUnavailable,
+        "AccessDenied": AccessDenied,
+        "NoSuchBucket": NoSuchBucket,
+        "BatchNotFound": BatchNotFound,
+    }
+    return kinds.get(name, ToolkitError)(message, hint=hint)
+
+
+def _poll_progress(
+    state: State,
+    batch_ids: Sequence[str],
+    seen: dict[str, tuple[int, str]],
+    on_progress: Callable[[Progress], None],
+) -> None:
+    wanted = set(batch_ids)
+    for b in state.list_batches():
+        if b.batch_id not in wanted:
+            continue
+        done = b.uploaded_files + b.skipped_files
+        if seen.get(b.batch_id) != (done, b.status.value):
+            seen[b.batch_id] = (done, b.status.value)
+            on_progress(
+                Progress(
+                    b.batch_id, done, b.total_files, b.uploaded_bytes, b.total_bytes, "", b.status
+                )
+            )
+
+
+def _merge(state: State, batch_id: str, parts: Sequence[BatchResult]) -> BatchResult:
+    batch = state.get_batch(batch_id)
+    return BatchResult(
+        batch_id=batch_id,
+        status=batch.status,
+        uploaded=sum(p.uploaded for p in parts),
+        skipped=batch.skipped_files,
+        failed=sum(p.failed for p in parts),
+        conflict=sum(p.conflict for p in parts),
+        resolved_by_head=sum(p.resolved_by_head for p in parts),
+        bytes_sent=sum(p.bytes_sent for p in parts),
+        attempts=sum(p.attempts for p in parts),
+        elapsed_s=max((p.elapsed_s for p in parts), default=0.0),
+        failures=tuple(f for p in parts for f in p.failures),
+    )
 
 
 def _run_batch(
@@ -382,7 +590,6 @@ def _run_batch(
     started = time.monotonic()
     owner = new_owner_id()
     state.release_dead_leases(batch_id)
-    state.requeue_failed(batch_id)
     state.set_batch_status(batch_id, BatchStatus.RUNNING)
     current = state.refresh_counts(batch_id)
     files_total = current.total_files
@@ -500,19 +707,8 @@ def _run_batch(
             f"Batch {batch_id} stopped: the S3 endpoint failed every recent request ({outage}).",
             hint=f"Check the endpoint, then resume with `r2migrate run --resume-batch {batch_id}`.",
         )
-    elif state.open_file_count(batch_id) > 0:
-        status = BatchStatus.RUNNING  # another runner still holds some files
     else:
-        files = state.batch_files(batch_id)
-        ok = sum(1 for f in files if f.status in DONE_STATUSES)
-        status = (
-            BatchStatus.COMPLETED
-            if ok == len(files)
-            else BatchStatus.PARTIAL
-            if ok
-            else BatchStatus.FAILED
-        )
-        state.set_batch_status(batch_id, status, last_error=failures[0][2] if failures else None)
+        status = _finalize(state, batch_id, failures)
     log.info(
         "batch %s %s: %d uploaded, %d failed, %d conflict in %.1fs",
         batch_id,
@@ -536,6 +732,23 @@ def _run_batch(
         elapsed_s=elapsed,
         failures=tuple(failures),
     )
+
+
+def _finalize(state: State, batch_id: str, failures: Sequence[tuple[str, str, str]]) -> BatchStatus:
+    """Set the batch's final status, unless another runner still holds some of its files."""
+    if state.open_file_count(batch_id) > 0:
+        return BatchStatus.RUNNING
+    files = state.batch_files(batch_id)
+    ok = sum(1 for f in files if f.status in DONE_STATUSES)
+    status = (
+        BatchStatus.COMPLETED
+        if ok == len(files)
+        else BatchStatus.PARTIAL
+        if ok
+        else BatchStatus.FAILED
+    )
+    state.set_batch_status(batch_id, status, last_error=failures[0][2] if failures else None)
+    return status
 
 
 def _write_back(
