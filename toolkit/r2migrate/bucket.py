@@ -218,6 +218,26 @@ class Bucket:
                 return
             token = page.get("NextContinuationToken")
 
+    def iter_object_pages(self, prefix: str = "") -> Iterator[list[tuple[str, int]]]:
+        """(key, size) of every object under prefix, one list per LIST request.
+
+        Each page is one ListObjectsV2 call (a Class A operation on R2), so a caller can count
+        what a listing cost and keep only one page (up to 1,000 keys) in memory.
+        """
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            try:
+                page = self.client.list_objects_v2(**kwargs)
+            except Exception as exc:
+                raise translate_error(exc, op="LIST", bucket=self.name, key=prefix) from exc
+            yield [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return
+            token = page.get("NextContinuationToken")
+
     # -- one object -----------------------------------------------------------------------------
 
     def head(self, key: str) -> ObjectInfo | None:

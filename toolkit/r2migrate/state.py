@@ -695,6 +695,18 @@ class State:
                 (list(row_ids), owner),
             )
 
+    def expire_leases(self, batch_id: str, *, owner: str) -> int:
+        """End this owner's leases on rows still `uploading` (outcome unknown: HEAD decides)."""
+        with translate_db_errors("expiring leases"):
+            cur = self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files SET lease_expires_at = now() - interval '1 second'"
+                    " WHERE batch_id = %s AND lease_owner = %s AND status = 'uploading'"
+                ),
+                (batch_id, owner),
+            )
+        return cur.rowcount
+
     def record_outcomes(self, batch_id: str, outcomes: Sequence[Outcome], *, owner: str) -> int:
         """Write a group of outcomes in one transaction; only rows this owner still holds."""
         if not outcomes:
@@ -788,6 +800,175 @@ class State:
             params.append(limit)
         with translate_db_errors("reading events"):
             return self.conn.execute(self._q(query), params).fetchall()
+
+    # -- verify and rollback --------------------------------------------------------------------
+
+    def live_lease_count(self, batch_id: str) -> int:
+        """Files of a batch that a runner holds right now (uploading, lease not yet expired)."""
+        with translate_db_errors(f"checking leases of {batch_id}"):
+            row = self.conn.execute(
+                self._q(
+                    "SELECT count(*) AS n FROM {s}.files WHERE batch_id = %s"
+                    " AND status = 'uploading' AND lease_expires_at > now()"
+                ),
+                (batch_id,),
+            ).fetchone()
+        return int(row["n"]) if row else 0
+
+    def known_object_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` some live (not rolled back) ledger row names; one indexed query."""
+        if not keys:
+            return set()
+        with translate_db_errors("looking up object keys"):
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT object_key FROM {s}.files"
+                    " WHERE object_key = ANY(%s) AND status <> 'rolled_back'"
+                ),
+                (list(keys),),
+            ).fetchall()
+        return {r["object_key"] for r in rows}
+
+    def record_verification(
+        self,
+        batch_id: str,
+        *,
+        proven: Sequence[tuple[int, str | None]],
+        disproven: Sequence[tuple[int, str, str]],
+        events: Sequence[tuple[int | None, str, Mapping[str, Any]]],
+    ) -> None:
+        """Write one group of verify results in one transaction.
+
+        ``proven`` (row id, ETag seen) rows become `verified` with ``verified_at = now()``.
+        ``disproven`` (row id, error code, message) rows that were `verified` fall back to what
+        they were before (`skipped` when this tool never uploaded them, else `uploaded`), so
+        `verified` always means "the last check passed". Only rows in a done status change:
+        a row rolled back or re-queued meanwhile is left alone. ``events`` are appended as
+        kind 'verify' (row id or None, outcome, detail).
+        """
+        done = "status IN ('uploaded', 'skipped', 'verified')"
+        with translate_db_errors(f"recording verification of {batch_id}"), self.conn.transaction():
+            with self.conn.cursor() as cur:
+                if proven:
+                    cur.executemany(
+                        self._q(
+                            "UPDATE {s}.files SET status = 'verified', verified_at = now(),"
+                            " etag = coalesce(%s, etag),"
+                            " error_message = CASE WHEN error_code LIKE 'verify:%%' THEN NULL"
+                            "   ELSE error_message END,"
+                            " error_code = CASE WHEN error_code LIKE 'verify:%%' THEN NULL"
+                            "   ELSE error_code END,"
+                            " updated_at = now() WHERE id = %s AND " + done
+                        ),
+                        [(etag, row_id) for row_id, etag in proven],
+                    )
+                if disproven:
+                    cur.executemany(
+                        self._q(
+                            "UPDATE {s}.files SET status = CASE WHEN status <> 'verified'"
+                            "   THEN status WHEN uploaded_at IS NULL THEN 'skipped'"
+                            "   ELSE 'uploaded' END,"
+                            " error_code = %s, error_message = %s, updated_at = now()"
+                            " WHERE id = %s AND " + done
+                        ),
+                        [(code, message[:2000], row_id) for row_id, code, message in disproven],
+                    )
+            self._insert_events(batch_id, "verify", events)
+            self._refresh_counts(batch_id)
+
+    def mark_rolled_back(
+        self,
+        batch_id: str,
+        rows: Sequence[tuple[int, FileStatus, str, Mapping[str, Any]]],
+    ) -> set[int]:
+        """Mark rows `rolled_back` and append their 'rollback' events, in one transaction.
+
+        Each entry is (row id, the status the caller saw, outcome, detail). A row is changed
+        only if it still has that status, so a runner that claimed it meanwhile wins; the ids
+        actually changed are returned, and only they get an event.
+        """
+        changed: set[int] = set()
+        if not rows:
+            return changed
+        with translate_db_errors(f"rolling back rows of {batch_id}"), self.conn.transaction():
+            with self.conn.cursor() as cur:
+                for row_id, seen, _, _ in rows:
+                    cur.execute(
+                        self._q(
+                            "UPDATE {s}.files SET status = 'rolled_back', lease_owner = NULL,"
+                            " lease_expires_at = NULL, next_attempt_at = NULL, updated_at = now()"
+                            " WHERE id = %s AND batch_id = %s AND status = %s"
+                        ),
+                        (row_id, batch_id, seen.value),
+                    )
+                    if cur.rowcount == 1:
+                        changed.add(row_id)
+            self._insert_events(
+                batch_id,
+                "rollback",
+                [
+                    (row_id, outcome, detail)
+                    for row_id, _, outcome, detail in rows
+                    if row_id in changed
+                ],
+            )
+            self._refresh_counts(batch_id)
+        return changed
+
+    def add_events(
+        self,
+        batch_id: str | None,
+        kind: str,
+        events: Sequence[tuple[int | None, str, Mapping[str, Any]]],
+    ) -> None:
+        """Append a group of events (row id or None, outcome, detail) in one transaction."""
+        if not events:
+            return
+        with translate_db_errors("recording events"), self.conn.transaction():
+            self._insert_events(batch_id, kind, events)
+
+    def finish_rollback(self, batch_id: str) -> BatchStatus:
+        """Mark the batch `rolled_back` once every row is; returns the batch's status."""
+        with translate_db_errors(f"finishing the rollback of {batch_id}"), self.conn.transaction():
+            row = self.conn.execute(
+                self._q(
+                    "SELECT count(*) FILTER (WHERE status <> 'rolled_back') AS open"
+                    " FROM {s}.files WHERE batch_id = %s"
+                ),
+                (batch_id,),
+            ).fetchone()
+            batch = self.get_batch(batch_id)
+            if row is None or int(row["open"]) > 0 or batch.status is BatchStatus.ROLLED_BACK:
+                return batch.status
+            self.conn.execute(
+                self._q(
+                    "UPDATE {s}.batches SET status = 'rolled_back', completed_at = now()"
+                    " WHERE batch_id = %s"
+                ),
+                (batch_id,),
+            )
+            self.add_event(batch_id, None, "batch", BatchStatus.ROLLED_BACK.value, {})
+        return BatchStatus.ROLLED_BACK
+
+    def _insert_events(
+        self,
+        batch_id: str | None,
+        kind: str,
+        events: Sequence[tuple[int | None, str, Mapping[str, Any]]],
+    ) -> None:
+        if not events:
+            return
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                self._q(
+                    "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                    " VALUES (%s, %s, %s, %s, %s)"
+                ),
+                [
+                    (batch_id, row_id, kind, outcome, json.dumps(dict(detail), default=str))
+                    for row_id, outcome, detail in events
+                ],
+            )
 
 
 def _batch_from_row(r: Mapping[str, Any]) -> Batch:
