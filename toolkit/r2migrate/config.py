@@ -124,6 +124,9 @@ class Settings:
     batch_size                  files per batch (1-10000); one ledger transaction per batch.
     workers                     upload threads per process; memory ~ workers x
                                 multipart_chunksize_bytes per process.
+    fast_put                    send small-object PUTs through fastput.py's own SigV4 signer
+                                and keep-alive sockets (about a tenth of boto3's client CPU);
+                                false = boto3 for everything.
     processes                   upload processes (each with ``workers`` threads); 0 = one per
                                 CPU core when a run has 500+ files to send, else 1.
     max_attempts                tries per file (1-20); each retry is one more Class A request.
@@ -165,6 +168,7 @@ class Settings:
     batch_size: int = 50
     workers: int = 16
     processes: int = 0
+    fast_put: bool = True
     max_attempts: int = 3
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0

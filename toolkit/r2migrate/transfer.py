@@ -40,6 +40,7 @@ from r2migrate.errors import (
     SourceError,
     ToolkitError,
 )
+from r2migrate.fastput import FastPut
 from r2migrate.logs import configure_logging
 from r2migrate.state import (
     DONE_STATUSES,
@@ -137,6 +138,38 @@ class _Sender:
         self.bucket = bucket
         self.stop = stop
         self.rng = random.Random()
+        self.fast: FastPut | None = None
+        if settings.fast_put:
+            try:
+                self.fast = FastPut(settings)
+            except ConfigError as exc:
+                log.warning("fast_put is off for this run: %s", exc.message)
+
+    def close(self) -> None:
+        if self.fast is not None:
+            self.fast.close()
+
+    def _put_small(self, rec: FileRecord, data: bytes, sha: str) -> str:
+        """One create-only PUT: the lean path when on, boto3 for what it cannot send."""
+        if self.fast is not None:
+            try:
+                return self.fast.put_object_checked(
+                    rec.object_key,
+                    data,
+                    sha256_hex=sha,
+                    content_type=rec.content_type,
+                    content_encoding=rec.content_encoding,
+                ).etag
+            except BucketError as exc:
+                if exc.code != "FastPutUnsupported":
+                    raise
+        return self.bucket.put_object_checked(
+            rec.object_key,
+            data,
+            sha256_hex=sha,
+            content_type=rec.content_type,
+            content_encoding=rec.content_encoding,
+        ).etag
 
     def send(self, rec: FileRecord) -> Outcome:
         events: list[tuple[str, str, dict[str, Any]]] = []
@@ -208,14 +241,7 @@ class _Sender:
             if not source.files_identical_stat(before, after) or len(data) != before.size_bytes:
                 raise SourceChanged(f"{rec.relative_path} changed while it was read")
             sha = hashlib.sha256(data).hexdigest()
-            result = self.bucket.put_object_checked(
-                rec.object_key,
-                data,
-                sha256_hex=sha,
-                content_type=rec.content_type,
-                content_encoding=rec.content_encoding,
-            )
-            return sha, result.etag, None, len(data)
+            return sha, self._put_small(rec, data, sha), None, len(data)
         # Large: hash in a first streaming pass (the digest must travel in the metadata, which
         # is sent before the parts), then stream the parts; put_multipart re-hashes and aborts
         # when the two passes disagree.
@@ -391,14 +417,17 @@ def run(
         )
     results: list[BatchResult] = []
     sender = _Sender(settings, bucket, stop)
-    for batch in batches:
-        result = _run_batch(settings, state, batch, sender, stop, on_progress)
-        results.append(result)
-        if stop.is_set():
-            raise Interrupted(
-                f"Interrupted during batch {batch.batch_id}; finished work is recorded.",
-                hint=f"Resume with `r2migrate run --resume-batch {batch.batch_id}`.",
-            )
+    try:
+        for batch in batches:
+            result = _run_batch(settings, state, batch, sender, stop, on_progress)
+            results.append(result)
+            if stop.is_set():
+                raise Interrupted(
+                    f"Interrupted during batch {batch.batch_id}; finished work is recorded.",
+                    hint=f"Resume with `r2migrate run --resume-batch {batch.batch_id}`.",
+                )
+    finally:
+        sender.close()
     return RunSummary(tuple(results))
 
 
@@ -483,12 +512,16 @@ def _run_processes(
     if dead:
         log.warning("%d upload process(es) died; finishing their files here", len(dead))
         sender = _Sender(settings, Bucket(settings), stop)
-        for bid in batch_ids:
-            state.release_dead_leases(bid)
-            if state.open_file_count(bid):
-                per_batch.setdefault(bid, []).append(
-                    _run_batch(settings, state, state.get_batch(bid), sender, stop, on_progress)
-                )
+        try:
+            for bid in batch_ids:
+                state.release_dead_leases(bid)
+                if state.open_file_count(bid):
+                    batch = state.get_batch(bid)
+                    per_batch.setdefault(bid, []).append(
+                        _run_batch(settings, state, batch, sender, stop, on_progress)
+                    )
+        finally:
+            sender.close()
     if on_progress is not None:
         _poll_progress(state, batch_ids, seen, on_progress)
     return RunSummary(tuple(_merge(state, bid, per_batch.get(bid, [])) for bid in batch_ids))
@@ -520,12 +553,14 @@ def _child_main(
     try:
         with State.open(settings.database_url, schema=settings.state_schema, migrate=False) as st:
             sender = _Sender(settings, Bucket(settings), stop)
-            for bid in batch_ids:
-                if stop.is_set():
-                    break
-                inbox.put(
-                    ("result", _run_batch(settings, st, st.get_batch(bid), sender, stop, None))
-                )
+            try:
+                for bid in batch_ids:
+                    if stop.is_set():
+                        break
+                    batch = st.get_batch(bid)
+                    inbox.put(("result", _run_batch(settings, st, batch, sender, stop, None)))
+            finally:
+                sender.close()
     except ToolkitError as exc:
         inbox.put(("error", (type(exc).__name__, exc.message, exc.hint)))
 
@@ -629,6 +664,8 @@ def _run_batch(
                     exhausted = True
                 for rec in claimed:
                     in_flight[pool.submit(sender.send, rec)] = rec
+            if stop.is_set():
+                _give_back_unstarted(state, in_flight, owner)
             if not in_flight:
                 break
             finished, _ = wait(list(in_flight), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
@@ -684,6 +721,7 @@ def _run_batch(
         # Let in-flight PUTs finish (they will not retry) so their outcome is recorded; a second
         # Ctrl-C aborts the wait, and the leases + HEAD-on-resume still keep the ledger true.
         stop.set()
+        _give_back_unstarted(state, in_flight, owner)
         log.warning("interrupted: waiting for %d upload(s) in flight", len(in_flight))
         for fut, rec in list(in_flight.items()):
             try:
@@ -695,6 +733,9 @@ def _run_batch(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         flush()
+        # Anything still leased by this runner has an unknown outcome (an interrupt hit between
+        # a PUT and its record): expire the lease so the next run HEADs it before sending.
+        state.expire_leases(batch_id, owner=owner)
 
     final = state.refresh_counts(batch_id)
     elapsed = time.monotonic() - started
@@ -732,6 +773,17 @@ def _run_batch(
         elapsed_s=elapsed,
         failures=tuple(failures),
     )
+
+
+def _give_back_unstarted(
+    state: State, in_flight: dict[Future[Outcome], FileRecord], owner: str
+) -> None:
+    """Cancel claimed files whose upload has not started and hand them back as they were."""
+    unstarted = [fut for fut in in_flight if fut.cancel()]
+    if unstarted:
+        state.release_files([in_flight[f].id for f in unstarted], owner=owner)
+        for fut in unstarted:
+            del in_flight[fut]
 
 
 def _finalize(state: State, batch_id: str, failures: Sequence[tuple[str, str, str]]) -> BatchStatus:
