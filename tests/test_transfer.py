@@ -148,8 +148,12 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(proxied, media_root, fresh_dat
     with State.open(settings.database_url) as state:
         batch = state.get_batch(batch_id)
         assert batch.status is BatchStatus.PARTIAL
-        left = {f.status for f in state.batch_files(batch_id)}
-        assert FileStatus.UPLOADING not in left  # nothing left leased by a stopped runner
+        leased = state.conn.execute(
+            "SELECT count(*) AS n FROM r2migrate.files"
+            " WHERE status = 'uploading' AND lease_expires_at > now()"
+        ).fetchone()
+        assert leased is not None
+        assert leased["n"] == 0  # nothing left leased by a stopped runner
         proxy.rule = None
         run_batches(settings, state, batch_id=batch_id)
         assert state.get_batch(batch_id).status is BatchStatus.COMPLETED
@@ -255,9 +259,7 @@ def test_several_processes_share_a_batch_without_sending_twice(
     assert set(puts.values()) == {1}
 
 
-def test_a_killed_upload_process_is_finished_by_the_parent(
-    proxied, media_root, fresh_database_url
-):
+def test_a_killed_upload_process_is_finished_by_the_parent(proxied, media_root, fresh_database_url):
     import psutil
 
     proxy, settings = proxied

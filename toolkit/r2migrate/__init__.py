@@ -8,10 +8,15 @@ prints and never reads the environment except through ``load_settings``.
     >>> with State.open(settings.database_url) as state:
     ...     inventory(settings, state)
     ...     plan(settings, state, dry_run=True)
+
+Each stage function has the name of its module (``inventory``, ``plan``, ``verify``,
+``rollback``, ``doctor``), so ``r2migrate.verify`` is the function; import a module's other names
+from the module itself: ``from r2migrate.verify import VerifyOutcome``.
 """
 
 from r2migrate.bucket import Bucket, ObjectInfo
 from r2migrate.config import Settings, load_settings
+from r2migrate.doctor import Check, CheckStatus, DoctorReport, doctor
 from r2migrate.errors import (
     AccessDenied,
     BatchBusy,
@@ -37,8 +42,16 @@ from r2migrate.errors import (
 from r2migrate.inventory import CostEstimate, InventorySummary, inventory
 from r2migrate.keys import content_headers_for, object_key_for
 from r2migrate.plan import Action, PlanItem, PlanSummary, plan
+from r2migrate.rollback import (
+    RollbackItem,
+    RollbackOutcome,
+    RollbackProgress,
+    RollbackSummary,
+    rollback,
+)
 from r2migrate.state import Batch, BatchStatus, FileRecord, FileStatus, MediaFile, State
 from r2migrate.transfer import BatchResult, Progress, RunSummary, run
+from r2migrate.verify import FileCheck, VerifyOutcome, VerifyProgress, VerifySummary, verify
 
 __version__ = "0.1.0"
 
@@ -53,11 +66,15 @@ __all__ = [
     "Bucket",
     "BucketError",
     "BucketUnavailable",
+    "Check",
+    "CheckStatus",
     "ConfigError",
     "CostEstimate",
     "DatabaseUnavailable",
     "DigestMismatch",
+    "DoctorReport",
     "ExitCode",
+    "FileCheck",
     "FileRecord",
     "FileStatus",
     "Interrupted",
@@ -70,6 +87,10 @@ __all__ = [
     "PlanSummary",
     "Problem",
     "Progress",
+    "RollbackItem",
+    "RollbackOutcome",
+    "RollbackProgress",
+    "RollbackSummary",
     "RunSummary",
     "SchemaTooNew",
     "ServiceUnavailable",
@@ -80,11 +101,17 @@ __all__ = [
     "ToolkitError",
     "TransientBucketError",
     "UnsafePath",
+    "VerifyOutcome",
+    "VerifyProgress",
+    "VerifySummary",
     "__version__",
     "content_headers_for",
+    "doctor",
     "inventory",
     "load_settings",
     "object_key_for",
     "plan",
+    "rollback",
     "run",
+    "verify",
 ]

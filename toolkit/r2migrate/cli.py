@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -19,7 +21,7 @@ import click
 
 from r2migrate import __version__, devstack
 from r2migrate.config import Settings, load_settings
-from r2migrate.errors import ExitCode, Interrupted, ToolkitError
+from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
 from r2migrate.inventory import (
     DEFAULT_FILES_PER_S,
     DEFAULT_MIB_PER_S,
@@ -32,9 +34,13 @@ from r2migrate.inventory import (
 from r2migrate.logs import configure_logging
 from r2migrate.plan import Action
 from r2migrate.plan import plan as make_plan
+from r2migrate.rollback import RollbackProgress
+from r2migrate.rollback import rollback as rollback_batch
 from r2migrate.state import Batch, BatchStatus, FileStatus, MediaFile, State
 from r2migrate.transfer import Progress
 from r2migrate.transfer import run as run_batches
+from r2migrate.verify import VerifyProgress
+from r2migrate.verify import verify as verify_batches
 
 log = logging.getLogger("r2migrate.cli")
 
@@ -163,7 +169,10 @@ def main(
       r2migrate plan --dry-run         what would be uploaded, skipped or refused; touches nothing
       r2migrate plan                   store batches (default 50 files each)
       r2migrate run                    upload them: SHA-256 checked, create-only, resumable
+      r2migrate verify --all [--deep]  prove every object is intact
       r2migrate batches / status ID    progress, failures and reasons
+      r2migrate rollback ID            delete only what a batch wrote, if still unchanged
+      r2migrate doctor                 check the set-up before starting
 
     \b
     Settings come from defaults < the embedded stack < r2migrate.toml < environment
@@ -229,6 +238,29 @@ def _progress(total: int | None, desc: str, unit: str = "file") -> Iterator[Call
         yield tick
     finally:
         bar.close()
+
+
+@contextmanager
+def _graceful_stop() -> Iterator[threading.Event]:
+    """First Ctrl-C: finish the uploads in flight, record them, stop. Second: stop at once."""
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo(
+            "\nStopping after the uploads in flight (Ctrl-C again to stop at once)...", err=True
+        )
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -605,14 +637,16 @@ def run(
             bar.set_postfix_str(p.batch_id)
 
         try:
-            summary = run_batches(
-                settings,
-                state,
-                batch_id=target,
-                resume=resume_batch is not None,
-                max_batches=max_batches,
-                on_progress=on_progress,
-            )
+            with _graceful_stop() as stop:
+                summary = run_batches(
+                    settings,
+                    state,
+                    batch_id=target,
+                    resume=resume_batch is not None,
+                    max_batches=max_batches,
+                    on_progress=on_progress,
+                    stop=stop,
+                )
         finally:
             bar.close()
         batches = [state.get_batch(b.batch_id) for b in summary.batches]
@@ -663,7 +697,8 @@ def worker(
         with _open_state(settings) as state:
             todo = [b for b in state.batches_to_run() if b.status is not BatchStatus.FAILED]
             if todo:
-                summary = run_batches(settings, state, retry_failed=first)
+                with _graceful_stop() as stop:
+                    summary = run_batches(settings, state, retry_failed=first, stop=stop)
                 failed = summary.failed
                 if summary.uploaded:
                     click.echo(
@@ -682,6 +717,174 @@ def state_is_idle(settings: Settings) -> bool:
     """True when no batch has pending or in-flight files left (failed ones wait for a resume)."""
     with _open_state(settings) as state:
         return all(state.open_file_count(b.batch_id) == 0 for b in state.batches_to_run())
+
+
+# -- verify and rollback ----------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("batch_id", required=False)
+@click.option("--all", "all_batches", is_flag=True, help="Verify every batch.")
+@click.option("--deep", is_flag=True, help="Read every object back and re-hash it and its source.")
+@click.option("--sample", type=click.IntRange(0), help="Deep-check a random sample of N files.")
+@click.option("--seed", type=int, help="Seed for --sample (reported, so a sample can be redone).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--show", default=20, show_default=True, help="How many problem files to list.")
+@pass_ctx
+def verify(
+    obj: _Ctx,
+    batch_id: str | None,
+    all_batches: bool,
+    deep: bool,
+    sample: int | None,
+    seed: int | None,
+    as_json: bool,
+    show: int,
+) -> None:
+    """Prove the objects are intact: HEAD and compare (cheap), or read back and re-hash (--deep).
+
+    \b
+    Outcomes per file: match, differ, missing, extra (an object the ledger does not know),
+    source_changed (the file changed after upload), not_uploaded, error. Files that match
+    become `verified`, and every check is kept in the history. Exit 1 when anything is not
+    `match`. Cheap checks cost one Class B request per file on R2.
+    """
+    if bool(batch_id) == all_batches:
+        raise click.UsageError("Give a BATCH or --all.")
+    settings = obj.settings()
+    settings.require("database_url", "media_root", "bucket_name")
+    with _open_state(settings) as state:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="verify", unit="file", file=sys.stderr, disable=None, leave=False)
+
+        def on_progress(p: VerifyProgress) -> None:
+            bar.total = p.files_total
+            bar.n = p.files_done
+            bar.refresh()
+
+        try:
+            summary = verify_batches(
+                settings,
+                state,
+                batch_id=batch_id,
+                all_batches=all_batches,
+                deep=deep,
+                sample=sample,
+                seed=seed,
+                on_progress=on_progress,
+            )
+        finally:
+            bar.close()
+    if as_json:
+        _echo_json(summary)
+    else:
+        rows = [(k, v) for k, v in summary.counts.items() if v]
+        click.echo(_table(["outcome", "files"], rows or [("(nothing to verify)", 0)]))
+        click.echo(
+            f"\n{summary.files_checked} file(s) checked, {summary.deep_checked} read back, "
+            f"{_human_bytes(summary.bytes_proven)} proven; {summary.class_b_ops} Class B "
+            f"request(s) (${summary.class_b_cost_usd:.6f} on R2)"
+            + (f"; sample seed {summary.sample_seed}" if summary.sample_seed is not None else "")
+        )
+        if summary.problems and show:
+            click.echo(
+                "\n"
+                + _table(
+                    ["outcome", "key", "reason"],
+                    [(p.outcome.value, p.object_key, p.reason) for p in summary.problems[:show]],
+                )
+            )
+        if summary.aborted:
+            click.secho(f"\nstopped early: {summary.aborted}", fg="red", err=True)
+    sys.exit(int(summary.exit_code))
+
+
+@main.command()
+@click.argument("batch_id")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def rollback(obj: _Ctx, batch_id: str, dry_run: bool, as_json: bool) -> None:
+    """Undo a batch: delete only objects this tool wrote that still hold its SHA-256.
+
+    Each object is checked first (HEAD: our sha256 metadata) and deleted on condition that it is
+    still the same object (If-Match on its ETag). A foreign or changed object is refused and
+    reported, never deleted. Source files are never touched. Safe to run again.
+    """
+    settings = obj.settings()
+    settings.require("database_url", "bucket_name")
+    with _open_state(settings) as state:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="rollback", unit="file", file=sys.stderr, disable=None, leave=False)
+
+        def on_progress(p: RollbackProgress) -> None:
+            bar.total = p.files_total
+            bar.n = p.files_done
+            bar.refresh()
+
+        try:
+            summary = rollback_batch(
+                settings, state, batch_id, dry_run=dry_run, on_progress=on_progress
+            )
+        finally:
+            bar.close()
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(_table(["outcome", "files"], [(k, v) for k, v in summary.counts.items() if v]))
+        if dry_run:
+            click.echo(f"\nDry run: {len(summary.deleted)} object(s) would be deleted:")
+            for key in summary.deleted[:50]:
+                click.echo(f"  {key}")
+        else:
+            click.echo(
+                f"\nDeleted {len(summary.deleted)} object(s), "
+                f"{_human_bytes(summary.bytes_deleted)}; batch is now {summary.batch_status}."
+            )
+        for item in summary.problems[:20]:
+            click.echo(f"  {item.outcome.value}: {item.object_key} {item.reason}", err=True)
+    sys.exit(int(summary.exit_code))
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def doctor(obj: _Ctx, as_json: bool) -> None:
+    """Check the set-up before starting: settings, PostgreSQL, source table, MEDIA_ROOT, bucket.
+
+    Also probes the server with a scratch object under `.r2migrate-doctor/` (always cleaned up):
+    create-only PUT, SHA-256 enforcement, conditional delete, and clock skew. Exit 0 only when
+    no check failed.
+    """
+    from r2migrate.doctor import Check
+    from r2migrate.doctor import doctor as run_doctor
+
+    try:
+        settings: Settings | ConfigError = obj.settings()
+    except ConfigError as exc:
+        settings = exc
+    colours = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "white"}
+
+    def on_check(check: Check) -> None:
+        if as_json:
+            return
+        mark = click.style(f"{check.status.value:<4}", fg=colours.get(check.status.value))
+        click.echo(f"{mark}  {check.name:<22} {check.detail}")
+        if check.hint and check.status.value in ("warn", "fail"):
+            click.echo(f"      {'':<22} hint: {check.hint}")
+
+    report = run_doctor(settings, on_check=on_check)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        counts = ", ".join(f"{n} {k}" for k, n in report.counts.items() if n)
+        click.echo(f"\n{'All checks passed' if report.ok else 'Some checks failed'} ({counts}).")
+    sys.exit(0 if report.ok else int(ExitCode.FILES_FAILED))
 
 
 # -- status -----------------------------------------------------------------------------------
