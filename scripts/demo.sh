@@ -21,6 +21,9 @@ $R2M dev up
 step "Sample data: list_cutter_savedfile rows and a Django media tree"
 $R2M dev sample-data
 
+step "0. Doctor: is the set-up sound before we start?"
+$R2M doctor
+
 step "1. Inventory: what the database references, what is wrong, what it will cost"
 $R2M inventory --show 12
 
@@ -33,7 +36,11 @@ $R2M plan --batch-size 50 --show 0
 step "4. Run: upload every batch (create-only PUT, SHA-256 checked by the server)"
 $R2M run
 
-step "5. Status"
+step "5. Verify: HEAD every object and compare (cheap), then a deep sample (read back, re-hash)"
+$R2M verify --all
+$R2M verify --all --sample 10 --seed 1
+
+step "6. Status"
 $R2M batches
 
 printf '\nThe stack keeps running for you to explore (settings come from %s/stack.json):\n' "$R2MIGRATE_STATE_DIR"

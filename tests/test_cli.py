@@ -175,3 +175,31 @@ def test_worker_once_runs_every_planned_batch(settings, sample):
     batches = json.loads(_invoke(["batches", "--json"], env).stdout)
     assert len(batches) == 3
     assert {b["status"] for b in batches} == {"completed"}
+
+
+def test_verify_rollback_and_doctor_from_the_cli(settings, sample):
+    env = _env(settings)
+    assert _invoke(["doctor"], env).exit_code == 0
+    assert _invoke(["plan"], env).exit_code == 0
+    assert _invoke(["run"], env).exit_code == 0
+    cheap = _invoke(["verify", "--all"], env)
+    assert cheap.exit_code == 0, cheap.output
+    assert "match" in cheap.stdout
+    deep = _invoke(["verify", "--all", "--sample", "5", "--seed", "3", "--json"], env)
+    assert deep.exit_code == 0
+    assert json.loads(deep.stdout)["deep_checked"] == 5
+    batch = json.loads(_invoke(["batches", "--json"], env).stdout)[0]["batch_id"]
+    dry = _invoke(["rollback", batch, "--dry-run"], env)
+    assert dry.exit_code == 0
+    assert "would be deleted" in dry.stdout
+    done = _invoke(["rollback", batch], env)
+    assert done.exit_code == 0, done.output
+    assert "rolled_back" in done.stdout
+    assert _invoke(["verify"], env).exit_code == 2  # neither BATCH nor --all: usage error
+
+
+def test_doctor_fails_with_a_hint_when_the_bucket_is_missing(settings):
+    result = _invoke(["doctor"], _env(settings, R2MIGRATE_BUCKET_NAME="missing-bucket-x"))
+    assert result.exit_code == 1
+    assert "fail" in result.stdout
+    assert "hint:" in result.stdout
