@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint fmt lab bench clean
+.PHONY: install demo test lint fmt lab bench chaos lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,19 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format toolkit tests
 	$(BIN)/ruff check --fix toolkit tests
+
+# JupyterLab on the notebooks, wired to the embedded stack (started if needed).
+lab: $(STAMP)
+	R2MIGRATE_STATE_DIR=$(CURDIR)/.r2migrate $(BIN)/r2migrate dev up
+	R2MIGRATE_STATE_DIR=$(CURDIR)/.r2migrate $(BIN)/jupyter lab --notebook-dir=$(CURDIR)/notebooks
+
+# This tool against s5cmd, rclone and the aws CLI on the same server; prints ratios.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The fault-injection scenarios at large counts; prints what was injected and what was lost.
+chaos: $(STAMP)
+	$(BIN)/python scripts/chaos.py $(CHAOS_ARGS)
 
 # Re-pin every dependency to what is installed now (run after changing pyproject.toml).
 lock: $(STAMP)
