@@ -31,9 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from r2migrate import devstack
+from r2migrate import devsample, devstack
 from r2migrate.config import Settings, load_settings
-from r2migrate.devstack import SampleData, StackInfo
+from r2migrate.devsample import SampleData
+from r2migrate.devstack import StackInfo
 
 _STRIPPED_PREFIXES = ("AWS_", "R2MIGRATE_")
 _STRIPPED_NAMES = ("DATABASE_URL",)
@@ -103,7 +104,7 @@ def media_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def sample(fresh_database_url: str, media_root: Path) -> SampleData:
     """The sample Django table and media tree (seed 0, 120 files) with exact counts."""
-    return devstack.create_sample_data(fresh_database_url, media_root)
+    return devsample.create_sample_data(fresh_database_url, media_root)
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from r2migrate import devstack
-from r2migrate.devstack import SampleData, StackInfo
+from r2migrate import devsample, devstack
+from r2migrate.devsample import SampleData
+from r2migrate.devstack import StackInfo
 from r2migrate.errors import ConfigError, ToolkitError
 
 MIB = 1024 * 1024
@@ -273,7 +274,7 @@ def test_sample_counts_match_the_disk_and_the_table(sample, media_root, fresh_da
 def test_sample_is_deterministic_per_seed(fresh_database_url, tmp_path, tree_digest):
     def make(folder: str, seed: int) -> tuple[dict[str, tuple[int, str]], list[tuple]]:
         media = tmp_path / folder / "media"
-        devstack.create_sample_data(fresh_database_url, media, seed=seed, large_file_bytes=MIB)
+        devsample.create_sample_data(fresh_database_url, media, seed=seed, large_file_bytes=MIB)
         return tree_digest(media), _rows(fresh_database_url)
 
     first = make("a", 7)
@@ -283,15 +284,15 @@ def test_sample_is_deterministic_per_seed(fresh_database_url, tmp_path, tree_dig
 
 def test_sample_recreates_its_own_tree_but_refuses_a_foreign_one(fresh_database_url, media_root):
     small = {"files": 12, "large_file_bytes": MIB}
-    first = devstack.create_sample_data(fresh_database_url, media_root, **small)
-    again = devstack.create_sample_data(fresh_database_url, media_root, **small)
+    first = devsample.create_sample_data(fresh_database_url, media_root, **small)
+    again = devsample.create_sample_data(fresh_database_url, media_root, **small)
     assert again == first
 
     foreign = media_root.parent / "someone-elses-media"
     foreign.mkdir()
     (foreign / "precious.jpg").write_bytes(b"do not touch")
     with pytest.raises(ToolkitError) as refused:
-        devstack.create_sample_data(fresh_database_url, foreign, **small)
+        devsample.create_sample_data(fresh_database_url, foreign, **small)
     assert refused.value.hint
     assert [p.name for p in foreign.iterdir()] == ["precious.jpg"]
     assert (foreign / "precious.jpg").read_bytes() == b"do not touch"
@@ -301,7 +302,7 @@ def test_sample_refuses_to_overwrite_a_foreign_traversal_target(fresh_database_u
     outside = tmp_path / "outside.txt"
     outside.write_text("the operator's own file")
     with pytest.raises(ToolkitError):
-        devstack.create_sample_data(fresh_database_url, tmp_path / "media2", files=12)
+        devsample.create_sample_data(fresh_database_url, tmp_path / "media2", files=12)
     assert outside.read_text() == "the operator's own file"
     assert not (tmp_path / "media2").exists()
 
@@ -311,7 +312,7 @@ def test_sample_refuses_to_replace_a_foreign_table(fresh_database_url, media_roo
         conn.execute("CREATE TABLE list_cutter_savedfile (id int)")
         conn.execute("INSERT INTO list_cutter_savedfile VALUES (1)")
     with pytest.raises(ToolkitError) as refused:
-        devstack.create_sample_data(fresh_database_url, media_root, files=12)
+        devsample.create_sample_data(fresh_database_url, media_root, files=12)
     assert "list_cutter_savedfile" in str(refused.value)
     with psycopg.connect(fresh_database_url) as conn:
         assert conn.execute("SELECT count(*) FROM list_cutter_savedfile").fetchone() == (1,)
@@ -320,7 +321,7 @@ def test_sample_refuses_to_replace_a_foreign_table(fresh_database_url, media_roo
 
 def test_sample_rejects_too_few_files(fresh_database_url, media_root):
     with pytest.raises(ConfigError):
-        devstack.create_sample_data(fresh_database_url, media_root, files=3)
+        devsample.create_sample_data(fresh_database_url, media_root, files=3)
 
 
 def test_stack_files_stay_inside_root(stack):

@@ -26,6 +26,7 @@ LAYERS = {
     "bucket": 2,
     "fastput": 2,
     "devstack": 2,
+    "devsample": 2,
     "inventory": 3,
     "plan": 3,
     "transfer": 3,

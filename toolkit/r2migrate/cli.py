@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from r2migrate import __version__, devstack
+from r2migrate import __version__, devsample, devstack
 from r2migrate.config import Settings, load_settings
 from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
 from r2migrate.inventory import (
@@ -351,7 +351,7 @@ def dev_sample_data(obj: _Ctx, files: int, seed: int) -> None:
     settings = obj.settings()
     settings.require("database_url", "media_root")
     assert settings.database_url is not None and settings.media_root is not None
-    sample = devstack.create_sample_data(
+    sample = devsample.create_sample_data(
         settings.database_url, Path(settings.media_root), seed=seed, files=files
     )
     click.echo(_table(["what", "count"], [(k, v) for k, v in asdict(sample).items()]))
