@@ -21,13 +21,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check toolkit tests
-	$(BIN)/ruff format --check toolkit tests
+	$(BIN)/ruff check toolkit tests bench scripts
+	$(BIN)/ruff format --check toolkit tests bench scripts
 	$(BIN)/mypy --strict
 
 fmt: $(STAMP)
-	$(BIN)/ruff format toolkit tests
-	$(BIN)/ruff check --fix toolkit tests
+	$(BIN)/ruff format toolkit tests bench scripts
+	$(BIN)/ruff check --fix toolkit tests bench scripts
 
 # JupyterLab on the notebooks, wired to the embedded stack (started if needed).
 lab: $(STAMP)
