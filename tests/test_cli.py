@@ -48,6 +48,10 @@ COMMANDS = [
     ["batches"],
     ["status"],
     ["worker"],
+    ["verify"],
+    ["rollback"],
+    ["doctor"],
+    ["cutover-check"],
 ]
 
 

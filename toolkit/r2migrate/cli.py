@@ -554,7 +554,8 @@ def plan(
     if summary.dry_run:
         click.echo(
             f"\nDry run: {summary.batches_needed} batch(es) of up to {summary.batch_size} would be "
-            f"created after {summary.head_requests} HEAD request(s). Nothing was written."
+            f"created after {summary.list_requests} LIST and {summary.head_requests} HEAD "
+            "request(s). Nothing was written."
         )
     else:
         click.echo(
@@ -885,6 +886,33 @@ def doctor(obj: _Ctx, as_json: bool) -> None:
         counts = ", ".join(f"{n} {k}" for k, n in report.counts.items() if n)
         click.echo(f"\n{'All checks passed' if report.ok else 'Some checks failed'} ({counts}).")
     sys.exit(0 if report.ok else int(ExitCode.FILES_FAILED))
+
+
+@main.command("cutover-check")
+@click.option(
+    "--deep", is_flag=True, help="Also read every file back through storage.open() and compare."
+)
+@click.option("--batch", "batch_id", help="Only this batch.")
+@click.option("--show", default=20, show_default=True, help="How many problem rows to list.")
+@pass_ctx
+def cutover_check(obj: _Ctx, deep: bool, batch_id: str | None, show: int) -> None:
+    """Would django-storages' S3Storage serve every migrated file? (needs r2migrate[django])
+
+    For every uploaded row: the key django-storages would compute from the row's current name,
+    exists(), size(), the content type and encoding it would serve, and with --deep the SHA-256
+    of the bytes read through storage.open().
+    """
+    from r2migrate.django.cutover import cutover_check as check
+    from r2migrate.django.cutover import format_report
+
+    settings = obj.settings()
+    settings.require("database_url", "bucket_name")
+    with _open_state(settings, migrate=False) as state:
+        summary = check(settings, state, deep=deep, batch_id=batch_id)
+    for line in format_report(summary, show=show):
+        click.echo(line)
+    if not summary.passed:
+        sys.exit(int(ExitCode.FILES_FAILED))
 
 
 # -- status -----------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The test app: ``SavedFile`` as in the original system, plus a model with an ImageField."""

@@ -1,0 +1,223 @@
+"""``manage.py migrate_files_to_r2``: the original system's command over r2migrate's stages.
+
+Must never hold logic of its own: each flag calls the library function the CLI calls
+(``inventory``, ``plan``, ``run``, ``State.list_batches``/``get_batch``, ``rollback``) and renders.
+
+    migrate_files_to_r2                      inventory + plan + run every batch with work left
+    migrate_files_to_r2 --dry-run            inventory + plan dry run: writes nothing anywhere
+    migrate_files_to_r2 --batch-size N       files per batch for the plan
+    migrate_files_to_r2 --resume-batch ID    resume one batch (HEAD-resolves abandoned uploads)
+    migrate_files_to_r2 --list-batches       every batch with counts
+    migrate_files_to_r2 --batch-status ID    one batch and its failed or conflicting files
+    migrate_files_to_r2 --rollback-batch ID  delete what that batch uploaded (with --dry-run: show)
+    migrate_files_to_r2 --verify-batch ID    prove a batch intact (HEAD; --deep reads it back)
+    migrate_files_to_r2 --verify-all         the same for every batch; fills write-back columns
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from r2migrate.django import render
+from r2migrate.django.base import ToolkitCommand, open_state
+from r2migrate.django.conf import ProjectSettings
+from r2migrate.inventory import inventory, is_blocked
+from r2migrate.plan import plan
+from r2migrate.rollback import rollback
+from r2migrate.state import MediaFile
+from r2migrate.transfer import RunSummary, run
+from r2migrate.verify import verify
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+class Command(ToolkitCommand):
+    help = (
+        "Move the project's media files (every FileField/ImageField) to Cloudflare R2 or any S3 "
+        "bucket: inventory, plan, upload with SHA-256 proof, resumable. Without flags runs "
+        "everything; exit codes as `r2migrate`: 1 files failed, 2 configuration, 3 unreachable, "
+        "4 state (unknown batch), 130 interrupted."
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        super().add_arguments(parser)
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Inventory and plan only: show what would be uploaded; write nothing anywhere.",
+        )
+        parser.add_argument(
+            "--batch-size", type=_positive, metavar="N", help="Files per batch (default 50)."
+        )
+        parser.add_argument("--resume-batch", metavar="ID", help="Resume this batch.")
+        parser.add_argument("--list-batches", action="store_true", help="List every batch.")
+        parser.add_argument("--batch-status", metavar="ID", help="Show one batch and its failures.")
+        parser.add_argument(
+            "--rollback-batch",
+            metavar="ID",
+            help="Delete the objects this batch uploaded (only those still holding its SHA-256).",
+        )
+        parser.add_argument(
+            "--verify-batch", metavar="ID", help="Prove this batch intact against the bucket."
+        )
+        parser.add_argument("--verify-all", action="store_true", help="Verify every batch.")
+        parser.add_argument(
+            "--deep", action="store_true", help="With --verify-*: read every object back."
+        )
+        parser.add_argument("--workers", type=_positive, metavar="N", help="Upload threads.")
+        parser.add_argument(
+            "--show", type=int, default=20, metavar="N", help="Problem rows to list (default 20)."
+        )
+
+    def handle_toolkit(self, *args: Any, **options: Any) -> None:
+        actions = [
+            name
+            for name in (
+                "list_batches",
+                "batch_status",
+                "resume_batch",
+                "rollback_batch",
+                "verify_batch",
+                "verify_all",
+            )
+            if options.get(name)
+        ]
+        if len(actions) > 1:
+            flags = " and ".join("--" + a.replace("_", "-") for a in actions)
+            raise self.usage_error(f"Give one of {flags}, not several.")
+        action = actions[0] if actions else None
+        if options["dry_run"] and action not in (None, "rollback_batch"):
+            raise self.usage_error("--dry-run goes with a migration or --rollback-batch only.")
+        if options["deep"] and action not in ("verify_batch", "verify_all"):
+            raise self.usage_error("--deep goes with --verify-batch or --verify-all only.")
+        project = self.project_settings(
+            options, batch_size=options.get("batch_size"), workers=options.get("workers")
+        )
+        if action == "list_batches":
+            self._list_batches(project)
+        elif action == "batch_status":
+            self._batch_status(project, options["batch_status"])
+        elif action == "resume_batch":
+            self._resume(project, options["resume_batch"])
+        elif action == "rollback_batch":
+            self._rollback(project, options["rollback_batch"], dry_run=options["dry_run"])
+        elif action in ("verify_batch", "verify_all"):
+            self._verify(project, options.get("verify_batch"), deep=options["deep"])
+        else:
+            self._migrate(project, dry_run=options["dry_run"], show=options["show"])
+
+    # -- the whole migration ------------------------------------------------------------------
+
+    def _migrate(self, project: ProjectSettings, *, dry_run: bool, show: int) -> None:
+        settings = project.settings
+        settings.require("database_url", "media_root", "bucket_name")
+        counts = {f.label: render.FieldCount() for f in project.fields}
+        collected: list[MediaFile] = []
+
+        def on_file(item: MediaFile) -> None:
+            if item.is_orphan:
+                return
+            count = counts.setdefault(project.label_for(item.source_ref), render.FieldCount())
+            count.rows += 1
+            if is_blocked(item):
+                count.blocked += 1
+            else:
+                count.ready += 1
+                count.ready_bytes += item.size_bytes or 0
+            for p in item.problems:
+                count.problems[p] = count.problems.get(p, 0) + 1
+            if dry_run:
+                collected.append(item)
+
+        # A dry run must not even create the state schema, as `r2migrate plan --dry-run`.
+        with open_state(settings, migrate=not dry_run) as state:
+            summary = inventory(settings, state, save=not dry_run, on_file=on_file)
+            self.echo(render.inventory_lines(summary, counts))
+            self.echo("")
+            planned = plan(
+                settings,
+                state,
+                items=collected if dry_run else None,
+                dry_run=dry_run,
+                batch_size=settings.batch_size,
+            )
+            self.echo(render.plan_lines(planned, show=show))
+            if dry_run:
+                return
+            self.echo("")
+            result = run(settings, state)
+            batches = [state.get_batch(b.batch_id) for b in result.batches]
+        self._finish_run(result, batches)
+
+    def _resume(self, project: ProjectSettings, batch_id: str) -> None:
+        settings = project.settings
+        settings.require("database_url", "media_root", "bucket_name")
+        with open_state(settings) as state:
+            state.get_batch(batch_id)  # BatchNotFound (exit 4) before any bucket request
+            result = run(settings, state, batch_id=batch_id, resume=True)
+            batches = [state.get_batch(b.batch_id) for b in result.batches]
+        self._finish_run(result, batches)
+
+    def _finish_run(self, result: RunSummary, batches: list[Any]) -> None:
+        if not result.batches:
+            self.echo("No batch has work left.")
+            return
+        self.echo(render.run_lines(result, batches))
+        if result.failed:
+            ids = ", ".join(b.batch_id for b in result.batches if b.failed or b.conflict)
+            self.fail_files(
+                f"{result.failed} file(s) failed or conflict; see "
+                f"`manage.py migrate_files_to_r2 --batch-status ID` for {ids}, then "
+                "--resume-batch ID."
+            )
+
+    # -- state views ----------------------------------------------------------------------------
+
+    def _list_batches(self, project: ProjectSettings) -> None:
+        with open_state(project.settings) as state:
+            found = state.list_batches()
+        if not found:
+            self.echo("No batches yet. Run `manage.py migrate_files_to_r2` to create them.")
+            return
+        self.echo(render.batch_table(found))
+
+    def _batch_status(self, project: ProjectSettings, batch_id: str) -> None:
+        with open_state(project.settings) as state:
+            batch = state.get_batch(batch_id)
+            files = state.batch_files(batch_id)
+        self.echo(render.batch_lines(batch, files))
+
+    # -- rollback and verify --------------------------------------------------------------------
+
+    def _rollback(self, project: ProjectSettings, batch_id: str, *, dry_run: bool) -> None:
+        settings = project.settings
+        settings.require("database_url", "bucket_name")
+        with open_state(settings) as state:
+            summary = rollback(settings, state, batch_id, dry_run=dry_run)
+        self.echo(render.rollback_lines(summary))
+        if not summary.ok:
+            self.fail_files(
+                f"Rollback of {batch_id} is not complete: {len(summary.problems)} object(s) "
+                "refused or failed" + (f" ({summary.aborted})" if summary.aborted else "") + "."
+            )
+
+    def _verify(self, project: ProjectSettings, batch_id: str | None, *, deep: bool) -> None:
+        settings = project.settings
+        settings.require("database_url", "media_root", "bucket_name")
+        with open_state(settings) as state:
+            summary = verify(
+                settings, state, batch_id=batch_id, all_batches=batch_id is None, deep=deep
+            )
+        self.echo(render.verify_lines(summary))
+        if not summary.ok:
+            bad = sum(n for o, n in summary.counts.items() if o != "match")
+            self.fail_files(f"Verification found {bad} file(s) that are not proven intact.")
