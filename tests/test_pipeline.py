@@ -179,3 +179,19 @@ def test_write_back_fills_the_original_columns(make_settings, sample):
     assert rows is not None
     # every uploaded key, plus the duplicate reference that shares one
     assert rows[0] == result.uploaded + sample.duplicates
+
+
+def test_plan_lists_once_and_heads_only_keys_that_exist(settings, sample, media_root):
+    bucket = Bucket(settings)
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        run_id = state.latest_inventory_run()
+        assert run_id is not None
+        present = [i for i in state.iter_inventory(run_id) if not i.problems and i.object_key][:3]
+        for item in present:
+            assert item.object_key is not None
+            bucket.client.put_object(Bucket=bucket.name, Key=item.object_key, Body=b"other")
+        summary = plan(settings, state, dry_run=True)
+    assert summary.list_requests == 1
+    assert summary.head_requests == len(present) == 3
+    assert summary.actions[Action.CONFLICT.value] == 3

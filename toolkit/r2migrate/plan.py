@@ -51,6 +51,7 @@ class PlanSummary:
     batch_ids: tuple[str, ...]
     batches_needed: int
     head_requests: int
+    list_requests: int
     items: tuple[PlanItem, ...] = field(default=())
 
     @property
@@ -61,6 +62,21 @@ class PlanSummary:
 def _blocking_reason(item: MediaFile) -> str | None:
     blocking = [p for p in item.problems if Problem(p).blocking]
     return ", ".join(blocking) if blocking else None
+
+
+def _listed_keys(bucket: Bucket, location: str) -> tuple[set[str], int]:
+    """Every key under the location, and how many LIST requests that took.
+
+    One LIST answers for up to 1,000 keys, so planning a fresh bucket costs a handful of
+    requests instead of one HEAD per file; only keys that exist are HEADed.
+    """
+    prefix = location.strip("/") + "/" if location.strip("/") else ""
+    keys: set[str] = set()
+    pages = 0
+    for page in bucket.iter_object_pages(prefix):
+        pages += 1
+        keys.update(key for key, _ in page)
+    return keys, pages
 
 
 def _decide(
@@ -147,14 +163,21 @@ def plan(
             to_head.append((key, group))
     if max_files is not None:
         to_head = to_head[:max_files]
+    listed, list_requests = _listed_keys(bucket, settings.location)
+    heads = sum(1 for key, _ in to_head if key in listed)
 
     def head_one(entry: tuple[str, list[MediaFile]]) -> tuple[PlanItem, str | None]:
         key, group = entry
         first = group[0]
         assert first.relative_path is not None
-        action, reason, digest = _decide(
-            bucket, media_root, key, first.relative_path, first.size_bytes or 0
-        )
+        if key in listed:
+            action, reason, digest = _decide(
+                bucket, media_root, key, first.relative_path, first.size_bytes or 0
+            )
+        else:
+            # Not listed: nothing to prove. (R2 folds NFC/NFD spellings; a key listed under the
+            # other spelling is caught at run time, when the create-only PUT gets 412.)
+            action, reason, digest = Action.UPLOAD, "", None
         ids = tuple(g.file_id for g in group)
         return PlanItem(
             action, key, first.relative_path, first.size_bytes or 0, ids, reason
@@ -200,7 +223,8 @@ def plan(
         bytes_by_action=dict(sorted(sizes.items())),
         batch_ids=tuple(batch_ids),
         batches_needed=batches_needed,
-        head_requests=len(to_head),
+        head_requests=heads,
+        list_requests=list_requests,
         items=tuple(final) if keep_items else (),
     )
 

@@ -708,51 +708,74 @@ class State:
         return cur.rowcount
 
     def record_outcomes(self, batch_id: str, outcomes: Sequence[Outcome], *, owner: str) -> int:
-        """Write a group of outcomes in one transaction; only rows this owner still holds."""
+        """Write a group of outcomes in one transaction and two statements.
+
+        Only rows this owner still holds are updated: if another runner took a lease over, its
+        result wins and ours stays history (events).
+        """
         if not outcomes:
             return 0
-        with translate_db_errors(f"recording outcomes for {batch_id}"), self.conn.transaction():
-            written = 0
-            with self.conn.cursor() as cur:
-                for o in outcomes:
-                    cur.execute(
-                        self._q(
-                            "UPDATE {s}.files SET status = %s, attempts = attempts + %s,"
-                            " source_sha256 = coalesce(%s, source_sha256),"
-                            " object_sha256 = coalesce(%s, object_sha256),"
-                            " etag = coalesce(%s, etag),"
-                            " part_size_bytes = coalesce(%s, part_size_bytes),"
-                            " size_bytes = coalesce(%s, size_bytes),"
-                            " error_code = %s, error_message = %s,"
-                            " lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),"
-                            " uploaded_at = CASE WHEN %s IN ('uploaded','skipped') THEN now()"
-                            "   ELSE uploaded_at END"
-                            " WHERE id = %s AND lease_owner = %s"
-                        ),
-                        (
-                            o.status.value,
-                            o.attempts_made,
-                            o.source_sha256,
-                            o.object_sha256,
-                            o.etag,
-                            o.part_size_bytes,
-                            o.size_bytes,
-                            o.error_code,
-                            o.error_message,
-                            o.status.value,
-                            o.row_id,
-                            owner,
-                        ),
+        columns = list(
+            zip(
+                *[
+                    (
+                        o.row_id,
+                        o.status.value,
+                        o.attempts_made,
+                        o.source_sha256,
+                        o.object_sha256,
+                        o.etag,
+                        o.part_size_bytes,
+                        o.size_bytes,
+                        o.error_code,
+                        o.error_message,
                     )
-                    if cur.rowcount != 1:
-                        # The lease was taken over by another runner: its result wins; ours is
-                        # only history.
-                        log.warning("row %s is no longer leased by this runner", o.row_id)
-                    written += cur.rowcount
-                    for kind, outcome, detail in o.events:
-                        self.add_event(batch_id, o.row_id, kind, outcome, detail)
+                    for o in outcomes
+                ],
+                strict=True,
+            )
+        )
+        events = [
+            (batch_id, o.row_id, kind, outcome, json.dumps(dict(detail), default=str))
+            for o in outcomes
+            for kind, outcome, detail in o.events
+        ]
+        with translate_db_errors(f"recording outcomes for {batch_id}"), self.conn.transaction():
+            updated = self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files f SET status = v.status, attempts = f.attempts + v.attempts,"
+                    " source_sha256 = coalesce(v.source_sha256, f.source_sha256),"
+                    " object_sha256 = coalesce(v.object_sha256, f.object_sha256),"
+                    " etag = coalesce(v.etag, f.etag),"
+                    " part_size_bytes = coalesce(v.part_size, f.part_size_bytes),"
+                    " size_bytes = coalesce(v.size_bytes, f.size_bytes),"
+                    " error_code = v.error_code, error_message = v.error_message,"
+                    " lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),"
+                    " uploaded_at = CASE WHEN v.status IN ('uploaded', 'skipped') THEN now()"
+                    "   ELSE f.uploaded_at END"
+                    " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[],"
+                    "   %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[])"
+                    "   AS v(id, status, attempts, source_sha256, object_sha256, etag, part_size,"
+                    "        size_bytes, error_code, error_message)"
+                    " WHERE f.id = v.id AND f.lease_owner = %s"
+                    " RETURNING f.id"
+                ),
+                [list(c) for c in columns] + [owner],
+            ).fetchall()
+            if len(updated) != len(outcomes):
+                lost = {o.row_id for o in outcomes} - {r["id"] for r in updated}
+                log.warning("rows %s are no longer leased by this runner", sorted(lost))
+            if events:
+                self.conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                        " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[],"
+                        "   %s::jsonb[])"
+                    ),
+                    [list(c) for c in zip(*events, strict=True)],
+                )
             self._refresh_counts(batch_id)
-        return written
+        return len(updated)
 
     def add_event(
         self,

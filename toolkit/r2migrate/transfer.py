@@ -233,24 +233,35 @@ class _Sender:
                 return self._failed(rec, attempt, code, message, events, transient=retryable)
 
     def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int]:
-        before = source.stat_media_file(self.media_root, rec.relative_path)
-        if before.size_bytes <= self.settings.multipart_threshold_bytes:
-            with source.open_media_file(self.media_root, rec.relative_path) as fh:
+        # One safe path resolution per file; the checks after the read use the descriptor
+        # (fstat), which is what was read, so a rename or swap afterwards cannot fool them.
+        fh, before = source.open_media_file_with_stat(self.media_root, rec.relative_path)
+        with fh:
+            if before.size_bytes <= self.settings.multipart_threshold_bytes:
                 data = fh.read()
-            after = source.stat_media_file(self.media_root, rec.relative_path)
-            if not source.files_identical_stat(before, after) or len(data) != before.size_bytes:
-                raise SourceChanged(f"{rec.relative_path} changed while it was read")
-            sha = hashlib.sha256(data).hexdigest()
-            return sha, self._put_small(rec, data, sha), None, len(data)
-        # Large: hash in a first streaming pass (the digest must travel in the metadata, which
-        # is sent before the parts), then stream the parts; put_multipart re-hashes and aborts
-        # when the two passes disagree.
-        sha, size = source.sha256_file(self.media_root, rec.relative_path)
-        after = source.stat_media_file(self.media_root, rec.relative_path)
-        if not source.files_identical_stat(before, after) or size != before.size_bytes:
-            raise SourceChanged(f"{rec.relative_path} changed while it was hashed")
-        part = part_size_for(size, self.settings.multipart_chunksize_bytes)
-        with source.open_media_file(self.media_root, rec.relative_path) as fh:
+                after = os.fstat(fh.fileno())
+                if (
+                    after.st_size != before.size_bytes
+                    or after.st_mtime_ns != before.mtime_ns
+                    or len(data) != before.size_bytes
+                ):
+                    raise SourceChanged(f"{rec.relative_path} changed while it was read")
+                sha = hashlib.sha256(data).hexdigest()
+                return sha, self._put_small(rec, data, sha), None, len(data)
+            # Large: hash in a first streaming pass (the digest travels in the metadata, which
+            # is sent before the parts), then stream the parts from the same descriptor;
+            # put_multipart re-hashes them and aborts when the two passes disagree.
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+            after = os.fstat(fh.fileno())
+            if after.st_size != before.size_bytes or after.st_mtime_ns != before.mtime_ns:
+                raise SourceChanged(f"{rec.relative_path} changed while it was hashed")
+            sha = digest.hexdigest()
+            part = part_size_for(size, self.settings.multipart_chunksize_bytes)
+            fh.seek(0)
             result = self.bucket.put_multipart_checked(
                 rec.object_key,
                 fh,
@@ -260,7 +271,7 @@ class _Sender:
                 content_type=rec.content_type,
                 content_encoding=rec.content_encoding,
             )
-        return sha, result.etag, part, size
+            return sha, result.etag, part, size
 
     def _resolve_abandoned(
         self, rec: FileRecord, events: list[tuple[str, str, dict[str, Any]]]
