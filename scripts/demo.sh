@@ -30,19 +30,25 @@ $R2M inventory --show 12
 step "2. Dry run: what would happen (nothing is written)"
 $R2M plan --dry-run --show 12
 
-step "3. Plan: store batches of 50"
+step "3. Plan: store batches of 50, and run the first one from the command line"
 $R2M plan --batch-size 50 --show 0
+$R2M run --max-batches 1
 
-step "4. Run: upload every batch (create-only PUT, SHA-256 checked by the server)"
-$R2M run
+step "4. The notebooks, headless (as a scheduler would run them): runs/<time>-<name>/"
+$R2M notebook run 01_inventory
+$R2M notebook run 02_dry_run
+$R2M notebook run 03_execute -p dry_run false
+$R2M notebook run 04_verification_report | tee "$R2MIGRATE_STATE_DIR/04.out"
 
-step "5. Verify: HEAD every object and compare (cheap), then a deep sample (read back, re-hash)"
+step "5. Verify again from the command line: cheap, then a deep sample"
 $R2M verify --all
 $R2M verify --all --sample 10 --seed 1
 
 step "6. Status"
 $R2M batches
 
+report=$(sed -n 's/^  report: *//p' "$R2MIGRATE_STATE_DIR/04.out")
+printf '\n\033[1mVerification report for stakeholders:\033[0m %s\n' "$report"
 printf '\nThe stack keeps running for you to explore (settings come from %s/stack.json):\n' "$R2MIGRATE_STATE_DIR"
 printf '  R2MIGRATE_STATE_DIR=%s .venv/bin/r2migrate batches\n' "$R2MIGRATE_STATE_DIR"
 printf 'Stop it with: R2MIGRATE_STATE_DIR=%s .venv/bin/r2migrate dev down\n' "$R2MIGRATE_STATE_DIR"

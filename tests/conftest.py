@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,11 +66,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     Tests must not stop it or change its default bucket; they use ``fresh_database_url`` and
     ``fresh_bucket`` instead. ``stack.access_key``/``stack.secret_key`` log in to S3.
     """
-    root = tmp_path_factory.mktemp("stack")
+    # Outside pytest's temp root on purpose: every pytest session resets
+    # /tmp/pytest-of-<user> to 0700, which would lock the postgres system user out of a stack
+    # another session is still using.
+    del tmp_path_factory
+    root = Path(tempfile.mkdtemp(prefix="r2migrate-test-stack-"))
     try:
         yield devstack.start_stack(root)
     finally:
         devstack.stop_stack(root)  # also after a failed start: stops whatever did come up
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -173,6 +173,8 @@ def main(
       r2migrate batches / status ID    progress, failures and reasons
       r2migrate rollback ID            delete only what a batch wrote, if still unchanged
       r2migrate doctor                 check the set-up before starting
+      r2migrate watch                  live progress, from any terminal
+      r2migrate notebook run 04_verification_report   the stakeholders' HTML report
 
     \b
     Settings come from defaults < the embedded stack < r2migrate.toml < environment
@@ -886,6 +888,147 @@ def doctor(obj: _Ctx, as_json: bool) -> None:
         counts = ", ".join(f"{n} {k}" for k, n in report.counts.items() if n)
         click.echo(f"\n{'All checks passed' if report.ok else 'Some checks failed'} ({counts}).")
     sys.exit(0 if report.ok else int(ExitCode.FILES_FAILED))
+
+
+# -- watch, report, notebooks ------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("batch_id", required=False)
+@click.option("--interval-s", type=click.FloatRange(0.2), default=1.0, show_default=True)
+@click.option("--once", is_flag=True, help="Print one snapshot and exit.")
+@pass_ctx
+def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> None:
+    """Live progress of one batch or all (the original --watch / --watch-all).
+
+    Reads only the state tables, so it works from another terminal or machine while workers
+    run: files and bytes done, throughput over the last minute, ETA, recent failures. Stops when
+    the work ends, or on Ctrl-C.
+    """
+    import time
+
+    from r2migrate.report import progress_snapshot, total_progress
+
+    settings = obj.settings()
+    seen_active = False
+    with _open_state(settings, migrate=False) as state:
+        try:
+            while True:
+                items = progress_snapshot(state, batch_id)
+                shown = [p for p in items if p.active or p.files_left] or items[-10:]
+                rows = [
+                    (
+                        p.batch_id,
+                        p.status,
+                        f"{p.files_done}/{p.files_total}",
+                        p.files_failed,
+                        f"{_human_bytes(p.bytes_done)}/{_human_bytes(p.bytes_total)}",
+                        f"{p.files_per_s:.0f}/s",
+                        "-" if p.eta_s is None else f"{p.eta_s:.0f}s",
+                    )
+                    for p in shown
+                ]
+                total = total_progress(items) if items else None
+                click.clear() if not once and sys.stdout.isatty() else None
+                click.echo(
+                    _table(
+                        ["batch", "status", "files", "failed", "bytes", "rate", "eta"],
+                        rows or [("(no batches)", "", "", "", "", "", "")],
+                    )
+                )
+                if total is not None:
+                    click.echo(
+                        f"\nall: {total.files_done}/{total.files_total} files, "
+                        f"{total.files_per_s:.0f} files/s"
+                        + (f", ETA {total.eta_s:.0f}s" if total.eta_s else "")
+                    )
+                for p in shown:
+                    for f in p.recent_failures[-3:]:
+                        click.echo(f"  {p.batch_id} {f.object_key}: {f.code} {f.message}")
+                active = any(p.active for p in items)
+                seen_active = seen_active or active
+                if once or (seen_active and not active):
+                    return
+                time.sleep(interval_s)
+        except KeyboardInterrupt:
+            return
+
+
+@main.command()
+@click.argument("batch_id", required=False)
+@click.option("--all", "all_batches", is_flag=True, help="Every batch.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="An empty or new folder for the report files.",
+)
+@pass_ctx
+def report(obj: _Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) -> None:
+    """Write the audit report: files.csv, summary.json and a manifest.json with SHA-256s.
+
+    One CSV row per file: key, size, SHA-256, status, the outcome of its last verification,
+    attempts, error, when it was last proven intact. The manifest lists each report file with
+    its SHA-256 and size, like S3 Batch Operations completion reports.
+    """
+    from r2migrate.report import write_audit_report
+
+    if bool(batch_id) == all_batches:
+        raise click.UsageError("Give a BATCH or --all.")
+    settings = obj.settings()
+    with _open_state(settings, migrate=False) as state:
+        written = write_audit_report(
+            state, out_dir, batch_ids=None if all_batches else [batch_id or ""]
+        )
+    click.echo(f"{written.rows} file row(s) written to {written.out_dir}")
+    for path in (written.csv_path, written.summary_path, written.manifest_path):
+        click.echo(f"  {path}")
+
+
+@main.group()
+def notebook() -> None:
+    """The parameterized notebooks, run headless: runs/<time>-<name>/ with an HTML report."""
+
+
+@notebook.command("list")
+def notebook_list() -> None:
+    """Every notebook with its parameters and their defaults."""
+    from r2migrate.notebooks import list_notebooks
+
+    for info in list_notebooks():
+        click.echo(f"{info.name}: {info.title}")
+        for p in info.parameters:
+            click.echo(f"    -p {p.name} {p.default!r}" + (f"   # {p.help}" if p.help else ""))
+
+
+@notebook.command("run")
+@click.argument("name")
+@click.option(
+    "-p",
+    "--parameter",
+    "params",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="A notebook parameter (repeatable). Secrets are refused: use the environment.",
+)
+@click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"))
+@pass_ctx
+def notebook_run(obj: _Ctx, name: str, params: tuple[tuple[str, str], ...], runs_dir: Path) -> None:
+    """Execute a notebook with papermill; write the .ipynb, report.html and results.json.
+
+    Unknown parameter names are refused before anything runs. A failing cell still leaves the
+    executed notebook and its HTML, and the command says which cell failed.
+    """
+    from r2migrate.notebooks import run_notebook
+
+    obj.settings()  # settings errors surface here, before a kernel starts
+    done = run_notebook(name, dict(params), runs_dir=runs_dir)
+    click.echo(f"{done.name} ran in {done.elapsed_s:.1f} s")
+    click.echo(f"  notebook: {done.notebook_path}")
+    click.echo(f"  report:   {done.html_path}")
+    click.echo(f"  results:  {done.results_path}")
 
 
 @main.command("cutover-check")
