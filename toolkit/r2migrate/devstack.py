@@ -187,6 +187,7 @@ def start_stack(root: Path, *, bucket_name: str = "media") -> StackInfo:
     _wait_for_postgres(root, _url_with_dbname(info.database_url, "postgres"), deadline)
     _ensure_database(info, APP_DATABASE)
     _wait_for_s3(root, info.endpoint_url, deadline)
+    _wait_for_volumes(root, weed_ports["master"], deadline)
     info = _with_pids(info, postgres_pid=pg_pid, weed_pid=weed_pid)
     _create_bucket_until(info, bucket_name, deadline)
     logger.info("embedded stack up under %s: %r", root, info)
@@ -678,6 +679,37 @@ def _wait_for_s3(root: Path, endpoint_url: str, deadline: float) -> None:
         f"the embedded S3 server (weed mini) did not answer on {endpoint_url}: "
         f"{last or 'process exited'}\n{_tail(log)}",
         hint=f"Read {log} and {root / 'logs' / 'weed'}; `r2migrate dev down` then `dev up`.",
+    )
+
+
+def _wait_for_volumes(root: Path, master_port: int, deadline: float) -> None:
+    """Wait until the volume server has registered every volume it has on disk.
+
+    The S3 port answers before that; after a restart a GET in that window fails with
+    InternalError, so `dev up` returns only when the stored objects can be read again.
+    """
+    on_disk = sum(1 for _ in (root / "weed" / "data").glob("*.dat"))
+    url = f"http://127.0.0.1:{master_port}/dir/status"
+    seen = -1
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                topology = json.loads(resp.read()).get("Topology", {})
+            nodes = [
+                node
+                for dc in topology.get("DataCenters") or []
+                for rack in dc.get("Racks") or []
+                for node in rack.get("DataNodes") or []
+            ]
+            seen = sum(int(node.get("Volumes", 0)) for node in nodes)
+            if nodes and seen >= on_disk:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise ServiceUnavailable(
+        f"the embedded S3 server's volume server registered {max(seen, 0)} of {on_disk} volumes",
+        hint=f"Read {root / 'logs' / 'weed.log'}; `r2migrate dev down` then `dev up`.",
     )
 
 
