@@ -506,7 +506,8 @@ class State:
     def get_batch(self, batch_id: str) -> Batch:
         with translate_db_errors(f"reading batch {batch_id}"):
             row = self.conn.execute(
-                self._q("SELECT * FROM {s}.batches WHERE batch_id = %s"), (batch_id,)
+                self._q("SELECT " + _BATCH_COLUMNS + " FROM {s}.batches WHERE batch_id = %s"),
+                (batch_id,),
             ).fetchone()
         if row is None:
             raise BatchNotFound(f"No batch {batch_id!r} in schema {self.schema!r}.")
@@ -515,7 +516,9 @@ class State:
     def list_batches(self) -> list[Batch]:
         with translate_db_errors("listing batches"):
             rows = self.conn.execute(
-                self._q("SELECT * FROM {s}.batches ORDER BY created_at, batch_id")
+                self._q(
+                    "SELECT " + _BATCH_COLUMNS + " FROM {s}.batches ORDER BY created_at, batch_id"
+                )
             ).fetchall()
         return [_batch_from_row(r) for r in rows]
 
@@ -992,6 +995,15 @@ class State:
                     for row_id, outcome, detail in events
                 ],
             )
+
+
+# Every batches column but the (JSON) settings, which only a report needs: reading the batch
+# after each group of outcomes should not parse it.
+_BATCH_COLUMNS = (
+    "batch_id, status, dry_run, batch_size, total_files, uploaded_files, verified_files,"
+    " failed_files, skipped_files, conflict_files, total_bytes, uploaded_bytes, bucket_name,"
+    " location, created_at, started_at, completed_at, last_error"
+)
 
 
 def _batch_from_row(r: Mapping[str, Any]) -> Batch:
