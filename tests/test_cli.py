@@ -52,6 +52,12 @@ COMMANDS = [
     ["rollback"],
     ["doctor"],
     ["cutover-check"],
+    ["serve"],
+    ["watch"],
+    ["report"],
+    ["notebook"],
+    ["notebook", "run"],
+    ["notebook", "list"],
 ]
 
 

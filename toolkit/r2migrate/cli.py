@@ -174,6 +174,7 @@ def main(
       r2migrate rollback ID            delete only what a batch wrote, if still unchanged
       r2migrate doctor                 check the set-up before starting
       r2migrate watch                  live progress, from any terminal
+      r2migrate serve                  HTTP API and a live dashboard
       r2migrate notebook run 04_verification_report   the stakeholders' HTML report
 
     \b
@@ -1029,6 +1030,40 @@ def notebook_run(obj: _Ctx, name: str, params: tuple[tuple[str, str], ...], runs
     click.echo(f"  notebook: {done.notebook_path}")
     click.echo(f"  report:   {done.html_path}")
     click.echo(f"  results:  {done.results_path}")
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind. Beyond loopback, put a TLS proxy in front.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--no-auth", is_flag=True, help="Serve without a token (loopback addresses only).")
+@pass_ctx
+def serve(obj: _Ctx, host: str, port: int, no_auth: bool) -> None:
+    """HTTP API and live dashboard over the same functions as these commands.
+
+    Requires R2MIGRATE_API_TOKEN (a bearer token of 16+ characters) unless --no-auth on a
+    loopback address. Endpoints: POST/GET /batches, GET /batches/ID, POST
+    /batches/ID/process|stop|verify|rollback, GET /batches/ID/files, GET /health; the
+    dashboard is at /.
+    """
+    try:
+        from r2migrate.api import check_exposure
+        from r2migrate.api import serve as run_server
+    except ImportError as exc:
+        raise ConfigError(
+            "The HTTP API needs FastAPI and uvicorn.", hint="pip install 'r2migrate[api]'"
+        ) from exc
+    settings = obj.settings()
+    check_exposure(settings, host=host, no_auth=no_auth)  # refuses before binding
+    click.echo(
+        f"Serving http://{host}:{port}/ (dashboard at /, API under /batches); Ctrl-C stops.",
+        err=True,
+    )
+    run_server(settings, host=host, port=port, no_auth=no_auth)
 
 
 @main.command("cutover-check")

@@ -41,7 +41,7 @@ CONFIG_FILE_NAME = "r2migrate.toml"
 STACK_FILE_NAME = "stack.json"  # written by devstack into state_dir
 
 SECRET_FIELDS: frozenset[str] = frozenset(
-    {"database_url", "access_key", "secret_key", "session_token"}
+    {"database_url", "access_key", "secret_key", "session_token", "api_token"}
 )
 
 # Names other tools already use. Checked in order; an R2MIGRATE_<FIELD> variable beats them all.
@@ -142,6 +142,9 @@ class Settings:
     log_level                   DEBUG, INFO, WARNING or ERROR.
     log_file                    log path; unset means ``state_dir / "r2migrate.log"``.
     log_format                  ``text`` or ``json`` (one object per line).
+    api_token                   bearer token ``r2migrate serve`` requires on its API (secret;
+                                at least 16 characters); unset = serve refuses to start unless
+                                bound to loopback with ``--no-auth``.
     ==========================  =================================================================
 
     ``sources`` maps each field to where its value came from: ``default``,
@@ -181,6 +184,7 @@ class Settings:
     log_level: str = "INFO"
     log_file: Path | None = None
     log_format: str = "text"
+    api_token: str | None = None
     sources: Mapping[str, str] = field(default=_EMPTY_MAP, compare=False)
 
     def __post_init__(self) -> None:
@@ -254,7 +258,7 @@ class Settings:
 
     def secret_values(self) -> tuple[str, ...]:
         """The secret strings themselves, for ``logs.configure_logging(secrets=...)``."""
-        values = [self.access_key, self.secret_key, self.session_token]
+        values = [self.access_key, self.secret_key, self.session_token, self.api_token]
         if self.database_url:
             try:
                 password = urlsplit(self.database_url).password
