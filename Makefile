@@ -29,10 +29,12 @@ fmt: $(STAMP)
 	$(BIN)/ruff format toolkit tests bench scripts
 	$(BIN)/ruff check --fix toolkit tests bench scripts
 
-# JupyterLab on the notebooks, wired to the embedded stack (started if needed).
+# JupyterLab on the notebooks, wired to the demo's embedded stack (run `make demo` once first;
+# this restarts the stack if it was stopped).
+LAB_STATE := $(CURDIR)/.r2migrate/demo
 lab: $(STAMP)
-	R2MIGRATE_STATE_DIR=$(CURDIR)/.r2migrate $(BIN)/r2migrate dev up
-	R2MIGRATE_STATE_DIR=$(CURDIR)/.r2migrate $(BIN)/jupyter lab --notebook-dir=$(CURDIR)/notebooks
+	R2MIGRATE_STATE_DIR=$(LAB_STATE) $(BIN)/r2migrate dev up
+	R2MIGRATE_STATE_DIR=$(LAB_STATE) $(BIN)/jupyter lab --notebook-dir=$(CURDIR)/notebooks
 
 # This tool against s5cmd, rclone and the aws CLI on the same server; prints ratios.
 bench: $(STAMP)

@@ -213,3 +213,22 @@ def test_doctor_fails_with_a_hint_when_the_bucket_is_missing(settings):
     assert result.exit_code == 1
     assert "fail" in result.stdout
     assert "hint:" in result.stdout
+
+
+def test_watch_once_and_audit_report(settings, sample, tmp_path):
+    env = _env(settings)
+    assert _invoke(["plan", "--batch-size", "60"], env).exit_code == 0
+    assert _invoke(["run"], env).exit_code == 0
+    watched = _invoke(["watch", "--once"], env)
+    assert watched.exit_code == 0, watched.output
+    assert "completed" in watched.stdout
+    assert "all: 120/120 files" in watched.stdout
+    out = tmp_path / "audit"
+    made = _invoke(["report", "--all", "--out", str(out)], env)
+    assert made.exit_code == 0, made.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest
+    lines = (out / "files.csv").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + 120
+    again = _invoke(["report", "--all", "--out", str(out)], env)
+    assert again.exit_code == 2  # never overwrites a report
