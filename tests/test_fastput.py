@@ -440,9 +440,9 @@ _CASES = [
     (503, "ServiceUnavailable"),
     (400, "RequestTimeout"),
     (400, "EntityTooLarge"),
-    *((400, code) for code in sorted(bucket_module._TRANSIENT_CODES)),
-    *((403, code) for code in sorted(bucket_module._DENIED_CODES)),
-    *((400, code) for code in sorted(bucket_module._DIGEST_CODES)),
+    *((400, code) for code in sorted(bucket_module.TRANSIENT_CODES)),
+    *((403, code) for code in sorted(bucket_module.DENIED_CODES)),
+    *((400, code) for code in sorted(bucket_module.DIGEST_CODES)),
 ]
 
 

@@ -33,6 +33,7 @@ LAYERS = {
     "verify": 3,
     "rollback": 3,
     "report": 4,
+    "text": 4,
     "doctor": 4,
     "notebooks": 5,
     "api": 5,

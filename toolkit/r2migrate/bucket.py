@@ -40,7 +40,7 @@ SHA256_METADATA_KEY = "sha256"  # sent as x-amz-meta-sha256, hex digest of the w
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 10_000
 
-_TRANSIENT_CODES = frozenset(
+TRANSIENT_CODES = frozenset(
     {
         "SlowDown",
         "TooManyRequests",
@@ -54,10 +54,10 @@ _TRANSIENT_CODES = frozenset(
         "OperationAborted",
     }
 )
-_DENIED_CODES = frozenset(
+DENIED_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
 )
-_DIGEST_CODES = frozenset(
+DIGEST_CODES = frozenset(
     {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
 )
 
@@ -139,13 +139,13 @@ def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = N
             return ObjectExists(
                 f"{where}: the key already holds an object", code="PreconditionFailed"
             )
-        if code in _DIGEST_CODES:
+        if code in DIGEST_CODES:
             return DigestMismatch(f"{where}: the server rejected the SHA-256 ({code})", code=code)
         if code == "NoSuchBucket" or (status == 404 and key is None):
             return NoSuchBucket(f"Bucket {bucket!r} does not exist", code="NoSuchBucket")
-        if code in _DENIED_CODES or status == 403:
+        if code in DENIED_CODES or status == 403:
             return AccessDenied(f"{where}: access denied ({code or status})", code=code or "403")
-        if code in _TRANSIENT_CODES or status in (429, 500, 502, 503, 504) or status >= 500:
+        if code in TRANSIENT_CODES or status in (429, 500, 502, 503, 504) or status >= 500:
             return TransientBucketError(f"{where}: {code or status}: {message}", code=code)
         return BucketError(f"{where}: {code or status}: {message}", code=code)
     if isinstance(
@@ -203,20 +203,8 @@ class Bucket:
 
     def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """(key, size) of every object under prefix, paged."""
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            try:
-                page = self.client.list_objects_v2(**kwargs)
-            except Exception as exc:
-                raise translate_error(exc, op="LIST", bucket=self.name, key=prefix) from exc
-            for item in page.get("Contents", []):
-                yield item["Key"], int(item["Size"])
-            if not page.get("IsTruncated"):
-                return
-            token = page.get("NextContinuationToken")
+        for page in self.iter_object_pages(prefix):
+            yield from page
 
     def iter_object_pages(self, prefix: str = "") -> Iterator[list[tuple[str, int]]]:
         """(key, size) of every object under prefix, one list per LIST request.

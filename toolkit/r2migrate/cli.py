@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from r2migrate import __version__, devsample, devstack
+from r2migrate import __version__, devsample, devstack, text
 from r2migrate.config import Settings, load_settings
 from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
 from r2migrate.inventory import (
@@ -190,24 +190,11 @@ def main(
 
 
 def _human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return text.human_bytes(n)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(text.table(headers, rows))
 
 
 def _jsonable(value: Any) -> Any:
@@ -1097,43 +1084,7 @@ def cutover_check(obj: _Ctx, deep: bool, batch_id: str | None, show: int) -> Non
 
 
 def _render_batches(batches: Sequence[Batch]) -> None:
-    rows = []
-    for b in batches:
-        elapsed = (
-            (b.completed_at - b.started_at).total_seconds()
-            if b.completed_at and b.started_at
-            else None
-        )
-        rate = f"{(b.uploaded_files / elapsed):.0f}/s" if elapsed else "-"
-        rows.append(
-            (
-                b.batch_id,
-                b.status.value,
-                b.total_files,
-                b.uploaded_files,
-                b.skipped_files,
-                b.failed_files,
-                b.conflict_files,
-                _human_bytes(b.uploaded_bytes),
-                rate,
-            )
-        )
-    click.echo(
-        _table(
-            [
-                "batch",
-                "status",
-                "files",
-                "uploaded",
-                "skipped",
-                "failed",
-                "conflict",
-                "bytes",
-                "rate",
-            ],
-            rows,
-        )
-    )
+    click.echo("\n".join(text.batch_table(batches)))
 
 
 @main.command()

@@ -40,7 +40,14 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from r2migrate.bucket import SHA256_METADATA_KEY, PutResult, sha256_b64
+from r2migrate.bucket import (
+    DENIED_CODES,
+    DIGEST_CODES,
+    SHA256_METADATA_KEY,
+    TRANSIENT_CODES,
+    PutResult,
+    sha256_b64,
+)
 from r2migrate.errors import (
     AccessDenied,
     BucketError,
@@ -89,27 +96,10 @@ _HEADER_PARAMETERS: Mapping[str, str] = {
     "Tagging": "x-amz-tagging",
     "WebsiteRedirectLocation": "x-amz-website-redirect-location",
 }
-# The same code sets bucket.translate_error uses; a test keeps the two mappings equal.
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "TooManyRequests",
-        "RequestTimeout",
-        "RequestTimeTooSkewed",
-        "InternalError",
-        "ServiceUnavailable",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "OperationAborted",
-    }
-)
-_DENIED_CODES = frozenset(
-    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
-)
-_DIGEST_CODES = frozenset(
-    {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
-)
+# The same code sets bucket.translate_error uses, so both paths classify errors alike.
+_TRANSIENT_CODES = TRANSIENT_CODES
+_DENIED_CODES = DENIED_CODES
+_DIGEST_CODES = DIGEST_CODES
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: nothing to encode, no CR/LF
 _XML_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _XML_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")

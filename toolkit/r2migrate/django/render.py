@@ -16,6 +16,7 @@ from r2migrate.inventory import InventorySummary
 from r2migrate.plan import Action, PlanSummary
 from r2migrate.rollback import RollbackSummary
 from r2migrate.state import Batch, FileRecord, FileStatus
+from r2migrate.text import batch_table, human_bytes, table
 from r2migrate.transfer import RunSummary
 from r2migrate.verify import VerifySummary
 
@@ -33,27 +34,6 @@ __all__ = [
     "table",
     "verify_lines",
 ]
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
 
 
 @dataclass
@@ -141,32 +121,6 @@ def run_lines(summary: RunSummary, batches: Sequence[Batch]) -> list[str]:
         for key, code, message in b.failures[:10]:
             lines.append(f"  FAILED {key}: {code} {message}")
     return lines
-
-
-def batch_table(batches: Sequence[Batch]) -> list[str]:
-    rows = []
-    for b in batches:
-        elapsed = (
-            (b.completed_at - b.started_at).total_seconds()
-            if b.completed_at and b.started_at
-            else None
-        )
-        rate = f"{(b.uploaded_files / elapsed):.0f}/s" if elapsed else "-"
-        rows.append(
-            (
-                b.batch_id,
-                b.status.value,
-                b.total_files,
-                b.uploaded_files,
-                b.skipped_files,
-                b.failed_files,
-                b.conflict_files,
-                human_bytes(b.uploaded_bytes),
-                rate,
-            )
-        )
-    headers = ["batch", "status", "files", "uploaded", "skipped", "failed", "conflict", "bytes"]
-    return table([*headers, "rate"], rows)
 
 
 def batch_lines(batch: Batch, files: Sequence[FileRecord], *, all_files: bool = False) -> list[str]:

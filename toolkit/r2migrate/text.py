@@ -1,0 +1,60 @@
+"""Plain-text tables and sizes for terminals: the one layout the CLI and manage.py share.
+
+Must never compute anything the library does not already return, nor print: it returns strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from r2migrate.state import Batch
+
+
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB'; None -> '-'."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """Left-aligned columns under a dashed rule, one string per line."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def batch_table(batches: Sequence[Batch]) -> list[str]:
+    """The batches listing (the original --list-batches): counts, bytes and upload rate."""
+    rows = []
+    for b in batches:
+        elapsed = (
+            (b.completed_at - b.started_at).total_seconds()
+            if b.completed_at and b.started_at
+            else None
+        )
+        rate = f"{(b.uploaded_files / elapsed):.0f}/s" if elapsed else "-"
+        rows.append(
+            (
+                b.batch_id,
+                b.status.value,
+                b.total_files,
+                b.uploaded_files,
+                b.skipped_files,
+                b.failed_files,
+                b.conflict_files,
+                human_bytes(b.uploaded_bytes),
+                rate,
+            )
+        )
+    headers = ["batch", "status", "files", "uploaded", "skipped", "failed", "conflict", "bytes"]
+    return table([*headers, "rate"], rows)
