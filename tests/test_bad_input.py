@@ -478,9 +478,6 @@ CASES = [
         ("locked/f.txt",),
         setup=both(files("locked/f.txt"), chmod("locked", 0o000)),
         as_nobody=True,
-        bug="inventory's orphan walk (source.iter_media_files without on_error) raises "
-        "SourceError on a directory it cannot list: the whole inventory aborts instead of "
-        "recording the problem and going on",
     ),
     Case(
         "readable-as-nobody-is-fine",

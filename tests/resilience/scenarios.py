@@ -552,6 +552,7 @@ def dead_runner(
         lambda: len(victim_holds()) > 0 and len(recorded_keys(world)) >= progress, timeout_s=60
     )
     victim.kill()
+    kill_mark = world.proxy.mark()
     held_at_kill = victim_holds()
     survivor_rc = survivor.wait(RUN_TIMEOUT_S)
     after_survivor = ledger(world)
@@ -564,7 +565,9 @@ def dead_runner(
     takeover = start_runner(world, ["run", "--batch", batch_id], env)
     takeover_rc = takeover.wait(RUN_TIMEOUT_S)
     takeover_s = time.monotonic() - t0
-    heads_first = _head_before_put(world, held_at_kill, mark)
+    # Whoever took them over (the survivor, which waits for open files, or the new run) asked
+    # the bucket first.
+    heads_first = _head_before_put(world, held_at_kill, kill_mark)
     result = audit(world, "dead runner taken over", snapshots=[snap], faults=1)
     return Outcome(
         replace(result, seconds=time.monotonic() - started),

@@ -73,12 +73,6 @@ def test_files_rewritten_while_being_sent_are_never_stored_with_another_sha(worl
     assert audit.losses == audit.duplicates == audit.unknown_objects == audit.secret_leaks == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after uploading a file that changed since planning, the ledger keeps the "
-    "plan-time mtime_ns (record_outcomes never updates it), so the cheap verify reports the "
-    "freshly uploaded, identical file as source_changed",
-)
 def test_cheap_verify_trusts_a_file_uploaded_after_it_changed(world: World) -> None:
     names = make_tree(world, 3, seed=SEED)
     seed_rows(world, names)

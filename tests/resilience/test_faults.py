@@ -8,7 +8,6 @@ from collections import Counter
 import pytest
 
 from r2migrate import run
-from r2migrate.errors import BucketUnavailable
 from r2migrate.state import State
 from tests.proxy import Request
 from tests.resilience import scenarios
@@ -101,11 +100,6 @@ def test_an_answer_lost_after_the_put_landed_is_resolved_by_head(world: World) -
     assert world.proxy.upload_starts()[key] == 2  # the retry was refused 412, not stored again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: transfer._resolve_existing does not retry a transient HEAD failure: a file "
-    "whose PUT landed but whose answer was lost ends `failed` although max_attempts is not used",
-)
 def test_a_transient_head_failure_while_resolving_a_412_is_retried(world: World) -> None:
     key = _one_file(world)
     world.proxy.rule = _nth({("PUT", key, 1): "reset_after_forward", ("HEAD", key, 1): "503"})
@@ -115,12 +109,6 @@ def test_a_transient_head_failure_while_resolving_a_412_is_retried(world: World)
     assert summary.failed == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BucketUnavailable,
-    reason="BUG: Bucket.check() (run's preflight HEAD bucket) turns one transient 503/SlowDown "
-    "into BucketUnavailable: the run, and a long-lived `r2migrate worker`, exit 3",
-)
 def test_one_transient_failure_of_the_bucket_check_does_not_abort_the_run(world: World) -> None:
     key = _one_file(world)
     world.proxy.rule = _nth({("HEAD", "", 1): "slowdown"})

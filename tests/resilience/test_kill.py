@@ -56,12 +56,6 @@ def test_kill_9_again_and_again_loses_nothing_and_sends_nothing_twice(
     assert d["foreign_damaged_after_rollback"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: errors.py promises 'Interrupted exit 130 Ctrl-C or SIGTERM; state is saved', "
-    "but the CLI only handles SIGINT: SIGTERM (systemd, docker stop, Kubernetes) kills the run "
-    "with no message and leaves live leases that block other machines for lease_s",
-)
 def test_sigterm_stops_like_ctrl_c(world: World) -> None:
     names = make_tree(world, 200, seed=SEED)
     seed_rows(world, names)

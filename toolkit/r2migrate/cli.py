@@ -232,7 +232,7 @@ def _progress(total: int | None, desc: str, unit: str = "file") -> Iterator[Call
 
 @contextmanager
 def _graceful_stop() -> Iterator[threading.Event]:
-    """First Ctrl-C: finish the uploads in flight, record them, stop. Second: stop at once."""
+    """First Ctrl-C (or SIGTERM): finish the uploads in flight, record them, stop. Second: now."""
     stop = threading.Event()
 
     def on_sigint(signum: int, frame: object) -> None:
@@ -246,11 +246,13 @@ def _graceful_stop() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    # SIGTERM (systemd, docker stop, Kubernetes) gets the same clean stop as a first Ctrl-C.
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager

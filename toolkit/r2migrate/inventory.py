@@ -134,7 +134,15 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
         for ref in refs:
             for row in catalog.iter_source_rows(conn, ref):
                 yield _examine_row(settings, media_root, row, seen_names, seen_nfc)
-    for name in source.iter_media_files(media_root):
+    unlisted: list[str] = []
+
+    def note_unlisted(name: str, exc: SourceError) -> None:
+        # A folder we may not list: record it as a problem row and keep walking.
+        unlisted.append(name)
+
+    for name in source.iter_media_files(media_root, on_error=note_unlisted):
+        while unlisted:
+            yield _unlisted_row(unlisted.pop(0))
         if name in seen_names:
             continue
         try:
@@ -155,6 +163,23 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
             content_encoding=None,
             problems=(Problem.ORPHAN.value,),
         )
+    for name in unlisted:
+        yield _unlisted_row(name)
+
+
+def _unlisted_row(name: str) -> MediaFile:
+    return MediaFile(
+        file_id=f"orphan:{name}",
+        source_ref=None,
+        source_id=None,
+        relative_path=name,
+        object_key=None,
+        size_bytes=None,
+        mtime_ns=None,
+        content_type=None,
+        content_encoding=None,
+        problems=(Problem.UNREADABLE.value,),
+    )
 
 
 def _examine_row(

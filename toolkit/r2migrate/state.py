@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -164,6 +165,7 @@ class Outcome:
     error_code: str | None = None
     error_message: str | None = None
     events: tuple[tuple[str, str, Mapping[str, Any]], ...] = field(default=())
+    mtime_ns: int | None = None  # of the file as it was sent (it may have changed since plan)
 
 
 def _migration_files() -> list[tuple[int, str, str]]:
@@ -197,7 +199,12 @@ def _owner_is_dead_here(owner: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    # A zombie still answers kill(0) until it is reaped, but it will never finish an upload.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 @contextmanager
@@ -732,6 +739,7 @@ class State:
                         o.size_bytes,
                         o.error_code,
                         o.error_message,
+                        o.mtime_ns,
                     )
                     for o in outcomes
                 ],
@@ -752,14 +760,16 @@ class State:
                     " etag = coalesce(v.etag, f.etag),"
                     " part_size_bytes = coalesce(v.part_size, f.part_size_bytes),"
                     " size_bytes = coalesce(v.size_bytes, f.size_bytes),"
+                    " mtime_ns = coalesce(v.mtime_ns, f.mtime_ns),"
                     " error_code = v.error_code, error_message = v.error_message,"
                     " lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),"
                     " uploaded_at = CASE WHEN v.status IN ('uploaded', 'skipped') THEN now()"
                     "   ELSE f.uploaded_at END"
                     " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[],"
-                    "   %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[])"
+                    "   %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[],"
+                    "   %s::bigint[])"
                     "   AS v(id, status, attempts, source_sha256, object_sha256, etag, part_size,"
-                    "        size_bytes, error_code, error_message)"
+                    "        size_bytes, error_code, error_message, mtime_ns)"
                     " WHERE f.id = v.id AND f.lease_owner = %s"
                     " RETURNING f.id"
                 ),

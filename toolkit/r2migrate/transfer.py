@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from r2migrate import catalog, source
-from r2migrate.bucket import Bucket, part_size_for
+from r2migrate.bucket import Bucket, ObjectInfo, part_size_for
 from r2migrate.config import Settings
 from r2migrate.errors import (
     AccessDenied,
@@ -183,7 +183,7 @@ class _Sender:
         while True:
             attempt += 1
             try:
-                sha, etag, part_size, size = self._put(rec)
+                sha, etag, part_size, size, mtime_ns = self._put(rec)
             except ObjectExists:
                 return self._resolve_existing(rec, attempt, events)
             except SourceError as exc:
@@ -214,6 +214,7 @@ class _Sender:
                     object_sha256=sha,
                     etag=etag,
                     part_size_bytes=part_size,
+                    mtime_ns=mtime_ns,
                     size_bytes=size,
                     events=tuple(events),
                 )
@@ -232,7 +233,7 @@ class _Sender:
             if self.stop.wait(delay):
                 return self._failed(rec, attempt, code, message, events, transient=retryable)
 
-    def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int]:
+    def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int, int]:
         # One safe path resolution per file; the checks after the read use the descriptor
         # (fstat), which is what was read, so a rename or swap afterwards cannot fool them.
         fh, before = source.open_media_file_with_stat(self.media_root, rec.relative_path)
@@ -247,7 +248,8 @@ class _Sender:
                 ):
                     raise SourceChanged(f"{rec.relative_path} changed while it was read")
                 sha = hashlib.sha256(data).hexdigest()
-                return sha, self._put_small(rec, data, sha), None, len(data)
+                etag = self._put_small(rec, data, sha)
+                return sha, etag, None, len(data), before.mtime_ns
             # Large: hash in a first streaming pass (the digest travels in the metadata, which
             # is sent before the parts), then stream the parts from the same descriptor;
             # put_multipart re-hashes them and aborts when the two passes disagree.
@@ -271,13 +273,32 @@ class _Sender:
                 content_type=rec.content_type,
                 content_encoding=rec.content_encoding,
             )
-            return sha, result.etag, part, size
+            return sha, result.etag, part, size, before.mtime_ns
+
+    def _head(self, key: str) -> ObjectInfo | None:
+        """HEAD with the same retry rules as a PUT: transient failures back off and try again."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.bucket.head(key)
+            except BucketError as exc:
+                if not exc.retryable or attempt >= self.settings.max_attempts:
+                    raise
+                delay = backoff_s(
+                    attempt,
+                    base_s=self.settings.backoff_base_s,
+                    max_s=self.settings.backoff_max_s,
+                    rng=self.rng,
+                )
+                if self.stop.wait(delay):
+                    raise
 
     def _resolve_abandoned(
         self, rec: FileRecord, events: list[tuple[str, str, dict[str, Any]]]
     ) -> Outcome | None:
         try:
-            info = self.bucket.head(rec.object_key)
+            info = self._head(rec.object_key)
         except BucketError as exc:
             events.append(("resolve", "error", {"error": exc.message}))
             return None
@@ -290,7 +311,7 @@ class _Sender:
         self, rec: FileRecord, attempt: int, events: list[tuple[str, str, dict[str, Any]]]
     ) -> Outcome:
         try:
-            info = self.bucket.head(rec.object_key)
+            info = self._head(rec.object_key)
         except BucketError as exc:
             return self._failed(rec, attempt, exc.code or "head_failed", exc.message, events)
         if info is None:  # deleted in between: leave it for the next round
@@ -403,7 +424,7 @@ def run(
     """
     del resume
     bucket = bucket or Bucket(settings)
-    bucket.check()
+    check_bucket(bucket, settings, stop)
     stop = stop or threading.Event()
     if batch_id is not None:
         batches: Sequence[Batch] = [state.get_batch(batch_id)]
@@ -440,6 +461,27 @@ def run(
     finally:
         sender.close()
     return RunSummary(tuple(results))
+
+
+def check_bucket(bucket: Bucket, settings: Settings, stop: threading.Event | None = None) -> None:
+    """The preflight HEAD bucket, retried like any request: one 503 must not abort a run."""
+    rng = random.Random()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            bucket.check()
+            return
+        except BucketUnavailable:
+            if attempt >= settings.max_attempts:
+                raise
+            delay = backoff_s(
+                attempt, base_s=settings.backoff_base_s, max_s=settings.backoff_max_s, rng=rng
+            )
+            if stop is not None and stop.wait(delay):
+                raise
+            if stop is None:
+                time.sleep(delay)
 
 
 AUTO_PROCESSES_MIN_FILES = 500  # below this, starting processes costs more than it saves
@@ -547,6 +589,7 @@ def _child_main(
     """One upload process: its own connection, client and threads; reports results, not logs."""
     # Ctrl-C reaches the parent, which sets `halt`; a child must finish its in-flight PUTs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(
         level=settings.log_level,
         log_file=settings.effective_log_file,
@@ -677,6 +720,16 @@ def _run_batch(
                     in_flight[pool.submit(sender.send, rec)] = rec
             if stop.is_set():
                 _give_back_unstarted(state, in_flight, owner)
+            if not in_flight and exhausted and not stop.is_set() and outage is None:
+                # Nothing left to claim, but another runner may still hold files: wait for it
+                # to finish them, or take them over once it is dead (same host) or its lease
+                # has expired, so the batch is never left unfinished.
+                flush()
+                if state.open_file_count(batch_id) > 0:
+                    stop.wait(min(1.0, settings.lease_s / 10))
+                    state.release_dead_leases(batch_id)
+                    exhausted = False
+                    continue
             if not in_flight:
                 break
             finished, _ = wait(list(in_flight), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
