@@ -96,10 +96,6 @@ _HEADER_PARAMETERS: Mapping[str, str] = {
     "Tagging": "x-amz-tagging",
     "WebsiteRedirectLocation": "x-amz-website-redirect-location",
 }
-# The same code sets bucket.translate_error uses, so both paths classify errors alike.
-_TRANSIENT_CODES = TRANSIENT_CODES
-_DENIED_CODES = DENIED_CODES
-_DIGEST_CODES = DIGEST_CODES
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: nothing to encode, no CR/LF
 _XML_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _XML_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
@@ -224,13 +220,13 @@ def translate_response(response: Response, *, bucket: str, key: str) -> BucketEr
     message = response.error_message or code or str(status)
     if code in ("PreconditionFailed", "412") or status == 412:
         return ObjectExists(f"{where}: the key already holds an object", code="PreconditionFailed")
-    if code in _DIGEST_CODES:
+    if code in DIGEST_CODES:  # bucket.translate_error's sets: both paths classify alike
         return DigestMismatch(f"{where}: the server rejected the SHA-256 ({code})", code=code)
     if code == "NoSuchBucket":
         return NoSuchBucket(f"Bucket {bucket!r} does not exist", code="NoSuchBucket")
-    if code in _DENIED_CODES or status == 403:
+    if code in DENIED_CODES or status == 403:
         return AccessDenied(f"{where}: access denied ({code or status})", code=code or "403")
-    if code in _TRANSIENT_CODES or status == 429 or status >= 500:
+    if code in TRANSIENT_CODES or status == 429 or status >= 500:
         return TransientBucketError(f"{where}: {code or status}: {message}", code=code)
     return BucketError(f"{where}: {code or status}: {message}", code=code)
 

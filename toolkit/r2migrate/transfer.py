@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from r2migrate import catalog, source
 from r2migrate.bucket import Bucket, ObjectInfo, part_size_for
@@ -54,6 +54,8 @@ from r2migrate.state import (
 )
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 FLUSH_EVERY_S = 0.5  # ledger writes are grouped: one transaction per flush, not per file
 FLUSH_EVERY_FILES = 64
@@ -277,22 +279,13 @@ class _Sender:
 
     def _head(self, key: str) -> ObjectInfo | None:
         """HEAD with the same retry rules as a PUT: transient failures back off and try again."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self.bucket.head(key)
-            except BucketError as exc:
-                if not exc.retryable or attempt >= self.settings.max_attempts:
-                    raise
-                delay = backoff_s(
-                    attempt,
-                    base_s=self.settings.backoff_base_s,
-                    max_s=self.settings.backoff_max_s,
-                    rng=self.rng,
-                )
-                if self.stop.wait(delay):
-                    raise
+        return retry_transient(
+            lambda: self.bucket.head(key),
+            self.settings,
+            is_transient=lambda exc: isinstance(exc, BucketError) and exc.retryable,
+            stop=self.stop,
+            rng=self.rng,
+        )
 
     def _resolve_abandoned(
         self, rec: FileRecord, events: list[tuple[str, str, dict[str, Any]]]
@@ -424,8 +417,8 @@ def run(
     """
     del resume
     bucket = bucket or Bucket(settings)
-    check_bucket(bucket, settings, stop)
     stop = stop or threading.Event()
+    check_bucket(bucket, settings, stop)
     if batch_id is not None:
         batches: Sequence[Batch] = [state.get_batch(batch_id)]
     else:
@@ -463,25 +456,42 @@ def run(
     return RunSummary(tuple(results))
 
 
-def check_bucket(bucket: Bucket, settings: Settings, stop: threading.Event | None = None) -> None:
-    """The preflight HEAD bucket, retried like any request: one 503 must not abort a run."""
-    rng = random.Random()
+def retry_transient(
+    call: Callable[[], T],
+    settings: Settings,
+    *,
+    is_transient: Callable[[Exception], bool],
+    stop: threading.Event,
+    rng: random.Random,
+) -> T:
+    """`call()`, tried up to max_attempts times while it fails transiently, with backoff.
+
+    The last error is raised as it is; so is any error when `stop` is set during a wait.
+    """
     attempt = 0
     while True:
         attempt += 1
         try:
-            bucket.check()
-            return
-        except BucketUnavailable:
-            if attempt >= settings.max_attempts:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc) or attempt >= settings.max_attempts:
                 raise
             delay = backoff_s(
                 attempt, base_s=settings.backoff_base_s, max_s=settings.backoff_max_s, rng=rng
             )
-            if stop is not None and stop.wait(delay):
+            if stop.wait(delay):
                 raise
-            if stop is None:
-                time.sleep(delay)
+
+
+def check_bucket(bucket: Bucket, settings: Settings, stop: threading.Event) -> None:
+    """The preflight HEAD bucket, retried like any request: one 503 must not abort a run."""
+    retry_transient(
+        bucket.check,
+        settings,
+        is_transient=lambda exc: isinstance(exc, BucketUnavailable),
+        stop=stop,
+        rng=random.Random(),
+    )
 
 
 AUTO_PROCESSES_MIN_FILES = 500  # below this, starting processes costs more than it saves
