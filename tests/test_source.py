@@ -823,3 +823,87 @@ def test_source_module_calls_nothing_that_writes() -> None:
         isinstance(node, ast.Constant) and node.value in {"w", "wb", "a", "ab", "r+b", "w+b"}
         for node in ast.walk(tree)
     )
+
+
+# -- the openat2 shortcut ------------------------------------------------------------------------
+
+needs_openat2 = pytest.mark.skipif(
+    source._openat2 is None, reason="openat2 is not available on this kernel or platform"
+)
+
+
+def _opened(result: tuple[int, source.SourceStat] | None) -> source.SourceStat | None:
+    if result is None:
+        return None
+    fd, found = result
+    os.close(fd)
+    return found
+
+
+@needs_openat2
+def test_shortcut_agrees_with_the_careful_walk(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "ça.txt").write_bytes(b"hello")
+    (root / "top.bin").write_bytes(b"")
+    expected = {"a/b/ça.txt": "a/b/ça.txt", "./a//b/ça.txt": "a/b/ça.txt", "top.bin": "top.bin"}
+    for name, path in expected.items():
+        fast = _opened(source._open_fast(root, name))
+        assert fast is not None, name
+        assert fast == _opened(source._open_walk(root, name))
+        assert fast.path == root.resolve() / path
+
+
+@needs_openat2
+def test_shortcut_follows_a_symlinked_media_root(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "f.txt").write_bytes(b"x")
+    link = tmp_path / "media"
+    link.symlink_to(real)
+    found = _opened(source._open_fast(link, "f.txt"))
+    assert found is not None and found.path == real.resolve() / "f.txt"
+    # Retargeted between two reads: the cache of the root's real path must not be stale.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "f.txt").write_bytes(b"yy")
+    link.unlink()
+    link.symlink_to(other)
+    again = _opened(source._open_fast(link, "f.txt"))
+    assert again is not None and again.path == other.resolve() / "f.txt"
+    assert again.size_bytes == 2
+
+
+@needs_openat2
+@pytest.mark.parametrize("kind", ["dir_link", "file_link", "link_out", "fifo", "directory"])
+def test_shortcut_declines_and_the_walk_decides(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "media"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "f.txt").write_bytes(b"inside")
+    (tmp_path / "secret.txt").write_bytes(b"outside")
+    name = {
+        "dir_link": "alias/f.txt",
+        "file_link": "f-link.txt",
+        "link_out": "out.txt",
+        "fifo": "pipe",
+        "directory": "real",
+    }[kind]
+    if kind == "dir_link":
+        (root / "alias").symlink_to(root / "real")
+    elif kind == "file_link":
+        (root / "f-link.txt").symlink_to(root / "real" / "f.txt")
+    elif kind == "link_out":
+        (root / "out.txt").symlink_to(tmp_path / "secret.txt")
+    elif kind == "fifo":
+        os.mkfifo(root / "pipe")
+    assert source._open_fast(root, name) is None  # never opened a fifo, never followed a link
+    if kind in ("dir_link", "file_link"):  # symlinks that stay inside are allowed by the walk
+        fh, found = source.open_media_file_with_stat(root, name)
+        with fh:
+            assert fh.read() == b"inside"
+        assert found.path == (root / "real" / "f.txt").resolve()
+    else:
+        with pytest.raises(SourceError) as caught:
+            source.open_media_file_with_stat(root, name)
+        expected = Problem.UNSAFE_PATH if kind == "link_out" else Problem.NOT_REGULAR_FILE
+        assert caught.value.problem is expected

@@ -398,6 +398,7 @@ def concurrent_runners(
             lease_s=lease_s,
             read_timeout_s=read_timeout_s,
             state_dir=state_dir,
+            log_level="debug",  # the per-file 'uploaded KEY' lines are DEBUG
         )
         procs.append((start_runner(world, list(command), env), state_dir))
     watch = LeaseWatch()
@@ -431,7 +432,7 @@ def _read_logs(state_dir: Path) -> str:
 
 
 def _uploaded_in_log(text: str) -> set[str]:
-    """Keys a runner's log says it uploaded (INFO line 'uploaded KEY (N bytes, attempt K)')."""
+    """Keys a runner's log says it uploaded (DEBUG line 'uploaded KEY (N bytes, attempt K)')."""
     found = set()
     for line in text.splitlines():
         _, sep, rest = line.partition(": uploaded ")

@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -201,7 +201,8 @@ class _Sender:
                 )
             else:
                 events.append(("attempt", "uploaded", {"attempt": attempt, "etag": etag}))
-                log.info(
+                # The ledger row is the record of every upload; the log line is for debugging.
+                log.debug(
                     "uploaded %s (%d bytes, attempt %d)",
                     rec.object_key,
                     size,
@@ -429,10 +430,9 @@ def run(
         for label in settings.references:
             ref = catalog.parse_reference(label, id_column=settings.reference_id_column)
             catalog.ensure_write_back_columns(state.conn, ref)
-    for batch in batches:
-        # Once, before any runner starts: failed files get a new round of attempts.
-        state.release_dead_leases(batch.batch_id)
-        if retry_failed:
+    if retry_failed:
+        for batch in batches:
+            # Once, before any runner starts: failed files get a new round of attempts.
             state.requeue_failed(batch.batch_id)
     open_files = sum(state.open_file_count(b.batch_id) for b in batches)
     count = process_count(settings, open_files, requested=processes)
@@ -440,19 +440,20 @@ def run(
         return _run_processes(
             settings, state, [b.batch_id for b in batches], count, stop, on_progress
         )
-    results: list[BatchResult] = []
     sender = _Sender(settings, bucket, stop)
     try:
-        for batch in batches:
-            result = _run_batch(settings, state, batch, sender, stop, on_progress)
-            results.append(result)
-            if stop.is_set():
-                raise Interrupted(
-                    f"Interrupted during batch {batch.batch_id}; finished work is recorded.",
-                    hint=f"Resume with `r2migrate run --resume-batch {batch.batch_id}`.",
-                )
+        results = _run_batches(
+            settings, state, [b.batch_id for b in batches], sender, stop, on_progress
+        )
     finally:
         sender.close()
+    if stop.is_set():
+        unfinished = [r.batch_id for r in results if r.status is BatchStatus.PARTIAL]
+        where = unfinished[0] if unfinished else (results[-1].batch_id if results else "")
+        raise Interrupted(
+            f"Interrupted during batch {where}; finished work is recorded.",
+            hint=f"Resume with `r2migrate run --resume-batch {where}`.",
+        )
     return RunSummary(tuple(results))
 
 
@@ -576,13 +577,13 @@ def _run_processes(
         log.warning("%d upload process(es) died; finishing their files here", len(dead))
         sender = _Sender(settings, Bucket(settings), stop)
         try:
+            left = []
             for bid in batch_ids:
                 state.release_dead_leases(bid)
                 if state.open_file_count(bid):
-                    batch = state.get_batch(bid)
-                    per_batch.setdefault(bid, []).append(
-                        _run_batch(settings, state, batch, sender, stop, on_progress)
-                    )
+                    left.append(bid)
+            for result in _run_batches(settings, state, left, sender, stop, on_progress):
+                per_batch.setdefault(result.batch_id, []).append(result)
         finally:
             sender.close()
     if on_progress is not None:
@@ -618,11 +619,8 @@ def _child_main(
         with State.open(settings.database_url, schema=settings.state_schema, migrate=False) as st:
             sender = _Sender(settings, Bucket(settings), stop)
             try:
-                for bid in batch_ids:
-                    if stop.is_set():
-                        break
-                    batch = st.get_batch(bid)
-                    inbox.put(("result", _run_batch(settings, st, batch, sender, stop, None)))
+                for result in _run_batches(settings, st, batch_ids, sender, stop, None):
+                    inbox.put(("result", result))
             finally:
                 sender.close()
     except ToolkitError as exc:
@@ -677,108 +675,222 @@ def _merge(state: State, batch_id: str, parts: Sequence[BatchResult]) -> BatchRe
     )
 
 
-def _run_batch(
+@dataclass
+class _BatchRun:
+    """One batch's share of a runner's work, from its first claim to its final status."""
+
+    batch_id: str
+    started: float
+    files_total: int
+    bytes_total: int
+    done_files: int
+    done_bytes: int
+    tally: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("uploaded", "failed", "conflict", "resolved", "bytes", "attempts"), 0
+        )
+    )
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+    exhausted: bool = False  # the last claim found nothing: others may still hold files
+    in_flight: int = 0
+    next_check: float = 0.0  # when to look again at files that other runners hold
+
+    def result(self, status: BatchStatus, skipped: int) -> BatchResult:
+        return BatchResult(
+            batch_id=self.batch_id,
+            status=status,
+            uploaded=self.tally["uploaded"],
+            skipped=skipped,
+            failed=self.tally["failed"],
+            conflict=self.tally["conflict"],
+            resolved_by_head=self.tally["resolved"],
+            bytes_sent=self.tally["bytes"],
+            attempts=self.tally["attempts"],
+            elapsed_s=time.monotonic() - self.started,
+            failures=tuple(self.failures),
+        )
+
+
+def _run_batches(
     settings: Settings,
     state: State,
-    batch: Batch,
+    batch_ids: Sequence[str],
     sender: _Sender,
     stop: threading.Event,
     on_progress: Callable[[Progress], None] | None,
-) -> BatchResult:
-    batch_id = batch.batch_id
-    started = time.monotonic()
-    owner = new_owner_id()
-    state.release_dead_leases(batch_id)
-    state.set_batch_status(batch_id, BatchStatus.RUNNING)
-    current = state.refresh_counts(batch_id)
-    files_total = current.total_files
-    bytes_total = current.total_bytes
-    done_files = current.uploaded_files + current.skipped_files
-    done_bytes = current.uploaded_bytes
-    log.info("running batch %s: %d file(s), %d bytes", batch_id, files_total, bytes_total)
+) -> list[BatchResult]:
+    """Send every open file of these batches, in order, through one pool of worker threads.
 
-    tally = {"uploaded": 0, "failed": 0, "conflict": 0, "resolved": 0, "bytes": 0, "attempts": 0}
-    failures: list[tuple[str, str, str]] = []
+    Batches are pipelined: once a batch has nothing left to claim, the next one's files are
+    claimed while the last uploads of the first are still in flight, so the workers never wait
+    for a batch to drain. A batch gets its final status once its last file is recorded, unless
+    another runner still holds some of its files: those are waited for, or taken over when the
+    holder is dead (same host) or its lease has expired.
+    """
+    owner = new_owner_id()
+    pending = list(batch_ids)
+    runs: dict[str, _BatchRun] = {}  # started, not yet finished
+    results: list[BatchResult] = []
+    claiming: _BatchRun | None = None
     unflushed: list[Outcome] = []
     in_flight: dict[Future[Outcome], FileRecord] = {}
+    records: dict[int, FileRecord] = {}  # finished but not yet flushed, for write-back
     last_flush = last_renew = time.monotonic()
     transient_streak = 0
-    window = max(2, settings.workers * 2)
     outage: str | None = None
+    # Claim in groups: top the window up only once it has drained to the workers' count, so a
+    # claim (one round trip) takes about `workers` files instead of the one or two just finished.
+    window = max(2, settings.workers * 2)
+    low_water = max(1, settings.workers)
+    done_queue: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+
+    def begin(batch_id: str) -> _BatchRun:
+        state.release_dead_leases(batch_id)
+        state.set_batch_status(batch_id, BatchStatus.RUNNING)
+        current = state.refresh_counts(batch_id)
+        log.info(
+            "running batch %s: %d file(s), %d bytes",
+            batch_id,
+            current.total_files,
+            current.total_bytes,
+        )
+        run = _BatchRun(
+            batch_id=batch_id,
+            started=time.monotonic(),
+            files_total=current.total_files,
+            bytes_total=current.total_bytes,
+            done_files=current.uploaded_files + current.skipped_files,
+            done_bytes=current.uploaded_bytes,
+        )
+        runs[batch_id] = run
+        return run
 
     def flush() -> None:
         nonlocal last_flush
-        if unflushed:
-            state.record_outcomes(batch_id, unflushed, owner=owner)
+        by_batch: dict[str, list[Outcome]] = {}
+        for outcome in unflushed:
+            by_batch.setdefault(records[outcome.row_id].batch_id, []).append(outcome)
+        for batch_id, outcomes in by_batch.items():
+            state.record_outcomes(batch_id, outcomes, owner=owner)
             if settings.write_back:
-                _write_back(settings, state, batch_id, unflushed, in_flight_done)
-            unflushed.clear()
+                _write_back(settings, state, batch_id, outcomes, records)
+        unflushed.clear()
+        records.clear()
         last_flush = time.monotonic()
 
-    in_flight_done: dict[int, FileRecord] = {}
+    def finish(run: _BatchRun, status: BatchStatus) -> None:
+        del runs[run.batch_id]
+        final = state.refresh_counts(run.batch_id)
+        result = run.result(status, final.skipped_files)
+        log.info(
+            "batch %s %s: %d uploaded, %d failed, %d conflict in %.1fs",
+            run.batch_id,
+            status.value,
+            result.uploaded,
+            result.failed,
+            result.conflict,
+            result.elapsed_s,
+            extra={"batch_id": run.batch_id, "outcome": status.value},
+        )
+        results.append(result)
+
+    def settle() -> float | None:
+        """Finish the batches with nothing left anywhere; for the others, which other runners
+        still hold files of, return when to look again (None: no batch is waiting)."""
+        now = time.monotonic()
+        wake: float | None = None
+        for run in [r for r in runs.values() if r.exhausted and not r.in_flight]:
+            if now < run.next_check:
+                wake = min(wake or run.next_check, run.next_check)
+                continue
+            flush()
+            if state.open_file_count(run.batch_id) == 0:
+                finish(run, _finalize(state, run.batch_id, run.failures))
+                continue
+            # Claim again at the next look: a dead holder's or an expired lease is claimable.
+            state.release_dead_leases(run.batch_id)
+            run.exhausted = False
+            run.next_check = now + min(1.0, settings.lease_s / 10)
+        return wake
+
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="r2m-put")
     try:
-        exhausted = False
         while True:
-            if not stop.is_set() and outage is None and not exhausted and len(in_flight) < window:
+            active = not stop.is_set() and outage is None
+            if active and claiming is None:
+                unexhausted = [r for r in runs.values() if not r.exhausted]
+                if unexhausted:
+                    claiming = unexhausted[0]
+                elif pending:
+                    claiming = begin(pending.pop(0))
+            if active and claiming is not None and len(in_flight) <= low_water:
                 claimed = state.claim_files(
-                    batch_id, owner=owner, limit=window - len(in_flight), lease_s=settings.lease_s
+                    claiming.batch_id,
+                    owner=owner,
+                    limit=window - len(in_flight),
+                    lease_s=settings.lease_s,
                 )
                 if not claimed:
-                    exhausted = True
+                    claiming.exhausted = True
+                    claiming = None
                 for rec in claimed:
-                    in_flight[pool.submit(sender.send, rec)] = rec
+                    fut = pool.submit(sender.send, rec)
+                    in_flight[fut] = rec
+                    runs[rec.batch_id].in_flight += 1
+                    fut.add_done_callback(done_queue.put)
+                if not claimed:
+                    continue  # go on with the next batch at once
             if stop.is_set():
-                _give_back_unstarted(state, in_flight, owner)
-            if not in_flight and exhausted and not stop.is_set() and outage is None:
-                # Nothing left to claim, but another runner may still hold files: wait for it
-                # to finish them, or take them over once it is dead (same host) or its lease
-                # has expired, so the batch is never left unfinished.
-                flush()
-                if state.open_file_count(batch_id) > 0:
-                    stop.wait(min(1.0, settings.lease_s / 10))
-                    state.release_dead_leases(batch_id)
-                    exhausted = False
-                    continue
-            if not in_flight:
+                for rec in _give_back_unstarted(state, in_flight, owner):
+                    runs[rec.batch_id].in_flight -= 1
+            wake = settle() if active else None
+            if wake is not None and not in_flight and not pending:
+                if all(r.exhausted for r in runs.values()):
+                    # Only files that other runners hold are left: give them time.
+                    stop.wait(max(0.0, wake - time.monotonic()))
+                continue
+            if not in_flight and (not active or (not runs and not pending)):
                 break
-            finished, _ = wait(list(in_flight), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
-            for fut in finished:
+            for fut in _drain(done_queue, timeout_s=FLUSH_EVERY_S):
+                if fut not in in_flight:
+                    continue  # cancelled by _give_back_unstarted: already handed back
                 rec = in_flight.pop(fut)
+                run = runs[rec.batch_id]
+                run.in_flight -= 1
                 outcome = fut.result()
-                in_flight_done[rec.id] = rec
+                records[rec.id] = rec
                 unflushed.append(outcome)
-                tally["attempts"] += outcome.attempts_made
+                run.tally["attempts"] += outcome.attempts_made
                 if outcome.status is FileStatus.UPLOADED:
-                    tally["uploaded"] += 1
+                    run.tally["uploaded"] += 1
                     transient_streak = 0
                     if outcome.error_code == "resolved_by_head":
-                        tally["resolved"] += 1
+                        run.tally["resolved"] += 1
                     else:
-                        tally["bytes"] += outcome.size_bytes or 0
-                    done_files += 1
-                    done_bytes += outcome.size_bytes or 0
+                        run.tally["bytes"] += outcome.size_bytes or 0
+                    run.done_files += 1
+                    run.done_bytes += outcome.size_bytes or 0
                 elif outcome.status is FileStatus.CONFLICT:
-                    tally["conflict"] += 1
-                    failures.append((rec.object_key, "conflict", outcome.error_message or ""))
+                    run.tally["conflict"] += 1
+                    run.failures.append((rec.object_key, "conflict", outcome.error_message or ""))
                 else:
-                    tally["failed"] += 1
-                    failures.append(
+                    run.tally["failed"] += 1
+                    run.failures.append(
                         (rec.object_key, outcome.error_code or "", outcome.error_message or "")
                     )
                     if (outcome.error_code or "").startswith("transient:"):
                         transient_streak += 1
                         if transient_streak >= max(10, settings.workers) and outage is None:
                             outage = outcome.error_message or "every request failed"
-                            log.error("stopping batch %s: the endpoint keeps failing", batch_id)
+                            log.error("stopping: the endpoint keeps failing (%s)", outage)
                 if on_progress is not None:
                     on_progress(
                         Progress(
-                            batch_id,
-                            done_files,
-                            files_total,
-                            done_bytes,
-                            bytes_total,
+                            run.batch_id,
+                            run.done_files,
+                            run.files_total,
+                            run.done_bytes,
+                            run.bytes_total,
                             rec.object_key,
                             outcome.status.value,
                         )
@@ -800,7 +912,7 @@ def _run_batch(
         for fut, rec in list(in_flight.items()):
             try:
                 unflushed.append(fut.result())
-                in_flight_done[rec.id] = rec
+                records[rec.id] = rec
             except Exception:
                 log.exception("upload of %s ended abnormally", rec.object_key)
         in_flight.clear()
@@ -809,55 +921,48 @@ def _run_batch(
         flush()
         # Anything still leased by this runner has an unknown outcome (an interrupt hit between
         # a PUT and its record): expire the lease so the next run HEADs it before sending.
-        state.expire_leases(batch_id, owner=owner)
-
-    final = state.refresh_counts(batch_id)
-    elapsed = time.monotonic() - started
-    if stop.is_set():
-        status = BatchStatus.PARTIAL
-        state.set_batch_status(batch_id, status, last_error="interrupted")
-    elif outage is not None:
-        state.set_batch_status(batch_id, BatchStatus.PARTIAL, last_error=outage)
-        raise BucketUnavailable(
-            f"Batch {batch_id} stopped: the S3 endpoint failed every recent request ({outage}).",
-            hint=f"Check the endpoint, then resume with `r2migrate run --resume-batch {batch_id}`.",
+        for batch_id in runs:
+            state.expire_leases(batch_id, owner=owner)
+    for run in list(runs.values()):
+        # Started but not finished: interrupted, or the endpoint is down.
+        if outage is None and state.open_file_count(run.batch_id) == 0:
+            finish(run, _finalize(state, run.batch_id, run.failures))
+            continue
+        state.set_batch_status(
+            run.batch_id, BatchStatus.PARTIAL, last_error=outage or "interrupted"
         )
-    else:
-        status = _finalize(state, batch_id, failures)
-    log.info(
-        "batch %s %s: %d uploaded, %d failed, %d conflict in %.1fs",
-        batch_id,
-        status.value,
-        tally["uploaded"],
-        tally["failed"],
-        tally["conflict"],
-        elapsed,
-        extra={"batch_id": batch_id, "outcome": status.value},
-    )
-    return BatchResult(
-        batch_id=batch_id,
-        status=status,
-        uploaded=tally["uploaded"],
-        skipped=final.skipped_files,
-        failed=tally["failed"],
-        conflict=tally["conflict"],
-        resolved_by_head=tally["resolved"],
-        bytes_sent=tally["bytes"],
-        attempts=tally["attempts"],
-        elapsed_s=elapsed,
-        failures=tuple(failures),
-    )
+        finish(run, BatchStatus.PARTIAL)
+    if outage is not None and not stop.is_set():
+        unfinished = [r.batch_id for r in results if r.status is BatchStatus.PARTIAL]
+        first = unfinished[0] if unfinished else batch_ids[0]
+        raise BucketUnavailable(
+            f"Batch {first} stopped: the S3 endpoint failed every recent request ({outage}).",
+            hint=f"Check the endpoint, then resume with `r2migrate run --resume-batch {first}`.",
+        )
+    order = {batch_id: i for i, batch_id in enumerate(batch_ids)}
+    return sorted(results, key=lambda r: order[r.batch_id])
+
+
+def _drain(done: queue.SimpleQueue[Future[Outcome]], *, timeout_s: float) -> list[Future[Outcome]]:
+    """Every finished upload so far, waiting up to `timeout_s` for the first one."""
+    try:
+        finished = [done.get(timeout=timeout_s)]
+    except queue.Empty:
+        return []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            finished.append(done.get_nowait())
+    return finished
 
 
 def _give_back_unstarted(
     state: State, in_flight: dict[Future[Outcome], FileRecord], owner: str
-) -> None:
+) -> list[FileRecord]:
     """Cancel claimed files whose upload has not started and hand them back as they were."""
-    unstarted = [fut for fut in in_flight if fut.cancel()]
+    unstarted = [in_flight.pop(fut) for fut in list(in_flight) if fut.cancel()]
     if unstarted:
-        state.release_files([in_flight[f].id for f in unstarted], owner=owner)
-        for fut in unstarted:
-            del in_flight[fut]
+        state.release_files([rec.id for rec in unstarted], owner=owner)
+    return unstarted
 
 
 def _finalize(state: State, batch_id: str, failures: Sequence[tuple[str, str, str]]) -> BatchStatus:
