@@ -672,7 +672,7 @@ class State:
                     " UPDATE {s}.files f SET status = 'uploading', lease_owner = %s,"
                     "  lease_expires_at = now() + make_interval(secs => %s), updated_at = now()"
                     " FROM picked WHERE f.id = picked.id"
-                    " RETURNING f.*, picked.previous"
+                    " RETURNING " + _CLAIM_COLUMNS + ", picked.previous"
                 ),
                 (batch_id, limit, owner, lease_s),
             ).fetchall()
@@ -1006,6 +1006,32 @@ class State:
                 ],
             )
 
+
+# What a runner needs of a claimed row: the timestamps stay in the database, unparsed.
+_CLAIM_COLUMNS = ", ".join(
+    "f." + c
+    for c in (
+        "id",
+        "batch_id",
+        "file_id",
+        "relative_path",
+        "object_key",
+        "size_bytes",
+        "mtime_ns",
+        "content_type",
+        "content_encoding",
+        "status",
+        "attempts",
+        "source_sha256",
+        "object_sha256",
+        "etag",
+        "part_size_bytes",
+        "error_code",
+        "error_message",
+        "lease_owner",
+        "source_refs",
+    )
+)
 
 # Every batches column but the (JSON) settings, which only a report needs: reading the batch
 # after each group of outcomes should not parse it.

@@ -43,7 +43,6 @@ from r2migrate.errors import (
 from r2migrate.fastput import FastPut
 from r2migrate.logs import configure_logging
 from r2migrate.state import (
-    DONE_STATUSES,
     Batch,
     BatchStatus,
     FileRecord,
@@ -969,11 +968,11 @@ def _finalize(state: State, batch_id: str, failures: Sequence[tuple[str, str, st
     """Set the batch's final status, unless another runner still holds some of its files."""
     if state.open_file_count(batch_id) > 0:
         return BatchStatus.RUNNING
-    files = state.batch_files(batch_id)
-    ok = sum(1 for f in files if f.status in DONE_STATUSES)
+    counts = state.refresh_counts(batch_id)
+    ok = counts.uploaded_files + counts.skipped_files  # uploaded counts verified files too
     status = (
         BatchStatus.COMPLETED
-        if ok == len(files)
+        if ok == counts.total_files
         else BatchStatus.PARTIAL
         if ok
         else BatchStatus.FAILED
