@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import os
 import subprocess
@@ -49,6 +50,7 @@ from r2migrate.django.discovery import (  # noqa: E402
 from r2migrate.errors import ConfigError, ExitCode  # noqa: E402
 from r2migrate.state import BatchStatus, State  # noqa: E402
 from tests.django_project.list_cutter.models import ProfileImage, SavedFile  # noqa: E402
+from tests.mediaserver import MediaHTTPServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LOCATION = "media-prod"
@@ -390,6 +392,138 @@ def test_write_back_fills_the_mixin_columns(project):
         assert row.checksum == hashlib.sha256(data).hexdigest()
         assert row.migration_batch_id and row.migrated_at is not None
     assert SavedFile.objects.get(file_name="gone").r2_key is None
+
+
+WRITE_BACK = ("r2_key", "migrated_at", "migration_status", "migration_batch_id", "checksum")
+
+
+def _columns(url: str, table: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_the_shipped_migration_adds_the_columns_verify_fills_them_and_reverse_drops_them(
+    project, monkeypatch
+):
+    """list_cutter's 0002 is `AddMigrationColumns("profileimage")`: columns in the database only,
+    filled on upload and marked verified, never ALTERed by r2migrate, gone when migrated back."""
+    assert set(WRITE_BACK) <= _columns(project.database_url, "list_cutter_profileimage")
+    assert not any(f.name in WRITE_BACK for f in ProfileImage._meta.get_fields())
+    call_command("makemigrations", "list_cutter", check=True, dry_run=True, verbosity=0)
+    populate(project)
+    # Hold a lock on both tables for the whole run: an ALTER TABLE (even a no-op ADD COLUMN IF
+    # NOT EXISTS) would need ACCESS EXCLUSIVE and fail on the lock_timeout; UPDATEs do not.
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=3000")
+    with psycopg.connect(project.database_url) as holder, holder.transaction():
+        holder.execute("SELECT 1 FROM list_cutter_profileimage LIMIT 1")
+        holder.execute("SELECT 1 FROM list_cutter_savedfile LIMIT 1")
+        with override_settings(R2MIGRATE={"storage": "r2", "write_back": True}):
+            _run("migrate_files_to_r2", batch_size=100)
+            uploaded = _profile_columns(project)
+            assert {row[2] for row in uploaded.values()} == {"uploaded"}
+            text = _run("migrate_files_to_r2", verify_all=True)
+            assert "Checked 9 file(s)" in text
+    monkeypatch.delenv("PGOPTIONS")
+    settings = load_django_settings().settings
+    with State.open(settings.database_url) as state:
+        (batch,) = state.list_batches()
+    filled = _profile_columns(project)
+    assert len(filled) == 2
+    for model, pk, data in project.saved:
+        if model is not ProfileImage:
+            continue
+        key, migrated_at, status, batch_id, checksum = filled[pk]
+        assert key == f"{LOCATION}/{ProfileImage.objects.get(pk=pk).image.name}"
+        assert (status, batch_id) == ("verified", batch.batch_id)
+        assert checksum == hashlib.sha256(data).hexdigest() and migrated_at is not None
+    statuses = set(
+        SavedFile.objects.exclude(file_name="gone").values_list("migration_status", flat=True)
+    )
+    assert statuses == {"verified"}  # the mixin's columns, filled the same way
+
+    call_command("migrate", "list_cutter", "0001_initial", verbosity=0)
+    assert not set(WRITE_BACK) & _columns(project.database_url, "list_cutter_profileimage")
+    assert set(WRITE_BACK) <= _columns(project.database_url, "list_cutter_savedfile")
+    call_command("migrate", "list_cutter", verbosity=0)
+    assert set(WRITE_BACK) <= _columns(project.database_url, "list_cutter_profileimage")
+
+
+def _profile_columns(project: Project) -> dict[int, tuple[Any, ...]]:
+    with psycopg.connect(project.database_url) as conn:
+        rows = conn.execute(
+            "SELECT id, r2_key, migrated_at, migration_status, migration_batch_id, checksum"
+            " FROM list_cutter_profileimage WHERE r2_key IS NOT NULL"
+        ).fetchall()
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+def test_writeback_migration_command_writes_a_migration_that_applies_and_reverses(
+    project, tmp_path, monkeypatch
+):
+    package = f"lc_migrations_{tmp_path.name.replace('-', '_')}"
+    folder = tmp_path / package
+    folder.mkdir()
+    shipped = REPO / "tests" / "django_project" / "list_cutter" / "migrations"
+    for name in ("__init__.py", "0001_initial.py"):
+        (folder / name).write_bytes((shipped / name).read_bytes())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    call_command("migrate", "list_cutter", "0001_initial", verbosity=0)  # drop the shipped 0002
+    assert not set(WRITE_BACK) & _columns(project.database_url, "list_cutter_profileimage")
+
+    with override_settings(MIGRATION_MODULES={"list_cutter": package}):
+        preview = _run("r2migrate_writeback_migration", "list_cutter.ProfileImage", dry_run=True)
+        assert "r2migrate.django.operations.AddMigrationColumns(" in preview
+        assert not (folder / "0002_r2migrate_columns_profileimage.py").exists()
+        err, _ = _error("r2migrate_writeback_migration", "list_cutter.ProfileImage", "--name=x-y")
+        assert err.returncode == 2 and "not a valid migration name" in str(err)
+        text = _run("r2migrate_writeback_migration", "list_cutter.ProfileImage")
+        written = folder / "0002_r2migrate_columns_profileimage.py"
+        assert str(written) in text and "manage.py migrate list_cutter" in text
+        source = written.read_text(encoding="utf-8")
+        assert "('list_cutter', '0001_initial')" in source
+        assert "model_name='profileimage'" in source
+        importlib.invalidate_caches()
+        call_command("migrate", "list_cutter", verbosity=0)
+        assert set(WRITE_BACK) <= _columns(project.database_url, "list_cutter_profileimage")
+
+        err, _ = _error("r2migrate_writeback_migration", "list_cutter.ProfileImage")
+        assert "0002_r2migrate_columns_profileimage already adds" in str(err)
+        err, _ = _error("r2migrate_writeback_migration", "list_cutter.SavedFile")
+        assert "R2MigrationFields" in str(err)
+        err, _ = _error("r2migrate_writeback_migration", "list_cutter.Nope")
+        assert err.returncode == 2 and "names no installed model" in str(err)
+
+        call_command("migrate", "list_cutter", "0001_initial", verbosity=0)
+        assert not set(WRITE_BACK) & _columns(project.database_url, "list_cutter_profileimage")
+
+
+def test_source_http_reads_the_files_from_media_url(project, tmp_path):
+    populate(project)
+    elsewhere = tmp_path / "not-this-container's-disk"
+    with MediaHTTPServer(project.media_root) as server:
+        # MEDIA_URL is a path (as in most projects): --source http needs an address
+        with override_settings(MEDIA_ROOT=str(elsewhere)):
+            err, _ = _error("migrate_files_to_r2", source="http", dry_run=True)
+            assert err.returncode == ExitCode.CONFIG and "MEDIA_URL is '/media/'" in str(err)
+            assert "--media-url" in str(err)
+        # an absolute MEDIA_URL is used as it is
+        with override_settings(MEDIA_ROOT=str(elsewhere), MEDIA_URL=server.url):
+            text = _run("migrate_files_to_r2", source="http", dry_run=True, batch_size=100)
+            assert "Dry run: 1 batch(es)" in text and "missing 1" in text
+        assert project.keys() == set()
+        # or --media-url says where the application is
+        with override_settings(MEDIA_ROOT=str(elsewhere)):
+            text = _run("migrate_files_to_r2", source="http", media_url=server.url)
+        assert "Uploaded 9 file(s)" in text
+        assert {s.method for s in server.seen} == {"HEAD", "GET"}
+    assert not elsewhere.exists()
+    with override_settings(STORAGES=project.s3_storages):
+        for model, pk, data in project.saved:
+            with _file(model.objects.get(pk=pk)).open("rb") as fh:
+                assert fh.read() == data
 
 
 def test_cutover_check_passes_then_reports_what_django_would_miss(project):

@@ -91,15 +91,47 @@ def count_source_rows(conn: Connection, ref: Reference) -> int:
     return int(row["n"]) if row else 0
 
 
-def ensure_write_back_columns(conn: Connection, ref: Reference) -> None:
-    """Add the original system's migration columns to the source table (idempotent)."""
+def missing_write_back_columns(conn: Connection, ref: Reference) -> tuple[str, ...]:
+    """The write-back columns the referencing table lacks, from the catalog (takes no lock).
+
+    Every column is missing when the table does not exist; the ALTER then reports that.
+    """
+    query = sql.SQL(
+        "SELECT attname FROM pg_catalog.pg_attribute"
+        " WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+    )
+    with translate_db_errors(f"reading the columns of {ref.label}"):
+        rows = conn.execute(query, (ref.table_sql().as_string(conn),)).fetchall()
+    present = {row["attname"] for row in rows}
+    return tuple(name for name, _ in WRITE_BACK_COLUMNS if name not in present)
+
+
+def ensure_write_back_columns(conn: Connection, ref: Reference) -> tuple[str, ...]:
+    """Add the original system's migration columns the source table lacks; return those added.
+
+    Looks first: a table that has all five (a Django migration added them) is not altered at
+    all, because even a no-op ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` needs the table
+    owner's privilege and an ACCESS EXCLUSIVE lock, which waits behind every open transaction
+    on the application's table and blocks every request that comes after it.
+    """
+    missing = missing_write_back_columns(conn, ref)
+    if not missing:
+        return ()
+    kinds = dict(WRITE_BACK_COLUMNS)
     with translate_db_errors(f"adding write-back columns to {ref.label}"), conn.transaction():
-        for name, kind in WRITE_BACK_COLUMNS:
+        for name in missing:
             conn.execute(
-                sql.SQL("ALTER TABLE {tbl} ADD COLUMN IF NOT EXISTS {col} " + kind).format(
+                sql.SQL("ALTER TABLE {tbl} ADD COLUMN IF NOT EXISTS {col} " + kinds[name]).format(
                     tbl=ref.table_sql(), col=sql.Identifier(name)
                 )
             )
+    log.warning(
+        "added the write-back column(s) %s to %s with ALTER TABLE; a Django project can own "
+        "them through a migration instead (README: Using it from Django)",
+        ", ".join(missing),
+        ref.label,
+    )
+    return missing
 
 
 def write_back(
@@ -124,4 +156,47 @@ def write_back(
         cur = conn.execute(
             query, (object_key, migrated_at, status or None, batch_id, sha256_hex, list(source_ids))
         )
+    return cur.rowcount
+
+
+@dataclass(frozen=True)
+class WriteBackRow:
+    """The migration columns of one application row, for ``write_back_rows``."""
+
+    source_id: str
+    object_key: str
+    sha256_hex: str | None
+    migrated_at: datetime
+
+
+def write_back_rows(
+    conn: Connection,
+    ref: Reference,
+    rows: Sequence[WriteBackRow],
+    *,
+    status: str,
+    batch_id: str,
+) -> int:
+    """Fill the migration columns of many rows, each with its own key, checksum and time.
+
+    One ``UPDATE ... FROM unnest(...)`` per call instead of one statement per row.
+    """
+    if not rows:
+        return 0
+    query = sql.SQL(
+        "UPDATE {tbl} AS t SET r2_key = v.key, migrated_at = v.at, migration_status = %s,"
+        " migration_batch_id = %s, checksum = v.sha"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[]) AS v(id, key, sha, at)"
+        " WHERE t.{id}::text = v.id"
+    ).format(tbl=ref.table_sql(), id=sql.Identifier(ref.id_column))
+    params = (
+        status,
+        batch_id,
+        [r.source_id for r in rows],
+        [r.object_key for r in rows],
+        [r.sha256_hex for r in rows],
+        [r.migrated_at for r in rows],
+    )
+    with translate_db_errors(f"writing back to {ref.label}"):
+        cur = conn.execute(query, params)
     return cur.rowcount

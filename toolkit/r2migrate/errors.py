@@ -9,7 +9,8 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
     ├── ConfigError                   exit 2   settings missing, malformed or contradictory
     ├── ServiceUnavailable            exit 3   a service cannot be reached at all
     │   ├── DatabaseUnavailable       exit 3   PostgreSQL refused, timed out or is not running
-    │   └── BucketUnavailable         exit 3   the S3 endpoint refused or timed out
+    │   ├── BucketUnavailable         exit 3   the S3 endpoint refused or timed out
+    │   └── SourceUnavailable         exit 3   the media server (media_url) refused, timed out, 5xx
     ├── StateError                    exit 4   the toolkit's own tables say no
     │   ├── SchemaTooNew              exit 4   the database was migrated by a newer r2migrate
     │   ├── BatchNotFound             exit 4   no batch with that id
@@ -22,7 +23,8 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
     │   ├── DigestMismatch            exit 1   the server computed another SHA-256 (BadDigest)
     │   └── TransientBucketError      exit 1   5xx, SlowDown, timeout, reset: worth retrying
     ├── SourceError                   exit 1   a source file cannot be read safely; .problem
-    │   └── UnsafePath                exit 1   the name leaves MEDIA_ROOT or is not a plain file
+    │   ├── UnsafePath                exit 1   the name leaves MEDIA_ROOT or is not a plain file
+    │   └── SourceRefused             exit 2   the media server answered 401/403: credentials
     └── Interrupted                   exit 130 Ctrl-C or SIGTERM; state is saved, resume later
 """
 
@@ -56,6 +58,7 @@ class Problem(StrEnum):
     NOT_NFC = "not_nfc"  # R2 folds NFC/NFD; the bucket may answer for another spelling
     NORMALIZATION_COLLISION = "normalization_collision"  # two names equal after NFC
     GZIP_ENCODING = "gzip_encoding"  # '.gz' gets Content-Encoding: gzip from django-storages
+    SIZE_MISMATCH = "size_mismatch"  # media server: body length, Content-Length, inventory differ
     ORPHAN = "orphan"  # on disk, but no row points at it
 
     @property
@@ -112,6 +115,16 @@ class BucketUnavailable(ServiceUnavailable):
     default_hint = (
         "Check endpoint_url (or r2_account_id) and that the S3 server is reachable; "
         "for the embedded stack run `r2migrate dev up`."
+    )
+
+
+class SourceUnavailable(ServiceUnavailable):
+    """The media server (``source = "http"``) cannot be reached or answered 5xx/429; retryable."""
+
+    retryable = True
+    default_hint = (
+        "Check media_url (the application's MEDIA_URL) and that the application serves it from "
+        "this machine; r2migrate retries such failures with backoff."
     )
 
 
@@ -184,6 +197,16 @@ class SourceError(ToolkitError):
 
 class UnsafePath(SourceError):
     pass
+
+
+class SourceRefused(SourceError):
+    """The media server answered 401 or 403: the credentials, not the file, are wrong."""
+
+    exit_code = ExitCode.CONFIG
+    default_hint = (
+        "Set media_auth_header (R2MIGRATE_MEDIA_AUTH_HEADER='Authorization: Bearer ...') to a "
+        "header the application accepts for every media file."
+    )
 
 
 class Interrupted(ToolkitError):

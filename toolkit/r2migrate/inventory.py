@@ -2,19 +2,26 @@
 
 Must not write to the bucket or modify a source file; it only reads the application's tables and
 MEDIA_ROOT, and (unless told not to) stores its snapshot in the toolkit's own tables.
+
+With ``source = "http"`` the disk is not looked at: each name is checked as text, then sized
+with a HEAD request to ``media_url`` (``workers`` at a time, rows kept in order); a 404 is a
+``missing`` row, and orphans cannot be found (a web server does not list its folder).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from r2migrate import catalog, keys, source
 from r2migrate.config import Settings
-from r2migrate.errors import ConfigError, Problem, SourceError, UnsafePath
+from r2migrate.errors import ConfigError, Problem, SourceError, SourceRefused, UnsafePath
+from r2migrate.httpsource import MediaServer
 from r2migrate.state import MediaFile, State, connect
 
 # Cloudflare R2 list prices (USD); Class A = writes and lists, Class B = reads and HEADs.
@@ -113,6 +120,9 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     Reads the application's tables on a connection of its own, so the caller's state connection
     is free to COPY the rows into the snapshot while they stream.
     """
+    if settings.source == "http":
+        yield from _scan_http(settings)
+        return
     if settings.media_root is None:
         raise ConfigError(
             "media_root is not set.",
@@ -130,10 +140,15 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     ]
     seen_names: dict[str, str] = {}
     seen_nfc: dict[str, str] = {}
+
+    def stat(name: str) -> tuple[int, int]:
+        st = source.stat_media_file(media_root, name)
+        return st.size_bytes, st.mtime_ns
+
     with connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn:
         for ref in refs:
             for row in catalog.iter_source_rows(conn, ref):
-                yield _examine_row(settings, media_root, row, seen_names, seen_nfc)
+                yield _with_size(_examine_row(settings, row, seen_names, seen_nfc), stat)
     unlisted: list[str] = []
 
     def note_unlisted(name: str, exc: SourceError) -> None:
@@ -167,6 +182,52 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
         yield _unlisted_row(name)
 
 
+def _scan_http(settings: Settings) -> Iterator[MediaFile]:
+    """Referencing rows sized by HEAD requests to media_url, ``workers`` in flight, in order.
+
+    401/403 (``SourceRefused``) and an unreachable server (``SourceUnavailable``, after the
+    retries) stop the inventory: they are about the set-up, not about one file.
+    """
+    refs = [
+        catalog.parse_reference(r, id_column=settings.reference_id_column)
+        for r in settings.references
+    ]
+    seen_names: dict[str, str] = {}
+    seen_nfc: dict[str, str] = {}
+    with (
+        MediaServer.from_settings(settings) as server,
+        connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn,
+    ):
+
+        def stat(name: str) -> tuple[int, int | None]:
+            found = server.stat(name)
+            return found.size_bytes, found.mtime_ns
+
+        def rows() -> Iterator[MediaFile]:
+            for ref in refs:
+                for row in catalog.iter_source_rows(conn, ref):
+                    yield _examine_row(settings, row, seen_names, seen_nfc)
+
+        yield from _ordered_map(lambda item: _with_size(item, stat), rows(), settings.workers)
+
+
+def _ordered_map(
+    work: Callable[[MediaFile], MediaFile], items: Iterable[MediaFile], workers: int
+) -> Iterator[MediaFile]:
+    """``map(work, items)`` on ``workers`` threads with a bounded window, results in input order."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="r2m-head")
+    window: deque[Future[MediaFile]] = deque()
+    try:
+        for item in items:
+            window.append(pool.submit(work, item))
+            if len(window) >= max(1, workers) * 4:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _unlisted_row(name: str) -> MediaFile:
     return MediaFile(
         file_id=f"orphan:{name}",
@@ -184,7 +245,6 @@ def _unlisted_row(name: str) -> MediaFile:
 
 def _examine_row(
     settings: Settings,
-    media_root: Path,
     row: catalog.SourceRow,
     seen_names: dict[str, str],
     seen_nfc: dict[str, str],
@@ -218,12 +278,6 @@ def _examine_row(
             content_type, content_encoding = headers.content_type, headers.content_encoding
             if keys.is_gzip_trap(name):
                 problems.append(Problem.GZIP_ENCODING)
-        if Problem.UNSAFE_PATH not in problems:
-            try:
-                st = source.stat_media_file(media_root, name)
-                size, mtime = st.size_bytes, st.mtime_ns
-            except SourceError as exc:
-                problems.append(exc.problem)
     ordered = tuple(dict.fromkeys(p.value for p in problems))
     return MediaFile(
         file_id=file_id,
@@ -237,6 +291,21 @@ def _examine_row(
         content_encoding=content_encoding,
         problems=ordered,
     )
+
+
+def _with_size(item: MediaFile, stat: Callable[[str], tuple[int, int | None]]) -> MediaFile:
+    """The row with the file's size and mtime, or with the reason it cannot be read."""
+    name = item.relative_path
+    if name is None or not name.strip() or Problem.UNSAFE_PATH.value in item.problems:
+        return item
+    try:
+        size, mtime = stat(name)
+    except SourceRefused:
+        raise
+    except SourceError as exc:
+        problems = tuple(dict.fromkeys((*item.problems, exc.problem.value)))
+        return dataclasses.replace(item, problems=problems)
+    return dataclasses.replace(item, size_bytes=size, mtime_ns=mtime)
 
 
 def is_blocked(item: MediaFile) -> bool:

@@ -17,6 +17,7 @@ from r2migrate import source
 from r2migrate.bucket import Bucket, ObjectInfo
 from r2migrate.config import Settings
 from r2migrate.errors import BucketError, Problem, SourceError, StateError
+from r2migrate.httpsource import MediaServer
 from r2migrate.state import FileStatus, MediaFile, NewFile, State
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def _listed_keys(bucket: Bucket, location: str) -> tuple[set[str], int]:
 
 
 def _decide(
-    bucket: Bucket, media_root: Path, key: str, name: str, size: int
+    bucket: Bucket, hash_source: Callable[[str], tuple[str, int]], key: str, name: str, size: int
 ) -> tuple[Action, str, str | None]:
     """HEAD one key; hash the source only when an object is there (to prove it ours)."""
     try:
@@ -94,12 +95,29 @@ def _decide(
     if info.sha256_hex is None:
         return Action.CONFLICT, "the key holds an object without r2migrate's sha256 metadata", None
     try:
-        digest, _ = source.sha256_file(media_root, name)
+        digest, _ = hash_source(name)
     except SourceError as exc:
         return Action.REFUSE, exc.problem.value, None
     if digest == info.sha256_hex and info.size_bytes == size:
         return Action.ALREADY_THERE, "object carries this file's SHA-256", digest
     return Action.CONFLICT, "the key holds different content", None
+
+
+class _SourceHasher:
+    """SHA-256 of a source file, from MEDIA_ROOT or (``source = "http"``) from media_url."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.media_root = Path(settings.media_root or ".")
+        self.server = MediaServer.from_settings(settings) if settings.source == "http" else None
+
+    def __call__(self, name: str) -> tuple[str, int]:
+        if self.server is not None:
+            return self.server.sha256(name)
+        return source.sha256_file(self.media_root, name)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
 
 def plan(
@@ -126,7 +144,7 @@ def plan(
         items = state.iter_inventory(run_id)
     bucket = bucket or Bucket(settings)
     bucket.check()
-    media_root = Path(settings.media_root or ".")
+    hash_source = _SourceHasher(settings)  # opens no connection until it is called
     planned = state.live_object_keys()
 
     decided: list[PlanItem] = []
@@ -172,7 +190,7 @@ def plan(
         assert first.relative_path is not None
         if key in listed:
             action, reason, digest = _decide(
-                bucket, media_root, key, first.relative_path, first.size_bytes or 0
+                bucket, hash_source, key, first.relative_path, first.size_bytes or 0
             )
         else:
             # Not listed: nothing to prove. (R2 folds NFC/NFD spellings; a key listed under the
@@ -184,11 +202,16 @@ def plan(
         ), digest
 
     headed: list[tuple[PlanItem, str | None, list[MediaFile]]] = []
-    with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
-        for (result, digest), (_, group) in zip(pool.map(head_one, to_head), to_head, strict=True):
-            headed.append((result, digest, group))
-            if on_progress is not None:
-                on_progress(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+            for (result, digest), (_, group) in zip(
+                pool.map(head_one, to_head), to_head, strict=True
+            ):
+                headed.append((result, digest, group))
+                if on_progress is not None:
+                    on_progress(1)
+    finally:
+        hash_source.close()
 
     batch_ids: list[str] = []
     sendable = [h for h in headed if h[0].action in (Action.UPLOAD, Action.ALREADY_THERE)]

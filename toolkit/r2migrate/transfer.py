@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, cast
 
 from r2migrate import catalog, source
 from r2migrate.bucket import Bucket, ObjectInfo, part_size_for
@@ -37,11 +37,15 @@ from r2migrate.errors import (
     Interrupted,
     NoSuchBucket,
     ObjectExists,
+    Problem,
     SourceError,
+    SourceUnavailable,
     ToolkitError,
 )
 from r2migrate.fastput import FastPut
+from r2migrate.httpsource import MediaServer, SeekWindow
 from r2migrate.logs import configure_logging
+from r2migrate.retry import backoff_s, is_retryable, retry_transient
 from r2migrate.state import (
     Batch,
     BatchStatus,
@@ -54,7 +58,6 @@ from r2migrate.state import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 FLUSH_EVERY_S = 0.5  # ledger writes are grouped: one transaction per flush, not per file
 FLUSH_EVERY_FILES = 64
@@ -120,22 +123,20 @@ class RunSummary:
         return sum(b.elapsed_s for b in self.batches)
 
 
-def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: half to all of min(max, base * 2^(attempt-1))."""
-    ceiling = min(max_s, base_s * (2 ** (attempt - 1)))
-    return float(ceiling * rng.uniform(0.5, 1.0))
-
-
 class _Sender:
     """Sends one claimed file with retries; runs in worker threads, never touches the DB."""
 
     def __init__(self, settings: Settings, bucket: Bucket, stop: threading.Event) -> None:
-        if settings.media_root is None:
+        # source = "http": the bytes come from the application's MEDIA_URL, not from the disk.
+        self.http: MediaServer | None = None
+        if settings.source == "http":
+            self.http = MediaServer.from_settings(settings)
+        elif settings.media_root is None:
             raise ConfigError(
                 "media_root is not set.", hint="Set media_root (Django's MEDIA_ROOT)."
             )
         self.settings = settings
-        self.media_root = Path(settings.media_root)
+        self.media_root = Path(settings.media_root or ".")
         self.bucket = bucket
         self.stop = stop
         self.rng = random.Random()
@@ -149,6 +150,8 @@ class _Sender:
     def close(self) -> None:
         if self.fast is not None:
             self.fast.close()
+        if self.http is not None:
+            self.http.close()
 
     def _put_small(self, rec: FileRecord, data: bytes, sha: str) -> str:
         """One create-only PUT: the lean path when on, boto3 for what it cannot send."""
@@ -192,6 +195,8 @@ class _Sender:
                 return self._failed(rec, attempt, exc.problem.value, exc.message, events)
             except SourceChanged as exc:
                 code, message, retryable = "source_changed", str(exc), True
+            except SourceUnavailable as exc:  # the media server (source = "http"): 5xx, reset
+                code, message, retryable = "source_unavailable", exc.message, True
             except BucketError as exc:
                 code, message, retryable = (
                     exc.code or type(exc).__name__,
@@ -235,7 +240,9 @@ class _Sender:
             if self.stop.wait(delay):
                 return self._failed(rec, attempt, code, message, events, transient=retryable)
 
-    def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int, int]:
+    def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int, int | None]:
+        if self.http is not None:
+            return self._put_http(rec, self.http)
         # One safe path resolution per file; the checks after the read use the descriptor
         # (fstat), which is what was read, so a rename or swap afterwards cannot fool them.
         fh, before = source.open_media_file_with_stat(self.media_root, rec.relative_path)
@@ -277,12 +284,70 @@ class _Sender:
             )
             return sha, result.etag, part, size, before.mtime_ns
 
+    def _put_http(
+        self, rec: FileRecord, server: MediaServer
+    ) -> tuple[str, str, int | None, int, int | None]:
+        """The same proof over HTTP: the SHA-256 of the bytes received, their count equal to the
+        Content-Length and to the size inventory recorded, then the same create-only PUT.
+
+        A body shorter than its Content-Length raises SourceUnavailable (retried); a size other
+        than the ledger's is a SIZE_MISMATCH failure and nothing is sent.
+        """
+        expected = rec.size_bytes
+        with server.open(rec.relative_path) as body:
+            self._check_remote_size(rec, body.content_length, "its Content-Length")
+            mtime_ns = body.mtime_ns if body.mtime_ns is not None else rec.mtime_ns
+            if expected <= self.settings.multipart_threshold_bytes:
+                data = body.read(expected + 1)  # one byte more than expected shows a longer body
+                self._check_remote_size(rec, len(data), "the body received")
+                sha = hashlib.sha256(data).hexdigest()
+                etag = self._put_small(rec, data, sha)
+                return sha, etag, None, len(data), mtime_ns
+            # Large: the digest travels in the metadata sent before the parts, so it needs a
+            # first pass; the body is not kept, so the parts come from a second GET, which
+            # put_multipart_checked re-hashes and aborts on if the two differ. That GET is
+            # held one part at a time (SeekWindow): the multipart path reads each part twice.
+            digest = hashlib.sha256()
+            while chunk := body.read(1 << 20):
+                digest.update(chunk)
+            self._check_remote_size(rec, body.bytes_read, "the body received")
+        sha = digest.hexdigest()
+        part = part_size_for(expected, self.settings.multipart_chunksize_bytes)
+        with server.open(rec.relative_path) as again:
+            self._check_remote_size(rec, again.content_length, "its Content-Length")
+            result = self.bucket.put_multipart_checked(
+                rec.object_key,
+                cast("IO[bytes]", SeekWindow(again, part)),  # read, readinto, forward seeks
+                size_bytes=expected,
+                part_size_bytes=part,
+                sha256_hex=sha,
+                content_type=rec.content_type,
+                content_encoding=rec.content_encoding,
+            )
+        return sha, result.etag, part, expected, mtime_ns
+
+    @staticmethod
+    def _check_remote_size(rec: FileRecord, size: int | None, what: str) -> None:
+        """``size`` (None: not told) must be the size inventory recorded for the file."""
+        if size is not None and size != rec.size_bytes:
+            raise SourceError(
+                f"{rec.relative_path!r}: {what} is {size} bytes, the inventory recorded "
+                f"{rec.size_bytes}; nothing was uploaded",
+                problem=Problem.SIZE_MISMATCH,
+                hint="If the file changed on purpose, take a new inventory and plan.",
+            )
+
+    def _source_sha256(self, name: str) -> tuple[str, int]:
+        if self.http is not None:
+            return self.http.sha256(name)
+        return source.sha256_file(self.media_root, name)
+
     def _head(self, key: str) -> ObjectInfo | None:
         """HEAD with the same retry rules as a PUT: transient failures back off and try again."""
         return retry_transient(
             lambda: self.bucket.head(key),
             self.settings,
-            is_transient=lambda exc: isinstance(exc, BucketError) and exc.retryable,
+            is_transient=is_retryable,
             stop=self.stop,
             rng=self.rng,
         )
@@ -326,9 +391,13 @@ class _Sender:
     ) -> Outcome:
         """An object holds the key: it is ours only if it carries this file's SHA-256."""
         try:
-            sha, size = source.sha256_file(self.media_root, rec.relative_path)
+            sha, size = self._source_sha256(rec.relative_path)
         except SourceError as exc:
             return self._failed(rec, attempt, exc.problem.value, exc.message, events)
+        except SourceUnavailable as exc:
+            return self._failed(
+                rec, attempt, "source_unavailable", exc.message, events, transient=True
+            )
         if object_sha == sha and object_size == size:
             events.append(("resolve", "ours", {"etag": etag}))
             log.info(
@@ -454,33 +523,6 @@ def run(
             hint=f"Resume with `r2migrate run --resume-batch {where}`.",
         )
     return RunSummary(tuple(results))
-
-
-def retry_transient(
-    call: Callable[[], T],
-    settings: Settings,
-    *,
-    is_transient: Callable[[Exception], bool],
-    stop: threading.Event,
-    rng: random.Random,
-) -> T:
-    """`call()`, tried up to max_attempts times while it fails transiently, with backoff.
-
-    The last error is raised as it is; so is any error when `stop` is set during a wait.
-    """
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return call()
-        except Exception as exc:
-            if not is_transient(exc) or attempt >= settings.max_attempts:
-                raise
-            delay = backoff_s(
-                attempt, base_s=settings.backoff_base_s, max_s=settings.backoff_max_s, rng=rng
-            )
-            if stop.wait(delay):
-                raise
 
 
 def check_bucket(bucket: Bucket, settings: Settings, stop: threading.Event) -> None:
@@ -633,6 +675,7 @@ def _rebuild_error(name: str, message: str, hint: str) -> ToolkitError:
         "AccessDenied": AccessDenied,
         "NoSuchBucket": NoSuchBucket,
         "BatchNotFound": BatchNotFound,
+        "SourceUnavailable": SourceUnavailable,
     }
     return kinds.get(name, ToolkitError)(message, hint=hint)
 
@@ -737,6 +780,7 @@ def _run_batches(
     last_flush = last_renew = time.monotonic()
     transient_streak = 0
     outage: str | None = None
+    outage_code = ""
     # Claim in groups: top the window up only once it has drained to the workers' count, so a
     # claim (one round trip) takes about `workers` files instead of the one or two just finished.
     window = max(2, settings.workers * 2)
@@ -881,6 +925,7 @@ def _run_batches(
                         transient_streak += 1
                         if transient_streak >= max(10, settings.workers) and outage is None:
                             outage = outcome.error_message or "every request failed"
+                            outage_code = outcome.error_code or ""
                             log.error("stopping: the endpoint keeps failing (%s)", outage)
                 if on_progress is not None:
                     on_progress(
@@ -934,9 +979,15 @@ def _run_batches(
     if outage is not None and not stop.is_set():
         unfinished = [r.batch_id for r in results if r.status is BatchStatus.PARTIAL]
         first = unfinished[0] if unfinished else batch_ids[0]
+        resume = f"resume with `r2migrate run --resume-batch {first}`"
+        if outage_code == "transient:source_unavailable":
+            raise SourceUnavailable(
+                f"Batch {first} stopped: the media server failed every recent request ({outage}).",
+                hint=f"Check media_url and that the application serves it, then {resume}.",
+            )
         raise BucketUnavailable(
             f"Batch {first} stopped: the S3 endpoint failed every recent request ({outage}).",
-            hint=f"Check the endpoint, then resume with `r2migrate run --resume-batch {first}`.",
+            hint=f"Check the endpoint, then {resume}.",
         )
     order = {batch_id: i for i, batch_id in enumerate(batch_ids)}
     return sorted(results, key=lambda r: order[r.batch_id])

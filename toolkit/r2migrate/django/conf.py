@@ -22,7 +22,7 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from r2migrate.config import Settings, load_settings
 from r2migrate.django.discovery import (
@@ -265,6 +265,9 @@ def load_django_settings(
     media_root = getattr(django_settings, "MEDIA_ROOT", None)
     if media_root:
         derived["media_root"] = str(media_root)
+    media_url = str(getattr(django_settings, "MEDIA_URL", None) or "")
+    if urlsplit(media_url).scheme in ("http", "https"):
+        derived["media_url"] = media_url  # only an absolute MEDIA_URL can be fetched from
 
     storage_alias, storage_obj = target_storage(storage or r2.get("storage"))
     derived.update(settings_from_storage(storage_obj))
@@ -290,6 +293,13 @@ def load_django_settings(
     merged: dict[str, object] = {k: v for k, v in derived.items() if v is not None}
     merged.update({k: v for k, v in r2.items() if k not in ADAPTER_KEYS and k != "references"})
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if str(merged.get("source", "")).lower() == "http" and not merged.get("media_url"):
+        raise ConfigError(
+            f"--source http reads each file from MEDIA_URL, but MEDIA_URL is {media_url!r}: a "
+            "path, not an address this process can fetch from.",
+            hint=f"Pass --media-url https://<your site>{media_url or '/media/'} (or set "
+            "R2MIGRATE['media_url']); an auth header goes in R2MIGRATE['media_auth_header'].",
+        )
     return ProjectSettings(
         settings=load_settings(overrides=merged),
         database_alias=alias,

@@ -13,9 +13,11 @@ The columns belong on the *project's* file model, so the project owns their migr
     $ python manage.py makemigrations && python manage.py migrate
 
 then set ``R2MIGRATE = {"write_back": True}``. Names and types match what
-``r2migrate.catalog.ensure_write_back_columns`` would add (``text``/``timestamptz``), so its
-``ADD COLUMN IF NOT EXISTS`` is a no-op on a table Django already migrated. Without the mixin,
-``write_back`` still works by adding the columns with ``ALTER TABLE``, behind Django's back.
+``r2migrate.catalog.ensure_write_back_columns`` would add (``text``/``timestamptz``); it looks
+first and never alters a table that has them. To keep the model class as it is, use
+``manage.py r2migrate_writeback_migration app_label.Model`` instead (a migration holding
+``r2migrate.django.operations.AddMigrationColumns``). Without either, ``write_back`` still works
+by adding the columns with ``ALTER TABLE``, behind Django's back.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ Must never hold logic of its own: each flag calls the library function the CLI c
     migrate_files_to_r2 --rollback-batch ID  delete what that batch uploaded (with --dry-run: show)
     migrate_files_to_r2 --verify-batch ID    prove a batch intact (HEAD; --deep reads it back)
     migrate_files_to_r2 --verify-all         the same for every batch; fills write-back columns
+    migrate_files_to_r2 --source http        read the files from MEDIA_URL (or --media-url URL)
+                                             instead of MEDIA_ROOT, for a worker without the disk
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class Command(ToolkitCommand):
     help = (
         "Move the project's media files (every FileField/ImageField) to Cloudflare R2 or any S3 "
         "bucket: inventory, plan, upload with SHA-256 proof, resumable. Without flags runs "
-        "everything; exit codes as `r2migrate`: 1 files failed, 2 configuration, 3 unreachable, "
-        "4 state (unknown batch), 130 interrupted."
+        "everything; --source http reads the files from the running site's MEDIA_URL instead "
+        "of MEDIA_ROOT. Exit codes as `r2migrate`: 1 files failed, 2 configuration, "
+        "3 unreachable, 4 state (unknown batch), 130 interrupted."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -75,6 +78,20 @@ class Command(ToolkitCommand):
         )
         parser.add_argument("--workers", type=_positive, metavar="N", help="Upload threads.")
         parser.add_argument(
+            "--source",
+            choices=("disk", "http"),
+            help="Where the bytes come from: disk (MEDIA_ROOT, the default) or http: GET each "
+            "file from the running application's MEDIA_URL (for a worker that cannot see the "
+            "disk); a 404 is a missing row, and the SHA-256, size and create-only checks are "
+            "the same. An auth header goes in R2MIGRATE['media_auth_header'].",
+        )
+        parser.add_argument(
+            "--media-url",
+            metavar="URL",
+            help="With --source http: the absolute MEDIA_URL to read from "
+            "(default: settings.MEDIA_URL when it is absolute).",
+        )
+        parser.add_argument(
             "--show", type=int, default=20, metavar="N", help="Problem rows to list (default 20)."
         )
 
@@ -100,7 +117,11 @@ class Command(ToolkitCommand):
         if options["deep"] and action not in ("verify_batch", "verify_all"):
             raise self.usage_error("--deep goes with --verify-batch or --verify-all only.")
         project = self.project_settings(
-            options, batch_size=options.get("batch_size"), workers=options.get("workers")
+            options,
+            batch_size=options.get("batch_size"),
+            workers=options.get("workers"),
+            source=options.get("source"),
+            media_url=options.get("media_url"),
         )
         if action == "list_batches":
             self._list_batches(project)
@@ -119,7 +140,7 @@ class Command(ToolkitCommand):
 
     def _migrate(self, project: ProjectSettings, *, dry_run: bool, show: int) -> None:
         settings = project.settings
-        settings.require("database_url", "media_root", "bucket_name")
+        settings.require("database_url", *settings.source_settings, "bucket_name")
         counts = {f.label: render.FieldCount() for f in project.fields}
         collected: list[MediaFile] = []
 
@@ -160,7 +181,7 @@ class Command(ToolkitCommand):
 
     def _resume(self, project: ProjectSettings, batch_id: str) -> None:
         settings = project.settings
-        settings.require("database_url", "media_root", "bucket_name")
+        settings.require("database_url", *settings.source_settings, "bucket_name")
         with open_state(settings) as state:
             state.get_batch(batch_id)  # BatchNotFound (exit 4) before any bucket request
             result = run(settings, state, batch_id=batch_id, resume=True)
