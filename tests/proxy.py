@@ -38,6 +38,54 @@ class Request:
 Rule = Callable[[Request], object]
 
 
+class Flaky:
+    """A rule failing about ``rate`` of the requests of ``methods`` with a kind from ``kinds``.
+
+    Reproducible: each decision is drawn from (seed, method, key, query, how many times this
+    exact request was seen), whatever the threads' order. A request is failed at most ``most``
+    times, so a client trying ``most + 1`` times always gets through. The first request of
+    each (method, key) in ``first`` fails whatever the draw ('' is the bucket: its HEAD, LIST).
+    ``faulted`` counts the requests the proxy answered itself, per (method, key): those never
+    reached the server.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        seed: int,
+        methods: tuple[str, ...] = ("HEAD", "GET", "DELETE"),
+        kinds: tuple[str, ...] = ("503", "slowdown", "reset"),
+        most: int = 2,
+        first: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.rate, self.seed, self.methods, self.kinds, self.most = rate, seed, methods, kinds, most
+        self.first = frozenset(first)
+        self.faulted: Counter[tuple[str, str]] = Counter()
+        self._seen: Counter[tuple[str, str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, request: Request) -> object:
+        if request.method not in self.methods:
+            return None
+        identity = (request.method, request.key, request.query)
+        with self._lock:
+            self._seen[identity] += 1
+            nth = self._seen[identity]
+        rng = random.Random(f"{self.seed}|{'|'.join(identity)}|{nth}")
+        forced = nth == 1 and (request.method, request.key) in self.first
+        if not forced and (nth > self.most or rng.random() >= self.rate):
+            return None
+        with self._lock:
+            self.faulted[(request.method, request.key)] += 1
+        return rng.choice(self.kinds)
+
+    def reached(self, proxy: FaultProxy, method: str) -> Counter[str]:
+        """Requests of ``method`` per key that the server received (sent minus faulted)."""
+        sent = proxy.count(method)
+        return Counter({k: n - self.faulted[(method, k)] for k, n in sent.items()})
+
+
 @dataclass
 class FaultProxy:
     target_host: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import Counter
 
 import psycopg
 import pytest
@@ -16,7 +17,7 @@ from r2migrate.plan import Action
 from r2migrate.rollback import RollbackOutcome, rollback
 from r2migrate.state import BatchStatus, FileStatus, State, new_owner_id
 from r2migrate.verify import verify
-from tests.proxy import FaultProxy
+from tests.proxy import FaultProxy, Flaky
 from tests.test_verify import migrate, replace_object, row_for, seed_tree
 
 
@@ -258,7 +259,7 @@ def test_endpoint_failing_mid_rollback_leaves_rows_for_the_next_run(
     seed_tree(fresh_database_url, media_root, 40)
     host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
     with FaultProxy(host, int(port)) as proxy:
-        settings = make_settings(endpoint_url=proxy.url, workers=4)
+        settings = make_settings(endpoint_url=proxy.url, workers=4, backoff_base_s=0.05)
         with State.open(settings.database_url) as state:
             (batch_id,) = migrate(settings, state)
             lock = threading.Lock()
@@ -284,6 +285,69 @@ def test_endpoint_failing_mid_rollback_leaves_rows_for_the_next_run(
     assert fixed.ok and fixed.counts[RollbackOutcome.DELETED] == 35
     assert fixed.batch_status is BatchStatus.ROLLED_BACK
     assert remaining == []
+
+
+def test_a_fifth_of_requests_failing_transiently_still_deletes_each_object_once(
+    make_settings, stack, media_root, fresh_database_url
+):
+    seed_tree(fresh_database_url, media_root, 40)
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    foreign = {"uploads/00/zz-foreign.bin": b"not ours", "elsewhere/x.bin": b"nor this"}
+    with FaultProxy(host, int(port)) as proxy:
+        settings = make_settings(endpoint_url=proxy.url, workers=4, backoff_base_s=0.01)
+        bucket = Bucket(settings)
+        with State.open(settings.database_url) as state:
+            (batch_id,) = migrate(settings, state)
+            ours = {f.object_key for f in state.batch_files(batch_id)}
+            for key, body in foreign.items():
+                bucket.client.put_object(Bucket=bucket.name, Key=key, Body=body)
+            before = len(proxy.requests)
+            # 503s, SlowDowns and resets on HEAD, GET and DELETE; the bucket check fails too
+            flaky = Flaky(0.2, seed=5, first=(("HEAD", ""),))
+            proxy.rule = flaky
+            summary = rollback(settings, state, batch_id)
+            sent = proxy.requests[before:]
+            deleted_events = state.events(batch_id, kind="rollback", outcome="deleted")
+            proxy.rule = None
+            left = {key: bucket.get_sha256(key)[0] for key, _ in bucket.iter_objects()}
+    assert summary.ok, summary.problems
+    assert summary.counts[RollbackOutcome.DELETED] == 40
+    assert summary.batch_status is BatchStatus.ROLLED_BACK
+    assert len(deleted_events) == 40
+    assert flaky.faulted[("HEAD", "")] == 1
+    assert {method for method, key in flaky.faulted if key} == {"HEAD", "DELETE"}
+    # every object of the batch reached the server's DELETE exactly once, though some of its
+    # DELETEs were answered by the proxy and sent again
+    assert flaky.reached(proxy, "DELETE") == Counter(dict.fromkeys(ours, 1))
+    assert sum(flaky.faulted[("DELETE", key)] for key in ours) > 0
+    # nothing was asked about, let alone deleted from, the foreign keys; they keep their bytes
+    assert not [r for r in sent if r.key in foreign]
+    assert left == {key: hashlib.sha256(body).hexdigest() for key, body in foreign.items()}
+    assert summary.delete_requests == sum(1 for r in sent if r.method == "DELETE")
+    assert summary.head_requests == sum(1 for r in sent if r.method == "HEAD" and r.key)
+
+
+def test_a_delete_failing_every_try_is_an_error_and_the_object_stays(
+    make_settings, stack, media_root, fresh_database_url
+):
+    seed_tree(fresh_database_url, media_root, 10)
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    victim = "uploads/00/f004.bin"
+    with FaultProxy(host, int(port)) as proxy:
+        settings = make_settings(endpoint_url=proxy.url, backoff_base_s=0.01)
+        with State.open(settings.database_url) as state:
+            (batch_id,) = migrate(settings, state)
+            proxy.rule = lambda r: "slowdown" if (r.method, r.key) == ("DELETE", victim) else None
+            summary = rollback(settings, state, batch_id)
+            row = row_for(state, batch_id, victim)
+            proxy.rule = None
+            still_there = Bucket(settings).head(victim)
+    (problem,) = summary.problems
+    assert problem.object_key == victim and problem.outcome is RollbackOutcome.ERROR
+    assert f"tried {settings.max_attempts} times" in problem.reason
+    assert proxy.count("DELETE")[victim] == settings.max_attempts
+    assert summary.counts[RollbackOutcome.DELETED] == 9 and summary.aborted is None
+    assert row.status is FileStatus.UPLOADED and still_there is not None
 
 
 def test_write_back_columns_are_cleared(make_settings, media_root, fresh_database_url):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import Counter
 from pathlib import Path
 
 import psycopg
@@ -16,7 +17,7 @@ from r2migrate.bucket import Bucket
 from r2migrate.errors import BatchNotFound, ConfigError
 from r2migrate.state import FileRecord, FileStatus, State
 from r2migrate.verify import CLASS_B_USD_PER_MILLION, VerifyOutcome, key_space, verify
-from tests.proxy import FaultProxy
+from tests.proxy import FaultProxy, Flaky
 
 
 def seed_tree(database_url: str, root: Path, n: int, *, size: int = 1000) -> None:
@@ -249,7 +250,7 @@ def test_endpoint_failing_mid_verify_gives_error_outcomes_not_a_crash(
     seed_tree(fresh_database_url, media_root, 40)
     host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
     with FaultProxy(host, int(port)) as proxy:
-        settings = make_settings(endpoint_url=proxy.url, workers=4)
+        settings = make_settings(endpoint_url=proxy.url, workers=4, backoff_base_s=0.05)
         with State.open(settings.database_url) as state:
             (batch_id,) = migrate(settings, state)
             lock = threading.Lock()
@@ -268,10 +269,65 @@ def test_endpoint_failing_mid_verify_gives_error_outcomes_not_a_crash(
     assert not summary.ok and summary.exit_code == 1
     assert summary.counts[VerifyOutcome.MATCH] == 3
     assert summary.counts[VerifyOutcome.ERROR] == 37
-    assert summary.aborted is not None  # it stopped asking instead of timing out 37 times
-    assert summary.head_requests < 40
+    # each failing HEAD was retried, yet it stopped asking instead of trying all 37 files
+    assert summary.aborted is not None
+    assert "tried 3 times" in summary.problems[0].reason
+    assert summary.head_requests < 3 + 37 * settings.max_attempts / 2
     assert statuses.count(FileStatus.VERIFIED) == 3
     assert statuses.count(FileStatus.UPLOADED) == 37  # an unchecked file is not demoted
+
+
+def test_a_fifth_of_requests_failing_transiently_is_retried_and_every_file_matches(
+    make_settings, stack, media_root, fresh_database_url
+):
+    seed_tree(fresh_database_url, media_root, 40)
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        settings = make_settings(endpoint_url=proxy.url, workers=4, backoff_base_s=0.01)
+        with State.open(settings.database_url) as state:
+            (batch_id,) = migrate(settings, state)
+            # 503s, SlowDowns and resets on HEAD and GET; the bucket check and LIST fail too
+            flaky = Flaky(0.2, seed=3, methods=("HEAD", "GET"), first=(("HEAD", ""), ("GET", "")))
+            proxy.rule = flaky
+            before = len(proxy.requests)
+            cheap = verify(settings, state, batch_id=batch_id)
+            deep = verify(settings, state, batch_id=batch_id, deep=True)
+            statuses = {f.status for f in state.batch_files(batch_id)}
+            sent = Counter((r.method, bool(r.key)) for r in proxy.requests[before:])
+    for summary in (cheap, deep):
+        assert summary.ok, summary.problems
+        assert summary.counts[VerifyOutcome.MATCH] == 40
+    assert statuses == {FileStatus.VERIFIED}
+    faulted = {method for (method, key) in flaky.faulted if key}
+    assert faulted == {"HEAD", "GET"}
+    assert flaky.faulted[("HEAD", "")] and flaky.faulted[("GET", "")]  # bucket check and LIST
+    assert sum(flaky.faulted.values()) >= 0.15 * (40 * 3 + 4)
+    # every try is counted, so the R2 bill stays exact
+    assert cheap.head_requests + deep.head_requests == sent[("HEAD", True)]
+    assert deep.get_requests == sent[("GET", True)]
+    assert cheap.list_requests + deep.list_requests == sent[("GET", False)]
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+def test_a_request_failing_every_try_is_an_error_never_missing_or_differ(
+    make_settings, stack, media_root, fresh_database_url, method
+):
+    seed_tree(fresh_database_url, media_root, 10)
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    victim = "uploads/00/f004.bin"
+    with FaultProxy(host, int(port)) as proxy:
+        settings = make_settings(endpoint_url=proxy.url, backoff_base_s=0.01)
+        with State.open(settings.database_url) as state:
+            (batch_id,) = migrate(settings, state)
+            proxy.rule = lambda r: "503" if (r.method, r.key) == (method, victim) else None
+            summary = verify(settings, state, batch_id=batch_id, deep=method == "GET")
+            row = row_for(state, batch_id, victim)
+    (problem,) = summary.problems
+    assert problem.object_key == victim and problem.outcome is VerifyOutcome.ERROR
+    assert f"tried {settings.max_attempts} times" in problem.reason
+    assert proxy.count(method)[victim] == settings.max_attempts
+    assert summary.counts[VerifyOutcome.MATCH] == 9 and summary.aborted is None
+    assert row.status is FileStatus.UPLOADED and row.error_code is None  # not demoted
 
 
 def test_verify_of_an_unknown_batch_is_batch_not_found(settings):

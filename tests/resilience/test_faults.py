@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from r2migrate import run
+from r2migrate import rollback, run
+from r2migrate.bucket import Bucket
 from r2migrate.state import State
 from tests.proxy import Request
 from tests.resilience import scenarios
@@ -135,3 +136,24 @@ def test_rollback_through_failing_requests_deletes_only_what_the_batch_wrote(
     # and the two keys that are no longer ours stay in the ledger as refused, not rolled back
     assert set(d["rows_left"]) == {d["replaced"], d["impostor"]}
     assert audit.unknown_objects == audit.secret_leaks == 0
+
+
+def test_a_delete_whose_answer_was_lost_is_retried_and_counted_deleted_once(
+    world: World,
+) -> None:
+    key = _one_file(world)
+    with State.open(world.database_url) as state:
+        run(world.settings, state)
+        (batch,) = state.list_batches()
+        # the DELETE reaches the server and the object goes, but the answer never comes back
+        world.proxy.rule = _nth({("DELETE", key, 1): "reset_after_forward"})
+        summary = rollback(world.settings, state, batch.batch_id)
+        (row,) = state.batch_files(batch.batch_id)
+    deletes = [e for e in world.proxy.since(0) if e.method == "DELETE"]
+    assert [(e.forwarded, e.status) for e in deletes] == [(True, 204), (True, 412)]
+    assert summary.ok and summary.counts["deleted"] == 1, summary.items
+    (item,) = summary.items
+    assert "lost answer" in item.reason
+    assert summary.bytes_deleted == row.size_bytes > 0
+    assert row.status.value == "rolled_back"
+    assert list(Bucket(world.direct).iter_objects()) == []

@@ -33,13 +33,13 @@ is finished by the next run.
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from r2migrate import catalog, source
@@ -53,6 +53,8 @@ from r2migrate.errors import (
     ObjectChanged,
     SourceError,
 )
+from r2migrate.pool import drain
+from r2migrate.retry import Requests
 from r2migrate.state import BatchStatus, FileRecord, FileStatus, State
 
 log = logging.getLogger(__name__)
@@ -190,15 +192,29 @@ def _without_request(rec: FileRecord) -> RollbackItem | None:
 
 
 class _Remover:
-    """Proves one object is ours and deletes it; runs in worker threads, never touches the DB."""
+    """Proves one object is ours and deletes it; runs in worker threads, never touches the DB.
 
-    def __init__(self, bucket: Bucket, media_root: Path | None, *, dry_run: bool) -> None:
+    A request failing transiently (503, SlowDown, a reset) is tried again with backoff, up to
+    ``max_attempts``, before the row becomes an ``error``.
+    """
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        settings: Settings,
+        stop: threading.Event,
+        *,
+        dry_run: bool,
+    ) -> None:
         self.bucket = bucket
-        self.media_root = media_root
+        self.media_root = settings.media_root
+        self.settings = settings
+        self.stop = stop
         self.dry_run = dry_run
+        self.rng = random.Random()
 
     def remove(self, rec: FileRecord) -> _Done:
-        heads = gets = deletes = 0
+        ask = Requests(self.settings, self.stop, self.rng)
 
         def done(
             outcome: RollbackOutcome,
@@ -207,13 +223,14 @@ class _Remover:
             etag: str | None = None,
             transient: bool = False,
         ) -> _Done:
-            return _Done(_item(rec, outcome, reason, etag=etag), heads, gets, deletes, transient)
+            sent = ask.sent
+            item = _item(rec, outcome, reason, etag=etag)
+            return _Done(item, sent["HEAD"], sent["GET"], sent["DELETE"], transient)
 
         try:
-            heads += 1
-            info = self.bucket.head(rec.object_key)
+            info = ask("HEAD", lambda: self.bucket.head(rec.object_key))
         except BucketError as exc:
-            return done(RollbackOutcome.ERROR, exc.message, transient=exc.retryable)
+            return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
         if info is None:
             return done(RollbackOutcome.ALREADY_GONE, "no object at the key")
         expected, size, why_not = self._expected(rec)
@@ -226,12 +243,11 @@ class _Remover:
             # Rewritten since upload, with our metadata copied or re-sent: only its bytes can say
             # whether it is still the file this batch wrote.
             try:
-                gets += 1
-                digest, got = self.bucket.get_sha256(rec.object_key)
+                digest, got = ask("GET", lambda: self.bucket.get_sha256(rec.object_key))
             except BucketError as exc:
                 if exc.code in ("NoSuchKey", "404"):
                     return done(RollbackOutcome.ALREADY_GONE, "deleted while it was checked")
-                return done(RollbackOutcome.ERROR, exc.message, transient=exc.retryable)
+                return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
             if digest != expected or got != size:
                 return done(
                     RollbackOutcome.REFUSED,
@@ -242,16 +258,22 @@ class _Remover:
         if self.dry_run:
             return done(RollbackOutcome.WOULD_DELETE, "holds this batch's SHA-256", etag=info.etag)
         try:
-            deletes += 1
-            self.bucket.delete_if_match(rec.object_key, info.etag)
+            ask("DELETE", lambda: self.bucket.delete_if_match(rec.object_key, info.etag))
         except ObjectChanged:
             # Replaced or removed between our HEAD and the DELETE. Some servers answer 412 for a
             # missing key too, so look again to tell the two apart.
+            retried = ask.sent["DELETE"] > 1
             try:
-                heads += 1
-                again = self.bucket.head(rec.object_key)
+                again = ask("HEAD", lambda: self.bucket.head(rec.object_key))
             except BucketError as exc:
-                return done(RollbackOutcome.ERROR, exc.message, transient=exc.retryable)
+                return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+            if again is None and retried:
+                # An earlier try of our DELETE landed and only its answer was lost.
+                return done(
+                    RollbackOutcome.DELETED,
+                    "the DELETE was retried after a lost answer; the object is gone",
+                    etag=info.etag,
+                )
             if again is None:
                 return done(RollbackOutcome.ALREADY_GONE, "deleted by someone else meanwhile")
             return done(
@@ -260,7 +282,7 @@ class _Remover:
                 etag=again.etag,
             )
         except BucketError as exc:
-            return done(RollbackOutcome.ERROR, exc.message, transient=exc.retryable)
+            return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
         return done(RollbackOutcome.DELETED, etag=info.etag)
 
     def _expected(self, rec: FileRecord) -> tuple[str | None, int, str]:
@@ -323,9 +345,11 @@ def rollback(
             to_ask.append(rec)
         else:
             tally.add(_Done(decided), rec)
+    stop = threading.Event()  # set on an outage or Ctrl-C: removals waiting to retry give up
     if to_ask:
         bucket = bucket or Bucket(settings)
-        bucket.check()
+        # One 503 must not stop the whole rollback.
+        Requests(settings, stop, random.Random())("HEAD bucket", bucket.check)
     if settings.write_back and not dry_run:
         for label in settings.references:
             catalog.ensure_write_back_columns(
@@ -334,8 +358,19 @@ def rollback(
     try:
         if to_ask:
             assert bucket is not None
-            remover = _Remover(bucket, settings.media_root, dry_run=dry_run)
-            _drain(remover, to_ask, tally, workers=settings.workers)
+            remover = _Remover(bucket, settings, stop, dry_run=dry_run)
+            untried = drain(
+                remover.remove,
+                to_ask,
+                tally,
+                workers=settings.workers,
+                stop=stop,
+                thread_name="r2m-rollback",
+                poll_s=FLUSH_EVERY_S,
+            )
+            for rec in untried:  # only left when the endpoint kept failing
+                item = _item(rec, RollbackOutcome.ERROR, f"not tried: {tally.aborted}")
+                tally.add(_Done(item), rec)
     except KeyboardInterrupt as exc:
         raise Interrupted(
             f"Rollback of {batch_id} interrupted; every deletion made so far is recorded.",
@@ -372,38 +407,6 @@ def rollback(
             i for i in items if i.outcome in (RollbackOutcome.REFUSED, RollbackOutcome.ERROR)
         ),
     )
-
-
-def _drain(
-    remover: _Remover, records: Sequence[FileRecord], tally: _Tally, *, workers: int
-) -> None:
-    """Run the removals through a bounded thread pool; results go to `tally` in this thread."""
-    pending: Iterator[FileRecord] = iter(records)
-    in_flight: dict[Future[_Done], FileRecord] = {}
-    window = max(2, workers * 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="r2m-rollback") as pool:
-        try:
-            while True:
-                while tally.aborted is None and len(in_flight) < window:
-                    rec = next(pending, None)
-                    if rec is None:
-                        break
-                    in_flight[pool.submit(remover.remove, rec)] = rec
-                if not in_flight:
-                    break
-                finished, _ = wait(
-                    list(in_flight), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED
-                )
-                for fut in finished:
-                    tally.add(fut.result(), in_flight.pop(fut))
-                tally.maybe_flush()
-        except KeyboardInterrupt:
-            # Let DELETEs in flight finish so that each one that happened gets recorded.
-            for fut, rec in in_flight.items():
-                tally.add(fut.result(), rec)
-            raise
-    for rec in pending:  # left only when the endpoint kept failing
-        tally.add(_Done(_item(rec, RollbackOutcome.ERROR, f"not tried: {tally.aborted}")), rec)
 
 
 class _Tally:
@@ -445,7 +448,10 @@ class _Tally:
         if done.transient:
             self._streak += 1
             if self._streak >= max(10, self.settings.workers) and self.aborted is None:
-                self.aborted = f"the endpoint failed {self._streak} requests in a row"
+                self.aborted = (
+                    f"the endpoint failed for {self._streak} files in a row"
+                    f" (each tried up to {self.settings.max_attempts} times)"
+                )
                 log.error("rollback of %s stopped: %s", self.batch_id, self.aborted)
         elif done.heads:
             self._streak = 0

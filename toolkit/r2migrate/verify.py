@@ -21,18 +21,21 @@ What is checked, per ledger row of the chosen batches (rows rolled back are hist
 
 Outcome precedence for one file: error > missing > differ > source_changed > match. Matched rows
 become `verified`; a `verified` row that fails falls back to `uploaded`/`skipped` with error code
-``verify:<outcome>``; an ``error`` (the check could not be made) changes no row. Every check is
-an event (kind 'verify') so a report can say when each file was last proven intact.
+``verify:<outcome>``; an ``error`` (the check could not be made) changes no row. A HEAD or GET
+that fails transiently (503, SlowDown, a reset) is tried again with backoff, up to
+``max_attempts``, before its file becomes an ``error``. Every check is an event (kind 'verify')
+so a report can say when each file was last proven intact.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -43,6 +46,8 @@ from r2migrate import catalog, source
 from r2migrate.bucket import Bucket, ObjectInfo, sha256_b64
 from r2migrate.config import Settings
 from r2migrate.errors import BucketError, ConfigError, ExitCode, Interrupted, SourceError
+from r2migrate.pool import drain
+from r2migrate.retry import Requests
 from r2migrate.state import DONE_STATUSES, Batch, FileRecord, FileStatus, State
 
 log = logging.getLogger(__name__)
@@ -147,14 +152,24 @@ class _Checked:
 
 
 class _Checker:
-    """Checks one file; runs in worker threads and never touches the database."""
+    """Checks one file; runs in worker threads and never touches the database.
 
-    def __init__(self, bucket: Bucket, media_root: Path) -> None:
+    A request failing transiently (503, SlowDown, a reset) is tried again with backoff, up to
+    ``max_attempts``; only then is the file an ``error``, never ``missing`` or ``differ``.
+    """
+
+    def __init__(
+        self, bucket: Bucket, media_root: Path, settings: Settings, stop: threading.Event
+    ) -> None:
         self.bucket = bucket
         self.media_root = media_root
+        self.settings = settings
+        self.stop = stop
+        self.rng = random.Random()
 
     def check(self, rec: FileRecord, deep: bool) -> _Checked:
-        heads = gets = read = 0
+        ask = Requests(self.settings, self.stop, self.rng)
+        read = 0
 
         def done(
             outcome: VerifyOutcome,
@@ -163,9 +178,10 @@ class _Checker:
             etag: str | None = None,
             transient: bool = False,
         ) -> _Checked:
+            gets = ask.sent["GET"]
             return _Checked(
                 _file_check(rec, outcome, reason, deep=gets > 0, etag=etag),
-                heads,
+                ask.sent["HEAD"],
                 gets,
                 read,
                 transient,
@@ -175,10 +191,9 @@ class _Checker:
         if expected is None:
             return done(VerifyOutcome.ERROR, "the ledger holds no SHA-256 for this file")
         try:
-            heads += 1
-            info = self.bucket.head(rec.object_key)
+            info = ask("HEAD", lambda: self.bucket.head(rec.object_key))
         except BucketError as exc:
-            return done(VerifyOutcome.ERROR, exc.message, transient=exc.retryable)
+            return done(VerifyOutcome.ERROR, ask.why(exc), transient=exc.retryable)
         if info is None:
             return done(VerifyOutcome.MISSING, "no object at the key")
         mismatch = _compare_head(rec, info, expected)
@@ -187,12 +202,11 @@ class _Checker:
         rewritten = bool(rec.etag) and info.etag != rec.etag
         if deep or rewritten:
             try:
-                gets += 1
-                digest, size = self.bucket.get_sha256(rec.object_key)
+                digest, size = ask("GET", lambda: self.bucket.get_sha256(rec.object_key))
             except BucketError as exc:
                 if exc.code in ("NoSuchKey", "404"):
                     return done(VerifyOutcome.MISSING, "the object vanished while it was read")
-                return done(VerifyOutcome.ERROR, exc.message, transient=exc.retryable)
+                return done(VerifyOutcome.ERROR, ask.why(exc), transient=exc.retryable)
             read = size
             if size != rec.size_bytes or digest != expected:
                 what = "rewritten (ETag changed) and its" if rewritten else "the object's"
@@ -340,7 +354,9 @@ def verify(
         picked = random.Random(sample_seed).sample(checkable, min(sample, len(checkable)))
         deep_ids = {rec.id for rec in picked}
     bucket = bucket or Bucket(settings)
-    bucket.check()
+    stop = threading.Event()  # set on an outage or Ctrl-C: checks waiting to retry give up
+    ask = Requests(settings, stop, random.Random())  # this thread's own requests
+    ask("HEAD bucket", bucket.check)  # one 503 must not stop the whole verify
     if settings.write_back:
         for label in settings.references:
             catalog.ensure_write_back_columns(
@@ -362,25 +378,18 @@ def verify(
                 ),
                 rec,
             )
-    checker = _Checker(bucket, Path(settings.media_root))
-    window = max(2, settings.workers * 2)  # bounded: never more than this many checks queued
-    pending: Iterator[FileRecord] = iter(checkable)
-    in_flight: dict[Future[_Checked], FileRecord] = {}
-    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="r2m-verify")
+    checker = _Checker(bucket, Path(settings.media_root), settings, stop)
     try:
-        while True:
-            while tally.aborted is None and len(in_flight) < window:
-                rec_next = next(pending, None)
-                if rec_next is None:
-                    break
-                in_flight[pool.submit(checker.check, rec_next, rec_next.id in deep_ids)] = rec_next
-            if not in_flight:
-                break
-            finished, _ = wait(list(in_flight), timeout=FLUSH_EVERY_S, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                tally.add(fut.result(), in_flight.pop(fut))
-            tally.maybe_flush()
-        for rec in pending:  # only left when the endpoint kept failing
+        unchecked = drain(
+            lambda rec: checker.check(rec, rec.id in deep_ids),
+            checkable,
+            tally,
+            workers=settings.workers,
+            stop=stop,
+            thread_name="r2m-verify",
+            poll_s=FLUSH_EVERY_S,
+        )
+        for rec in unchecked:  # only left when the endpoint kept failing
             tally.add(
                 _Checked(_file_check(rec, VerifyOutcome.ERROR, f"not checked: {tally.aborted}")),
                 rec,
@@ -391,12 +400,11 @@ def verify(
             hint="Run verify again; it starts over and costs one request per file.",
         ) from exc
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         tally.flush()
 
     prefixes: list[str] = []
     if tally.aborted is None:
-        prefixes = _find_extras(state, bucket, batches, by_id, tally)
+        prefixes = _find_extras(state, bucket, batches, by_id, tally, ask)
         tally.flush()
     counts = {o.value: tally.counts.get(o.value, 0) for o in VerifyOutcome}
     log.info(
@@ -465,7 +473,10 @@ class _Tally:
         if checked.transient:
             self._streak += 1
             if self._streak >= max(10, self.settings.workers) and self.aborted is None:
-                self.aborted = f"the endpoint failed {self._streak} requests in a row"
+                self.aborted = (
+                    f"the endpoint failed for {self._streak} files in a row"
+                    f" (each tried up to {self.settings.max_attempts} times)"
+                )
                 log.error("verify stopped: %s (last: %s)", self.aborted, check.reason)
         elif checked.heads or checked.gets:
             self._streak = 0
@@ -534,8 +545,12 @@ def _find_extras(
     batches: Sequence[Batch],
     rows_by_id: Mapping[int, FileRecord],
     tally: _Tally,
+    ask: Requests,
 ) -> list[str]:
-    """List each batch's key space once and report objects no live ledger row names."""
+    """List each batch's key space once and report objects no live ledger row names.
+
+    A page whose LIST fails transiently is asked again (same continuation token) through `ask`.
+    """
     keys_by_batch: dict[str, list[str]] = {}
     for rec in rows_by_id.values():
         keys_by_batch.setdefault(rec.batch_id, []).append(rec.object_key)
@@ -550,9 +565,10 @@ def _find_extras(
             kept.append(prefix)
     for prefix in kept:
         owner = spaces[prefix]
+        token: str | None = None
         try:
-            for page in bucket.iter_object_pages(prefix):
-                tally.lists += 1
+            while True:
+                page, token = ask("LIST", functools.partial(bucket.list_page, prefix, token))
                 known = state.known_object_keys([key for key, _ in page])
                 for key, size in page:
                     if key not in known:
@@ -569,39 +585,51 @@ def _find_extras(
                             None,
                         )
                 tally.maybe_flush()
+                if token is None:
+                    break
         except BucketError as exc:
-            tally.lists += 1
             tally.add(
                 _Checked(
                     FileCheck(
                         batch_id=owner,
                         object_key=prefix,
                         outcome=VerifyOutcome.ERROR,
-                        reason=f"listing for extra objects failed: {exc.message}",
+                        reason=f"listing for extra objects failed: {ask.why(exc)}",
                     )
                 ),
                 None,
             )
+    tally.lists += ask.sent["LIST"]
     return kept
 
 
 def _write_back(
     settings: Settings, state: State, batch_id: str, records: Sequence[FileRecord]
 ) -> None:
-    """Set migration_status = 'verified' on the application rows of files that matched."""
+    """Fill the migration columns of the application rows whose files matched.
+
+    ``migration_status`` becomes 'verified', ``r2_key`` the object key, ``checksum`` the SHA-256,
+    ``migrated_at`` the upload time and ``migration_batch_id`` the batch: one UPDATE per
+    referencing table for the whole flush.
+    """
+    now = datetime.now(UTC)
+    by_ref: dict[str, list[catalog.WriteBackRow]] = {}
     for rec in records:
-        by_ref: dict[str, list[str]] = {}
         for file_id in rec.source_refs or (rec.file_id,):
             ref_label, _, source_id = file_id.rpartition(":")
-            by_ref.setdefault(ref_label, []).append(source_id)
-        for ref_label, ids in by_ref.items():
-            catalog.write_back(
-                state.conn,
-                catalog.parse_reference(ref_label, id_column=settings.reference_id_column),
-                ids,
-                object_key=rec.object_key,
-                status=FileStatus.VERIFIED.value,
-                batch_id=batch_id,
-                sha256_hex=rec.source_sha256 or rec.object_sha256,
-                migrated_at=rec.uploaded_at or datetime.now(UTC),
+            by_ref.setdefault(ref_label, []).append(
+                catalog.WriteBackRow(
+                    source_id=source_id,
+                    object_key=rec.object_key,
+                    sha256_hex=rec.source_sha256 or rec.object_sha256,
+                    migrated_at=rec.uploaded_at or now,
+                )
             )
+    for ref_label, rows in by_ref.items():
+        catalog.write_back_rows(
+            state.conn,
+            catalog.parse_reference(ref_label, id_column=settings.reference_id_column),
+            rows,
+            status=FileStatus.VERIFIED.value,
+            batch_id=batch_id,
+        )
