@@ -22,7 +22,15 @@ METRICS = (
 )
 PHASE_METRICS = ("wall_s", "client_cpu_s", "peak_rss_mib")
 # What a peer is compared on: many small files are about files/s, big ones about bandwidth.
+# A "-tls" set is the same dataset over HTTPS, compared on the same metric.
 RATIO_METRIC = {"small": "files_per_s", "mix": "files_per_s", "large": "mib_per_s"}
+TLS_SUFFIX = "-tls"
+
+
+def ratio_metric(set_name: str) -> str:
+    return RATIO_METRIC.get(set_name.removesuffix(TLS_SUFFIX), "files_per_s")
+
+
 NOISE_NOTE = (
     "2 cores shared by the client, weed mini and PostgreSQL (and, while this ran, possibly other "
     "people's test suites): compare ratios from one run, not absolute numbers across runs."
@@ -71,7 +79,7 @@ def ratios(
     for row in summary:
         if row["tool"] not in r2migrate_tools:
             continue
-        metric = RATIO_METRIC.get(row["set"], "files_per_s")
+        metric = ratio_metric(row["set"])
         ours = row["median"][metric]
         for peer in summary:
             if peer["set"] != row["set"] or peer["tool"] in r2migrate_tools:
@@ -86,6 +94,31 @@ def ratios(
                     "ratio": ours / theirs if ours and theirs else None,
                 }
             )
+    return out
+
+
+def tls_ratios(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per tool, its HTTPS median over its HTTP median for each set run both ways."""
+    plain = {(r["set"], r["tool"]): r for r in summary}
+    out = []
+    for row in summary:
+        if not row["set"].endswith(TLS_SUFFIX):
+            continue
+        base = plain.get((row["set"].removesuffix(TLS_SUFFIX), row["tool"]))
+        if base is None:
+            continue
+        metric = ratio_metric(row["set"])
+        https, http = row["median"][metric], base["median"][metric]
+        out.append(
+            {
+                "set": row["set"],
+                "tool": row["tool"],
+                "metric": metric,
+                "http": http,
+                "https": https,
+                "ratio": https / http if https and http else None,
+            }
+        )
     return out
 
 
@@ -185,13 +218,38 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     peers = list(dict.fromkeys(r["peer"] for r in result["ratios"]))
     if peers:
-        out += ["", "## r2migrate / peer (files/s for small and mix, MiB/s for large)", ""]
+        out += [
+            "",
+            "## r2migrate / peer (files/s for small and mix, MiB/s for large; -tls: over HTTPS)",
+            "",
+        ]
         keyed = {(r["set"], r["tool"], r["peer"]): r["ratio"] for r in result["ratios"]}
         pairs = sorted({(r["set"], r["tool"]) for r in result["ratios"]}, key=_set_order)
         out += _table(
             ["set", "r2migrate variant", *(f"vs {p}" for p in peers)],
             ([s, t, *(_ratio(keyed.get((s, t, p))) for p in peers)] for s, t in pairs),
         )
+    if result.get("tls"):
+        out += ["", "## HTTPS / HTTP, per tool (the same server, dataset and metric)", ""]
+        out += _table(
+            ["set", "tool", "metric", "HTTP", "HTTPS", "HTTPS / HTTP"],
+            (
+                [
+                    r["set"],
+                    r["tool"],
+                    r["metric"].replace("_per_s", "/s"),
+                    _fmt(r["http"]),
+                    _fmt(r["https"]),
+                    _ratio(r["ratio"]),
+                ]
+                for r in result["tls"]
+            ),
+        )
+        out += [
+            "",
+            "HTTPS runs trust the stack's self-signed certificate (`ca_bundle` / `AWS_CA_BUNDLE` "
+            "/ `RCLONE_CA_CERT`); certificate checks stay on for every tool.",
+        ]
     if result.get("scale_checks"):
         out += ["", "## Scale checks", ""]
         out += _table(
@@ -236,9 +294,10 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _set_order(pair: tuple[str, str]) -> tuple[int, str]:
+def _set_order(pair: tuple[str, str]) -> tuple[int, bool, str]:
     order = {"small": 0, "large": 1, "mix": 2}
-    return order.get(pair[0], 9), pair[1]
+    base = pair[0].removesuffix(TLS_SUFFIX)
+    return order.get(base, 9), pair[0] != base, pair[1]
 
 
 def _ratio(value: float | None) -> str:

@@ -70,11 +70,16 @@ def parse_variant(text: str) -> Tool:
 
 @dataclass
 class Endpoint:
-    """Where the S3 server listens and how to log in (the stack's generated credentials)."""
+    """Where the S3 server listens and how to log in (the stack's generated credentials).
+
+    ``ca_bundle``: for an https URL, the stack's self-signed certificate, which every tool is
+    told to trust (never to skip verification, so each pays for a real TLS client).
+    """
 
     url: str
     access_key: str
     secret_key: str = field(repr=False)
+    ca_bundle: Path | None = None
 
 
 def clean_env() -> dict[str, str]:
@@ -220,6 +225,7 @@ def r2migrate_env(
         "R2MIGRATE_BUCKET_NAME": bucket,
         "R2MIGRATE_MEDIA_ROOT": str(media_root),
         "R2MIGRATE_STATE_DIR": str(state_dir),
+        **({"R2MIGRATE_CA_BUNDLE": str(endpoint.ca_bundle)} if endpoint.ca_bundle else {}),
     }
 
 
@@ -235,6 +241,13 @@ def peer_command(
     """The argv and environment that upload ``media_root`` into ``bucket`` with a peer."""
     missing = str(work_dir / "no-such-aws-file")
     env: dict[str, str] = clean_env()
+    if endpoint.ca_bundle:
+        # Each tool's own way to trust one CA: AWS_CA_BUNDLE for s5cmd (aws-sdk-go) and the
+        # aws CLI (botocore); RCLONE_CA_CERT (--ca-cert) for rclone, whose aws-sdk-go refuses
+        # AWS_CA_BUNDLE with its own HTTP transport (LoadCustomCABundleError).
+        env["RCLONE_CA_CERT" if tool.kind == "rclone" else "AWS_CA_BUNDLE"] = str(
+            endpoint.ca_bundle
+        )
     if tool.kind in ("s5cmd", "aws"):
         env.update(
             {

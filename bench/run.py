@@ -9,9 +9,10 @@ bucket holds exactly the dataset (keys and sizes), and writes medians and ratios
 The r2migrate case is the product as an operator runs it: a fresh database with a Django-style
 table pointing at the dataset, then ``r2migrate plan`` and ``r2migrate run`` as subprocesses (rows
 in PostgreSQL, HEAD per key, SHA-256, ledger writes). Settings per variant: ``bench_tools.TOOLS``
-or ``--variant NAME:key=value,...``.
+or ``--variant NAME:key=value,...``. A ``-tls`` set (``small-tls``) is its base dataset sent to
+the same server's HTTPS listener, every tool trusting the stack's self-signed certificate.
 
-    .venv/bin/python bench/run.py                      # everything, full size (~30 min)
+    .venv/bin/python bench/run.py                      # everything, full size, HTTPS too
     .venv/bin/python bench/run.py --scale 0.1 --repeats 1
     .venv/bin/python bench/run.py --sets small --tools r2migrate,s5cmd \\
         --variant r2m-1p:processes=1,workers=32
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -52,6 +54,8 @@ from r2migrate.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ("small", "large", "mix")
+TLS_SETS = tuple(s + bench_report.TLS_SUFFIX for s in SETS)  # the same data over HTTPS
+DEFAULT_SETS = (*SETS, "small-tls")
 CHECKS = ("dryrun100k", "rerun")
 SCHEMA_VERSION = 1
 SAMPLE_TABLE = "list_cutter_savedfile"
@@ -66,7 +70,8 @@ class Context:
 
     run_dir: Path
     stack: devstack.StackInfo
-    endpoint: Endpoint
+    endpoint: Endpoint  # plain HTTP
+    tls_endpoint: Endpoint | None  # HTTPS on the same server, when a "-tls" set is run
     servers: ServerCpu
     installed: Installed
     timeout_s: float
@@ -80,6 +85,12 @@ class Context:
 
     def log(self, name: str) -> Path:
         return self.run_dir / "logs" / f"{name}.log"
+
+    def endpoint_for(self, dataset: Dataset) -> Endpoint:
+        if dataset.name.endswith(bench_report.TLS_SUFFIX):
+            assert self.tls_endpoint is not None, "the stack was started without TLS"
+            return self.tls_endpoint
+        return self.endpoint
 
     def s3(self) -> Any:
         settings = load_settings(
@@ -205,7 +216,7 @@ def r2migrate_case(ctx: Context, name: str, dataset: Dataset) -> Iterator[tuple[
     work = ctx.run_dir / "work" / name
     work.mkdir(parents=True)
     env = bench_tools.r2migrate_env(
-        ctx.endpoint,
+        ctx.endpoint_for(dataset),
         database_url=url,
         bucket=name,
         media_root=dataset.media_root,
@@ -310,7 +321,7 @@ def run_peer(ctx: Context, tool: Tool, dataset: Dataset, repeat: int) -> dict[st
     argv, env = bench_tools.peer_command(
         tool,
         ctx.installed.paths[tool.kind],
-        ctx.endpoint,
+        ctx.endpoint_for(dataset),
         bucket=name,
         media_root=dataset.media_root,
         work_dir=work,
@@ -529,7 +540,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     names = [t.name for t in bench_tools.TOOLS]
     parser.add_argument("--scale", type=float, default=1.0, help="shrink every dataset (0.05)")
-    parser.add_argument("--sets", default=",".join(SETS), help=f"comma list of {SETS}")
+    parser.add_argument(
+        "--sets",
+        default=",".join(DEFAULT_SETS),
+        help=f"comma list of {SETS + TLS_SETS} ('-tls': the same dataset over HTTPS)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tools", default=",".join(names), help=f"comma list of {names}")
     parser.add_argument(
@@ -554,9 +569,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     args.sets = [s for s in args.sets.split(",") if s]
-    unknown = [s for s in args.sets if s not in SETS]
+    unknown = [s for s in args.sets if s not in SETS + TLS_SETS]
     if unknown:
-        parser.error(f"unknown set(s) {unknown}; choose from {SETS}")
+        parser.error(f"unknown set(s) {unknown}; choose from {SETS + TLS_SETS}")
     args.checks = [] if args.checks == "none" else [c for c in args.checks.split(",") if c]
     if [c for c in args.checks if c not in CHECKS]:
         parser.error(f"--checks: choose from {CHECKS} or 'none'")
@@ -606,8 +621,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(note)
 
     data_t0 = time.monotonic()
+    # A "-tls" set is its base dataset (the same cached files) under its own name.
     datasets = {
-        s: bench_data.build_dataset(args.cache_dir, s, scale=args.scale, seed=args.seed)
+        s: dataclasses.replace(
+            bench_data.build_dataset(
+                args.cache_dir,
+                s.removesuffix(bench_report.TLS_SUFFIX),
+                scale=args.scale,
+                seed=args.seed,
+            ),
+            name=s,
+        )
         for s in args.sets
     }
     if "rerun" in args.checks and "small" not in datasets:
@@ -645,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": ctx_runs,
         "summary": [],
         "ratios": [],
+        "tls": [],
         "scale_checks": [],
         "profile": None,
         "notes": notes,
@@ -664,11 +689,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     ctx_runs.clear()
     try:
-        stack = devstack.start_stack(stack_root)
+        tls = any(s in TLS_SETS for s in args.sets)
+        stack = devstack.start_stack(stack_root, tls=tls)
+        plain_url = stack.http_endpoint_url or stack.endpoint_url
         ctx = Context(
             run_dir=run_dir,
             stack=stack,
-            endpoint=Endpoint(stack.endpoint_url, stack.access_key, stack.secret_key),
+            endpoint=Endpoint(plain_url, stack.access_key, stack.secret_key),
+            tls_endpoint=(
+                Endpoint(stack.endpoint_url, stack.access_key, stack.secret_key, stack.ca_bundle)
+                if tls
+                else None
+            ),
             servers=ServerCpu(stack.weed_pid, stack.postgres_pid),
             installed=installed,
             timeout_s=args.timeout,
@@ -690,6 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
         result["summary"] = bench_report.summarize(ctx_runs)
         result["ratios"] = bench_report.ratios(result["summary"], [t.name for t in r2m_tools])
+        result["tls"] = bench_report.tls_ratios(result["summary"])
         first = r2m_tools[0] if r2m_tools else None
         if first is not None:
             if "dryrun100k" in args.checks:

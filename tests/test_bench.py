@@ -1,8 +1,9 @@
 """Smoke test of the benchmark harness (`make bench` = bench/run.py) on a tiny dataset.
 
 Runs r2migrate and, only when a previous `make bench` already installed it, s5cmd (nothing is
-installed here). Asserts that every run was checked against the bucket and the shape of
-results.json; never a timing.
+installed here), over HTTP (``small``) and HTTPS (``small-tls``, the stack's self-signed CA).
+Asserts that every run was checked against the bucket and the shape of results.json; never a
+timing.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_bench_smoke_run_checks_buckets_and_writes_results(tmp_path: Path) -> No
             "--scale",
             "0.002",
             "--sets",
-            "small",
+            "small,small-tls",
             "--repeats",
             "1",
             "--tools",
@@ -70,10 +71,11 @@ def test_bench_smoke_run_checks_buckets_and_writes_results(tmp_path: Path) -> No
     assert result["schema_version"] == 1
     for key in ("run_id", "args", "machine", "tools", "datasets", "runs", "summary", "ratios"):
         assert key in result
-    assert result["args"]["sets"] == ["small"]
+    assert result["args"]["sets"] == ["small", "small-tls"]
     small = result["datasets"]["small"]
     assert small["files"] == 20
     assert small["non_ascii_names"] == 0
+    assert result["datasets"]["small-tls"] == small  # the same files, sent over HTTPS
 
     s5cmd_there = result["tools"]["s5cmd"]["available"]
     expected_tools = {"r2migrate", "s5cmd"} if s5cmd_there else {"r2migrate"}
@@ -90,25 +92,36 @@ def test_bench_smoke_run_checks_buckets_and_writes_results(tmp_path: Path) -> No
         for metric in METRICS:
             assert isinstance(run[metric], int | float)
             assert run[metric] >= 0
-    (ours,) = [r for r in result["runs"] if r["tool"] == "r2migrate"]
-    assert set(ours["phases"]) == {"plan", "run"}
-    assert ours["exit_codes"] == {"plan": 0, "run": 0}
-    ledger = ours["ledger"]["files"]
-    assert ledger.get("uploaded", 0) + ledger.get("verified", 0) == 20
+    ours = [r for r in result["runs"] if r["tool"] == "r2migrate"]
+    assert [r["set"] for r in ours] == ["small", "small-tls"]
+    for run in ours:
+        assert set(run["phases"]) == {"plan", "run"}
+        assert run["exit_codes"] == {"plan": 0, "run": 0}
+        ledger = run["ledger"]["files"]
+        assert ledger.get("uploaded", 0) + ledger.get("verified", 0) == 20
 
+    sets = ("small", "small-tls")
     assert {(row["set"], row["tool"]) for row in result["summary"]} == {
-        ("small", t) for t in expected_tools
+        (s, t) for s in sets for t in expected_tools
     }
     for row in result["summary"]:
         assert row["valid_runs"] == row["runs"] == 1
         assert set(row["median"]) >= set(METRICS)
     if s5cmd_there:
-        (ratio,) = result["ratios"]
-        assert (ratio["set"], ratio["tool"], ratio["peer"]) == ("small", "r2migrate", "s5cmd")
-        assert ratio["metric"] == "files_per_s"
-        assert ratio["ratio"] > 0
+        assert [(r["set"], r["tool"], r["peer"]) for r in result["ratios"]] == [
+            (s, "r2migrate", "s5cmd") for s in sets
+        ]
+        for ratio in result["ratios"]:
+            assert ratio["metric"] == "files_per_s"
+            assert ratio["ratio"] > 0
     else:
         assert result["ratios"] == []
+    assert {(r["set"], r["tool"]) for r in result["tls"]} == {
+        ("small-tls", t) for t in expected_tools
+    }
+    for tls in result["tls"]:
+        assert tls["metric"] == "files_per_s"
+        assert tls["ratio"] > 0
 
     checks = {c["name"].split(" (")[0]: c for c in result["scale_checks"]}
     assert set(checks) == {

@@ -104,6 +104,73 @@ def test_multipart_aborts_when_the_content_differs_from_the_hash(make_settings):
     assert bucket.head("changed.bin") is None
 
 
+@pytest.mark.parametrize("change", ["grew", "shrank"])
+def test_multipart_streams_parts_from_the_file_and_refuses_a_size_change(
+    make_settings, tmp_path, change
+):
+    # Parts are hashed, then streamed from the file itself (no part-sized buffer): a file
+    # whose size moved since it was hashed is aborted, never completed.
+    bucket = Bucket(make_settings())
+    hashed = b"z" * (11 * MIB)
+    path = tmp_path / "moving.bin"
+    path.write_bytes(hashed + b"more" if change == "grew" else hashed[: 7 * MIB])
+    with path.open("rb") as fh, pytest.raises(DigestMismatch) as info:
+        bucket.put_multipart_checked(
+            "moving.bin",
+            fh,
+            size_bytes=len(hashed),
+            part_size_bytes=5 * MIB,
+            sha256_hex=_sha(hashed),
+            content_type="application/octet-stream",
+        )
+    assert info.value.code == "SourceChanged"
+    assert bucket.head("moving.bin") is None
+    with path.open("wb") as fh:
+        fh.write(hashed)
+    with path.open("rb") as fh:
+        result = bucket.put_multipart_checked(
+            "moving.bin",
+            fh,
+            size_bytes=len(hashed),
+            part_size_bytes=5 * MIB,
+            sha256_hex=_sha(hashed),
+            content_type="application/octet-stream",
+        )
+    assert result.etag.strip('"').endswith("-3")
+    assert bucket.get_sha256("moving.bin") == (_sha(hashed), len(hashed))
+
+
+class _ShrinksBeforeTheSend(io.BytesIO):
+    """A source cut to 3 MiB between a part's hash pass and its send (the second rewind)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.rewinds = 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if (pos, whence) == (0, 0):
+            self.rewinds += 1
+            if self.rewinds == 2:
+                self.truncate(3 * MIB)
+        return super().seek(pos, whence)
+
+
+def test_multipart_source_shrinking_while_a_part_is_sent_fails_at_once(make_settings):
+    bucket = Bucket(make_settings())
+    data = b"s" * (6 * MIB)
+    with pytest.raises(DigestMismatch) as info:  # not a read timeout 60 s later
+        bucket.put_multipart_checked(
+            "shrinks.bin",
+            _ShrinksBeforeTheSend(data),
+            size_bytes=len(data),
+            part_size_bytes=5 * MIB,
+            sha256_hex=_sha(data),
+            content_type="application/octet-stream",
+        )
+    assert info.value.code == "SourceChanged"
+    assert bucket.head("shrinks.bin") is None
+
+
 def test_multipart_is_create_only(make_settings):
     bucket = Bucket(make_settings())
     small = b"first"

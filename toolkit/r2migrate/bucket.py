@@ -22,6 +22,7 @@ from r2migrate.errors import (
     AccessDenied,
     BucketError,
     BucketUnavailable,
+    ConfigError,
     DigestMismatch,
     NoSuchBucket,
     ObjectChanged,
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 SHA256_METADATA_KEY = "sha256"  # sent as x-amz-meta-sha256, hex digest of the whole file
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 10_000
+_HASH_BLOCK_BYTES = 1 << 20  # one reusable read buffer per multipart upload
 
 TRANSIENT_CODES = frozenset(
     {
@@ -94,6 +96,27 @@ def part_size_for(size_bytes: int, chunk_bytes: int) -> int:
     return part
 
 
+def tls_verify(settings: Settings) -> bool | str:
+    """botocore's ``verify``: False (no checks), True (certifi's bundle) or a CA bundle's path.
+
+    A ``ca_bundle`` that is not a readable file is a ConfigError here, before any request, not
+    an unreadable-bundle error on the first connection.
+    """
+    if not settings.verify:
+        return False
+    if settings.ca_bundle is None:
+        return True
+    try:
+        with settings.ca_bundle.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ConfigError(
+            f"ca_bundle {settings.ca_bundle}: {exc.strerror or exc}",
+            hint="Point ca_bundle (or AWS_CA_BUNDLE) at a PEM file of CA certificates.",
+        ) from exc
+    return str(settings.ca_bundle)
+
+
 def make_client(settings: Settings, *, max_pool_connections: int | None = None) -> S3Client:
     """A client with R2-safe checksum settings and no hidden retries (we record every attempt)."""
     config = Config(
@@ -117,7 +140,7 @@ def make_client(settings: Settings, *, max_pool_connections: int | None = None) 
     client: S3Client = session.client(
         "s3",
         endpoint_url=settings.effective_endpoint_url,
-        verify=settings.verify,
+        verify=tls_verify(settings),
         config=config,
     )
     return client
@@ -164,6 +187,76 @@ def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = N
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{where}: no credentials configured", code="NoCredentials")
     return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
+
+
+class _PartWindow:
+    """Bytes ``[offset, offset + size)`` of a seekable stream, as a file botocore can stream.
+
+    botocore takes the length from ``len()``, rewinds with ``seek``/``tell`` and reads in
+    blocks; every read seeks the underlying stream first, so nothing else need keep its place.
+    """
+
+    def __init__(self, stream: IO[bytes], offset: int, size: int) -> None:
+        self._stream = stream
+        self._offset = offset
+        self._size = max(0, size)
+        self._pos = 0
+        self.shrank = False  # the stream ended early while botocore read it
+
+    def __len__(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = min(max(0, base + pos), self._size)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._size - self._pos
+        count = left if size is None or size < 0 else min(size, left)
+        if count <= 0:
+            return b""
+        self._stream.seek(self._offset + self._pos)
+        data = self._stream.read(count)
+        if len(data) < count:
+            # Shrunk since it was hashed: end the request now rather than leave the server
+            # waiting for the promised Content-Length until the read timeout.
+            self.shrank = True
+            raise OSError(f"the source ended {count - len(data)} bytes early")
+        self._pos += len(data)
+        return data
+
+    def hash(self, scratch: bytearray, *digests: Any) -> int:
+        """Feed the window to ``digests`` through ``scratch``; the bytes found (short at EOF)."""
+        self._stream.seek(self._offset)
+        readinto = getattr(self._stream, "readinto", None)
+        done = 0
+        with memoryview(scratch) as view:
+            while done < self._size:
+                want = min(len(view), self._size - done)
+                if readinto is not None:
+                    count = int(readinto(view[:want]) or 0)
+                    chunk: Any = view[:count]
+                else:  # a stream without readinto: one copy per read
+                    chunk = self._stream.read(want)
+                    count = len(chunk)
+                if not count:
+                    break
+                for digest in digests:
+                    digest.update(chunk)
+                done += count
+        return done
+
+
+def _source_changed(key: str, read_bytes: int, size_bytes: int) -> DigestMismatch:
+    return DigestMismatch(
+        f"{key}: the file changed while it was uploaded "
+        f"({read_bytes} bytes read, {size_bytes} expected)",
+        code="SourceChanged",
+    )
 
 
 class Bucket:
@@ -214,17 +307,26 @@ class Bucket:
         """
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            try:
-                page = self.client.list_objects_v2(**kwargs)
-            except Exception as exc:
-                raise translate_error(exc, op="LIST", bucket=self.name, key=prefix) from exc
-            yield [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
-            if not page.get("IsTruncated"):
+            page, token = self.list_page(prefix, token)
+            yield page
+            if token is None:
                 return
-            token = page.get("NextContinuationToken")
+
+    def list_page(
+        self, prefix: str = "", token: str | None = None
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        """One ListObjectsV2 call: (key, size) of up to 1,000 objects, and the token of the next
+        page (None after the last). A failed page can be asked again with the same token."""
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        try:
+            page = self.client.list_objects_v2(**kwargs)
+        except Exception as exc:
+            raise translate_error(exc, op="LIST", bucket=self.name, key=prefix) from exc
+        items = [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
+        following = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        return items, following or None
 
     # -- one object -----------------------------------------------------------------------------
 
@@ -302,9 +404,15 @@ class Bucket:
         content_type: str,
         content_encoding: str | None = None,
     ) -> PutResult:
-        """Multipart upload in equal parts, each with its SHA-256; memory ≈ one part.
+        """Multipart upload in equal parts, each with its SHA-256; memory: 1 MiB, not a part.
 
-        The whole-file digest is recomputed while the parts are read: if it differs from
+        Each part is read twice from the (seekable) stream: once to hash it, because its
+        SHA-256 travels in a header before its bytes, then by botocore, which streams it from a
+        window of the stream (``_PartWindow``). The page cache makes the second read cheap; the
+        server checks every part against its digest, so a file that changes in between gets
+        ``BadDigest``, never a wrong object. Holding each part in memory instead cost
+        ``workers`` x part size, twice over while the next part was read.
+        The whole-file digest is recomputed while the parts are hashed: if it differs from
         `sha256_hex` (the file changed since it was hashed) the upload is aborted, never completed.
         """
         params = self._write_params(sha256_hex, content_type, content_encoding)
@@ -317,37 +425,42 @@ class Bucket:
         upload_id = created["UploadId"]
         whole = hashlib.sha256()
         parts: list[dict[str, Any]] = []
+        scratch = bytearray(_HASH_BLOCK_BYTES)
         sent = 0
         try:
             number = 0
             while True:
-                chunk = stream.read(part_size_bytes)
-                if not chunk and number > 0:
-                    break
+                part = _PartWindow(stream, sent, min(part_size_bytes, size_bytes - sent))
+                part_hash = hashlib.sha256()
+                got = part.hash(scratch, part_hash, whole)
+                if got < len(part):
+                    raise _source_changed(key, sent + got, size_bytes)
                 number += 1
-                whole.update(chunk)
-                sent += len(chunk)
-                digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode("ascii")
+                sent += got
+                digest = base64.b64encode(part_hash.digest()).decode("ascii")
+                part.seek(0)
                 try:
                     resp = self.client.upload_part(
                         Bucket=self.name,
                         Key=key,
                         UploadId=upload_id,
                         PartNumber=number,
-                        Body=chunk,
+                        Body=part,  # type: ignore[arg-type]
                         ChecksumSHA256=digest,
                     )
                 except Exception as exc:
+                    if part.shrank:
+                        shortfall_at = sent - len(part) + part.tell()
+                        raise _source_changed(key, shortfall_at, size_bytes) from exc
                     raise translate_error(exc, op="UPLOAD-PART", bucket=self.name, key=key) from exc
                 parts.append({"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest})
-                if len(chunk) < part_size_bytes:
+                if sent >= size_bytes:
                     break
-            if whole.hexdigest() != sha256_hex or sent != size_bytes:
-                raise DigestMismatch(
-                    f"{key}: the file changed while it was uploaded "
-                    f"({sent} bytes read, {size_bytes} expected)",
-                    code="SourceChanged",
-                )
+            stream.seek(size_bytes)
+            if stream.read(1):  # the file grew after it was hashed
+                raise _source_changed(key, sent + 1, size_bytes)
+            if whole.hexdigest() != sha256_hex:
+                raise _source_changed(key, sent, size_bytes)
             try:
                 resp_c = self.client.complete_multipart_upload(
                     Bucket=self.name,

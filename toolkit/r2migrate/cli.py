@@ -104,6 +104,23 @@ class _Ctx:
 pass_ctx = click.make_pass_decorator(_Ctx)
 
 
+def _source_options(command: F) -> F:
+    """``--source`` and ``--media-url``: read the files from the disk or from the running app."""
+    command = click.option(
+        "--media-url",
+        metavar="URL",
+        help="The application's MEDIA_URL as an absolute URL (https://app.example.com/media/); "
+        "each file is GET media_url + its percent-encoded name. An auth header comes only from "
+        "R2MIGRATE_MEDIA_AUTH_HEADER='Authorization: Bearer ...' (never a flag: it is a secret).",
+    )(command)
+    return click.option(
+        "--source",
+        type=click.Choice(["disk", "http"], case_sensitive=False),
+        help="Where the bytes come from: disk (media_root, the default) or http (media_url, for "
+        "a worker that cannot see the disk; 404 = a missing row, same SHA-256 and size checks).",
+    )(command)
+
+
 def _parse_set(values: Sequence[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in values:
@@ -299,13 +316,22 @@ def dev() -> None:
 
 @dev.command("up")
 @click.option("--bucket", "bucket_name", default="media", show_default=True)
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve S3 over HTTPS too, with a self-signed certificate for 127.0.0.1 made for this "
+    "install; the other commands then use https and trust that certificate (ca_bundle), as "
+    "they would reach R2 over TLS.",
+)
 @pass_ctx
-def dev_up(obj: _Ctx, bucket_name: str) -> None:
+def dev_up(obj: _Ctx, bucket_name: str, tls: bool) -> None:
     """Start (or find running) the embedded PostgreSQL and S3 server."""
     settings = obj.settings()
-    info = devstack.start_stack(settings.state_dir.resolve(), bucket_name=bucket_name)
+    info = devstack.start_stack(settings.state_dir.resolve(), bucket_name=bucket_name, tls=tls)
     click.echo(f"PostgreSQL  {_redact(info.database_url)}  (pid {info.postgres_pid})")
     click.echo(f"S3          {info.endpoint_url}  bucket {info.bucket_name}  (pid {info.weed_pid})")
+    if info.ca_bundle:
+        click.echo(f"TLS         trusting {info.ca_bundle}")
     click.echo(f"MEDIA_ROOT  {info.media_root}")
     click.echo(f"Settings for other commands are read from {info.root / 'stack.json'}.")
 
@@ -376,6 +402,7 @@ def dev_sample_data(obj: _Ctx, files: int, seed: int) -> None:
     help="Bandwidth for the time estimate.",
 )
 @click.option("--show", default=20, show_default=True, help="How many problem rows to list.")
+@_source_options
 @pass_ctx
 def inventory(
     obj: _Ctx,
@@ -385,16 +412,21 @@ def inventory(
     files_per_s: float,
     mib_per_s: float,
     show: int,
+    source: str | None,
+    media_url: str | None,
 ) -> None:
     """Every file the database references, plus orphans on disk: sizes, problems, cost, time.
 
     \b
     Problem codes: missing, unsafe_path, not_regular_file, unreadable, empty_name,
     duplicate_reference, key_too_long, key_invalid, not_nfc, normalization_collision,
-    gzip_encoding, orphan. Blocking problems keep a file out of the plan.
+    gzip_encoding, size_mismatch, orphan. Blocking problems keep a file out of the plan.
+
+    With --source http each file is sized by a HEAD request to --media-url instead of a stat:
+    a 404 is `missing`, a 401/403 stops with a hint, and orphans are not looked for.
     """
-    settings = obj.settings()
-    settings.require("database_url", "media_root")
+    settings = obj.settings(source=source, media_url=media_url)
+    settings.require("database_url", *settings.source_settings)
     writer = None
     handle = None
     if csv_path is not None:
@@ -492,6 +524,7 @@ def _render_inventory(s: InventorySummary, show: int) -> None:
 @click.option(
     "--show", default=20, show_default=True, help="How many refused/conflicting files to list."
 )
+@_source_options
 @pass_ctx
 def plan(
     obj: _Ctx,
@@ -500,6 +533,8 @@ def plan(
     max_files: int | None,
     as_json: bool,
     show: int,
+    source: str | None,
+    media_url: str | None,
 ) -> None:
     """Decide per file: upload, already there (ours), conflict, or refuse; group into batches.
 
@@ -507,8 +542,8 @@ def plan(
     treated as ours when it carries this file's SHA-256. With --dry-run nothing is written: not to
     the bucket, not to the state tables.
     """
-    settings = obj.settings(batch_size=batch_size)
-    settings.require("database_url", "media_root", "bucket_name")
+    settings = obj.settings(batch_size=batch_size, source=source, media_url=media_url)
+    settings.require("database_url", *settings.source_settings, "bucket_name")
     with _open_state(settings, migrate=not dry_run) as state:
         collected: list[MediaFile] = []
         with _progress(None, "inventory") as tick:
@@ -574,6 +609,7 @@ def plan(
     help="Upload processes (0 = one per core for 500+ files).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@_source_options
 @pass_ctx
 def run(
     obj: _Ctx,
@@ -583,17 +619,26 @@ def run(
     workers: int | None,
     processes: int | None,
     as_json: bool,
+    source: str | None,
+    media_url: str | None,
 ) -> None:
     """Upload planned batches: create-only PUT with SHA-256, retries, every step recorded.
 
     Without --batch, runs every batch that has work left, oldest first. Ctrl-C stops cleanly
     (exit 130); a killed run loses nothing: the next run HEADs files that were in flight and
     never sends a file the bucket already holds with its SHA-256.
+
+    With --source http every file is read with a GET from --media-url: the SHA-256 is taken
+    over the bytes received, their count must equal the Content-Length and the inventory's size,
+    and the PUT is the same create-only one. Files above multipart_threshold_bytes are fetched
+    twice (hash, then send), the second pass re-hashed.
     """
     if batch_id and resume_batch:
         raise click.UsageError("Give --batch or --resume-batch, not both.")
-    settings = obj.settings(workers=workers, processes=processes)
-    settings.require("database_url", "media_root", "bucket_name")
+    settings = obj.settings(
+        workers=workers, processes=processes, source=source, media_url=media_url
+    )
+    settings.require("database_url", *settings.source_settings, "bucket_name")
     with _open_state(settings) as state:
         target = batch_id or resume_batch
         todo = [state.get_batch(target)] if target else state.batches_to_run()
@@ -670,9 +715,16 @@ def run(
 @click.option("--processes", type=click.IntRange(0, 256), help="Upload processes (0 = auto).")
 @click.option("--poll-s", type=click.FloatRange(0.1), default=5.0, show_default=True)
 @click.option("--once", is_flag=True, help="Exit when no batch has work left.")
+@_source_options
 @pass_ctx
 def worker(
-    obj: _Ctx, workers: int | None, processes: int | None, poll_s: float, once: bool
+    obj: _Ctx,
+    workers: int | None,
+    processes: int | None,
+    poll_s: float,
+    once: bool,
+    source: str | None,
+    media_url: str | None,
 ) -> None:
     """Keep uploading: run every batch with work, then wait for new batches.
 
@@ -682,8 +734,10 @@ def worker(
     """
     import time
 
-    settings = obj.settings(workers=workers, processes=processes)
-    settings.require("database_url", "media_root", "bucket_name")
+    settings = obj.settings(
+        workers=workers, processes=processes, source=source, media_url=media_url
+    )
+    settings.require("database_url", *settings.source_settings, "bucket_name")
     first = True
     failed = 0
     while True:

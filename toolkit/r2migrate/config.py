@@ -41,7 +41,7 @@ CONFIG_FILE_NAME = "r2migrate.toml"
 STACK_FILE_NAME = "stack.json"  # written by devstack into state_dir
 
 SECRET_FIELDS: frozenset[str] = frozenset(
-    {"database_url", "access_key", "secret_key", "session_token", "api_token"}
+    {"database_url", "access_key", "secret_key", "session_token", "api_token", "media_auth_header"}
 )
 
 # Names other tools already use. Checked in order; an R2MIGRATE_<FIELD> variable beats them all.
@@ -53,6 +53,7 @@ STANDARD_ENV: Mapping[str, tuple[str, ...]] = {
     "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
     "region_name": ("AWS_REGION", "AWS_DEFAULT_REGION"),
     "bucket_name": ("AWS_STORAGE_BUCKET_NAME",),
+    "ca_bundle": ("AWS_CA_BUNDLE",),
 }
 
 _REDACTED = "***"
@@ -107,6 +108,15 @@ class Settings:
     database_url                PostgreSQL URL of the application (secret: its password).
     state_schema                schema of the toolkit's own tables; a plain SQL identifier.
     media_root                  folder Django's ``MEDIA_ROOT`` points at; read-only.
+    source                      where file bytes are read: ``disk`` (media_root) or ``http``
+                                (GET media_url + name, for a worker that cannot see the disk;
+                                one HEAD per file in inventory, one GET per upload, two for
+                                multipart files, which then hold one part in memory per thread).
+    media_url                   the running application's ``MEDIA_URL`` as an absolute http(s)
+                                URL (``https://app.example.com/media/``); used by ``source=http``,
+                                its TLS certificate checked unless ``verify`` is false.
+    media_auth_header           one ``Name: value`` header sent with every media request, such as
+                                ``Authorization: Bearer ...`` (secret: only its name is shown).
     references                  ``table.column`` / ``schema.table.column`` holding file names.
     reference_id_column         primary-key column of each referencing table.
     write_back                  also fill the original migration columns of the app's table.
@@ -120,10 +130,16 @@ class Settings:
     session_token               temporary-credential session token (secret).
     addressing_style            ``path`` or ``virtual`` host addressing.
     verify                      verify TLS certificates; off only for a self-signed test server.
+    ca_bundle                   PEM file of the CA certificates trusted for the endpoint, instead
+                                of certifi's (django-storages' ``verify`` given a path; set by
+                                an embedded stack started with TLS, for its endpoint only).
+                                Unset = certifi's bundle.
     object_parameters           extra put_object arguments (e.g. CacheControl) for every object.
     batch_size                  files per batch (1-10000); one ledger transaction per batch.
-    workers                     upload threads per process; memory ~ workers x
-                                multipart_chunksize_bytes per process.
+    workers                     upload threads per process; memory at most ~ workers x
+                                multipart_threshold_bytes per process (a file up to the
+                                threshold is read whole; a multipart part is streamed from the
+                                file, 1 MiB per thread).
     fast_put                    send small-object PUTs through fastput.py's own SigV4 signer
                                 and keep-alive sockets (about a tenth of boto3's client CPU);
                                 false = boto3 for everything.
@@ -132,8 +148,10 @@ class Settings:
     max_attempts                tries per file (1-20); each retry is one more Class A request.
     backoff_base_s              seconds before the first retry; doubles per attempt, jittered.
     backoff_max_s               ceiling of one backoff wait, in seconds.
-    multipart_threshold_bytes   bytes from which a file goes multipart (5 MiB-5 GiB).
+    multipart_threshold_bytes   bytes from which a file goes multipart (5 MiB-5 GiB); also the
+                                most one thread holds in memory.
     multipart_chunksize_bytes   part size in bytes (5 MiB-5 GiB); one Class A request per part.
+                                Costs no memory: each part is hashed, then streamed from disk.
     connect_timeout_s           seconds to open a connection to the endpoint.
     read_timeout_s              seconds to wait for a response byte before retrying.
     lease_s                     seconds a claimed file stays reserved for one runner before
@@ -154,6 +172,9 @@ class Settings:
     database_url: str | None = None
     state_schema: str = "r2migrate"
     media_root: Path | None = None
+    source: str = "disk"
+    media_url: str | None = None
+    media_auth_header: str | None = None
     references: tuple[str, ...] = ("list_cutter_savedfile.file_path",)
     reference_id_column: str = "id"
     write_back: bool = False
@@ -167,6 +188,7 @@ class Settings:
     session_token: str | None = None
     addressing_style: str = "path"
     verify: bool = True
+    ca_bundle: Path | None = None
     object_parameters: Mapping[str, str] = _EMPTY_MAP
     batch_size: int = 50
     workers: int = 16
@@ -222,6 +244,11 @@ class Settings:
         return None
 
     @property
+    def source_settings(self) -> tuple[str, ...]:
+        """The settings the configured ``source`` reads from (for ``require``)."""
+        return ("media_url",) if self.source == "http" else ("media_root",)
+
+    @property
     def effective_log_file(self) -> Path:
         """``log_file``, else ``state_dir / "r2migrate.log"``."""
         return self.log_file if self.log_file is not None else self.state_dir / "r2migrate.log"
@@ -259,6 +286,9 @@ class Settings:
     def secret_values(self) -> tuple[str, ...]:
         """The secret strings themselves, for ``logs.configure_logging(secrets=...)``."""
         values = [self.access_key, self.secret_key, self.session_token, self.api_token]
+        if self.media_auth_header:
+            # The header value alone (it may be logged without its name) and the whole line.
+            values += [self.media_auth_header, self.media_auth_header.partition(":")[2].strip()]
         if self.database_url:
             try:
                 password = urlsplit(self.database_url).password
@@ -387,6 +417,11 @@ def load_settings(
     for name in failed:  # keep the error list about the real problem, not a knock-on one
         values.pop(name, None)
         sources.pop(name, None)
+    # The embedded stack's self-signed CA vouches for the stack alone: not for another endpoint.
+    stack_label = stack_layer.sources.get("ca_bundle")
+    if stack_label and sources.get("ca_bundle") == stack_label != sources.get("endpoint_url"):
+        values.pop("ca_bundle", None)
+        sources.pop("ca_bundle", None)
     if "state_dir" not in values:
         values["state_dir"] = state_dir
     sources = {name: sources.get(name, "default") for name in _FIELD_NAMES}
@@ -545,7 +580,12 @@ class _ParseError(ValueError):
 
 
 # Choices compared case-insensitively; stored in the spelling the rest of the code expects.
-_NORMALISE = {"log_level": str.upper, "log_format": str.lower, "addressing_style": str.lower}
+_NORMALISE = {
+    "log_level": str.upper,
+    "log_format": str.lower,
+    "addressing_style": str.lower,
+    "source": str.lower,
+}
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": _MIB, "gib": _GIB}
@@ -638,6 +678,8 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _ACCOUNT_ID = re.compile(r"[0-9a-f]{32}")
 _PARAMETER_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
+# RFC 9110 field-name token, a colon, then a value on one line.
+_HEADER_LINE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[^\r\n\x00]*[^\s][^\r\n\x00]*")
 
 
 def _check(s: Settings) -> Iterable[tuple[str, str]]:
@@ -680,6 +722,7 @@ def _check(s: Settings) -> Iterable[tuple[str, str]]:
             ok = False
         if not ok:
             yield "endpoint_url", f"must be an http(s) URL, got {redact_url(s.endpoint_url)!r}"
+    yield from _check_source(s)
     if s.region_name is not None and not re.fullmatch(r"[a-z0-9-]+", s.region_name):
         yield "region_name", f"must look like 'auto' or 'us-east-1', got {s.region_name!r}"
     if s.r2_account_id is not None and not _ACCOUNT_ID.fullmatch(s.r2_account_id):
@@ -693,6 +736,11 @@ def _check(s: Settings) -> Iterable[tuple[str, str]]:
         yield "", "session_token is set without access_key and secret_key"
     if s.addressing_style not in ("path", "virtual"):
         yield "addressing_style", f"must be 'path' or 'virtual', got {s.addressing_style!r}"
+    if s.ca_bundle is not None and not s.verify:
+        yield (
+            "ca_bundle",
+            "is set but verify is false, so no certificate would be checked: unset one of them",
+        )
     for key in s.object_parameters:
         if key in _RESERVED_OBJECT_PARAMETERS:
             yield (
@@ -727,6 +775,42 @@ def _check(s: Settings) -> Iterable[tuple[str, str]]:
         yield "log_format", f"must be 'text' or 'json', got {s.log_format!r}"
 
 
+def _check_source(s: Settings) -> Iterable[tuple[str, str]]:
+    if s.source not in ("disk", "http"):
+        yield "source", f"must be 'disk' or 'http', got {s.source!r}"
+    if s.media_url is not None:
+        try:
+            parts = urlsplit(s.media_url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            userinfo = "@" in parts.netloc
+            extra = bool(parts.query or parts.fragment)
+        except ValueError:
+            ok, userinfo, extra = False, False, False
+        shown = redact_url(s.media_url)
+        if not ok:
+            yield "media_url", f"must be an absolute http(s) URL, got {shown!r}"
+        elif userinfo:
+            yield (
+                "media_url",
+                "must not hold a user or password (value not shown); put credentials in "
+                "media_auth_header (R2MIGRATE_MEDIA_AUTH_HEADER), which is kept secret",
+            )
+        elif extra:
+            yield "media_url", f"must not have a query or fragment, got {shown!r}"
+    if s.media_auth_header is not None and not _HEADER_LINE.fullmatch(s.media_auth_header):
+        yield (
+            "media_auth_header",
+            "must be one 'Header-Name: value' line, such as 'Authorization: Bearer ...' "
+            "(value not shown)",
+        )
+    if s.source == "http" and s.media_url is None:
+        yield (
+            "media_url",
+            "is required when source is 'http': the application's MEDIA_URL as an absolute URL "
+            "(--media-url https://app.example.com/media/)",
+        )
+
+
 def _check_range(name: str, value: float, low: float, high: float) -> Iterable[tuple[str, str]]:
     if not low <= value <= high:
         yield name, f"must be between {low:,} and {high:,}, got {value:,}"
@@ -751,11 +835,14 @@ def _jsonable(value: object) -> object:
 
 
 def _redact_field(name: str, value: object) -> object:
-    if value is None or (name not in SECRET_FIELDS and name != "endpoint_url"):
+    if value is None or (name not in SECRET_FIELDS and name not in ("endpoint_url", "media_url")):
         return value
     text = str(value)
-    if name in ("database_url", "endpoint_url"):
+    if name in ("database_url", "endpoint_url", "media_url"):
         return redact_url(text)
+    if name == "media_auth_header":
+        header, sep, _ = text.partition(":")
+        return f"{header}: {_REDACTED}" if sep and _HEADER_LINE.fullmatch(text) else _REDACTED
     if name == "access_key":
         return "…" + text[-4:] if len(text) > 8 else _REDACTED
     return _REDACTED

@@ -11,6 +11,8 @@ Layout under ``root`` (the state folder, ``.r2migrate/`` by default)::
     postgres/data        PGDATA                    postgres/run    its unix socket
     weed/data            volumes and filer store   weed/run        its unix sockets
     weed/s3.json         S3 identities (the generated access key and secret)
+    tls/                 with ``tls=True``: s3-cert.pem (self-signed for 127.0.0.1; the CA bundle
+                         clients trust) and s3-key.pem (0600), made by devcert.py on first start
     logs/                postgres.log, weed.log and weed's own glog files
     media/               MEDIA_ROOT for the sample data
 """
@@ -18,6 +20,7 @@ Layout under ``root`` (the state folder, ``.r2migrate/`` by default)::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +30,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -43,6 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from r2migrate import devcert
 from r2migrate.config import redact_url
 from r2migrate.errors import ConfigError, DatabaseUnavailable, ServiceUnavailable, ToolkitError
 
@@ -91,6 +96,10 @@ class StackInfo:
     media_root: Path
     postgres_pid: int  # 0 when no pid is recorded (the stack is stopped)
     weed_pid: int
+    # With TLS: endpoint_url is https:// and ca_bundle the self-signed certificate that vouches
+    # for it; http_endpoint_url is the same server's plain listener (None without TLS).
+    ca_bundle: Path | None = None
+    http_endpoint_url: str | None = None
 
     def __repr__(self) -> str:
         return (
@@ -98,7 +107,8 @@ class StackInfo:
             f"endpoint_url={self.endpoint_url!r}, access_key={self.access_key!r}, "
             f"bucket_name={self.bucket_name!r}, region_name={self.region_name!r}, "
             f"media_root={self.media_root!r}, postgres_pid={self.postgres_pid}, "
-            f"weed_pid={self.weed_pid})"
+            f"weed_pid={self.weed_pid}, ca_bundle={self.ca_bundle!r}, "
+            f"http_endpoint_url={self.http_endpoint_url!r})"
         )
 
 
@@ -123,11 +133,15 @@ class StackStatus:
 # -- public API: the stack ----------------------------------------------------------------------
 
 
-def start_stack(root: Path, *, bucket_name: str = "media") -> StackInfo:
+def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) -> StackInfo:
     """Start PostgreSQL and ``weed mini`` under ``root`` (or find them running); create the bucket.
 
     Idempotent: processes whose recorded pid is alive and still runs our program are kept.
     Credentials and ports are generated on first start and reused while the ports stay free.
+    ``tls=True`` adds an HTTPS listener with a self-signed certificate for 127.0.0.1 (made once
+    under ``tls/``, renewed 30 days before its end): ``endpoint_url`` is then https and
+    ``stack.json`` also names the certificate as ``ca_bundle``, so r2migrate trusts it (and
+    only it). The plain listener stays up as ``http_endpoint_url``, for comparisons.
     """
     if not _BUCKET_NAME.fullmatch(bucket_name):
         raise ConfigError(f"bucket name {bucket_name!r} is not a valid S3 bucket name")
@@ -148,23 +162,28 @@ def start_stack(root: Path, *, bucket_name: str = "media") -> StackInfo:
         pg_port = _free_ports(1, prefer=[pg_port])[0]
     weed_pid = _alive_pid(root, "weed")
     weed_ports: dict[str, int] = runtime.get("weed_ports") or {}
-    if weed_pid is not None and set(weed_ports) != set(_WEED_PORTS):
+    port_names = (*_WEED_PORTS, *(("s3_https",) if tls else ()))
+    if weed_pid is not None and set(weed_ports) != set(port_names):
+        now, asked = ("with", "without") if "s3_https" in weed_ports else ("without", "with")
         raise ToolkitError(
-            f"weed (pid {weed_pid}) runs but {root / RUNTIME_FILE} does not say on which ports",
-            hint="Run `r2migrate dev down`, then `r2migrate dev up`.",
+            f"weed (pid {weed_pid}) runs {now} TLS, or {root / RUNTIME_FILE} does not say on "
+            f"which ports; it cannot be switched {asked} TLS while it runs",
+            hint="Run `r2migrate dev down`, then start the stack again.",
         )
     if weed_pid is None:
-        prefer = [weed_ports.get(name) for name in _WEED_PORTS]
-        weed_ports = dict(
-            zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS), prefer=prefer), strict=True)
-        )
+        prefer = [weed_ports.get(name) for name in port_names]
+        weed_ports = dict(zip(port_names, _free_ports(len(port_names), prefer=prefer), strict=True))
+    tls_files = devcert.certificate_files(root / "tls") if tls else None
+    if tls and weed_pid is None:
+        tls_files = devcert.ensure_certificate(root / "tls")  # never replaced under a live weed
     password = _password_of(stack.get("database_url")) or secrets.token_urlsafe(24)
     access_key = str(stack.get("access_key") or "R2M" + secrets.token_hex(8).upper())
     secret_key = str(stack.get("secret_key") or secrets.token_urlsafe(30))
+    http_url = f"http://127.0.0.1:{weed_ports['s3']}"
     info = StackInfo(
         root=root,
         database_url=f"postgresql://{PG_SUPERUSER}:{password}@127.0.0.1:{pg_port}/{APP_DATABASE}",
-        endpoint_url=f"http://127.0.0.1:{weed_ports['s3']}",
+        endpoint_url=f"https://127.0.0.1:{weed_ports['s3_https']}" if tls else http_url,
         access_key=access_key,
         secret_key=secret_key,
         bucket_name=bucket_name,
@@ -172,6 +191,8 @@ def start_stack(root: Path, *, bucket_name: str = "media") -> StackInfo:
         media_root=root / "media",
         postgres_pid=0,
         weed_pid=0,
+        ca_bundle=tls_files.cert_file if tls_files else None,
+        http_endpoint_url=http_url if tls else None,
     )
     # Written before the processes start so a crash half-way still leaves the secrets that the
     # data folders were initialised with.
@@ -183,12 +204,16 @@ def start_stack(root: Path, *, bucket_name: str = "media") -> StackInfo:
     if pg_pid is None:
         pg_pid = _start_postgres(root, port=pg_port, password=password, user=pg_user)
     if weed_pid is None:
-        weed_pid = _start_weed(root, ports=weed_ports, access_key=access_key, secret_key=secret_key)
+        weed_pid = _start_weed(
+            root, ports=weed_ports, access_key=access_key, secret_key=secret_key, tls=tls_files
+        )
     _wait_for_postgres(root, _url_with_dbname(info.database_url, "postgres"), deadline)
     _ensure_database(info, APP_DATABASE)
-    _wait_for_s3(root, info.endpoint_url, deadline)
+    for url in (info.http_endpoint_url, info.endpoint_url):
+        if url:  # https is checked with the CA clients will use: a bad certificate fails here
+            _wait_for_s3(root, url, deadline, ca_bundle=info.ca_bundle)
     _wait_for_volumes(root, weed_ports["master"], deadline)
-    info = _with_pids(info, postgres_pid=pg_pid, weed_pid=weed_pid)
+    info = dataclasses.replace(info, postgres_pid=pg_pid, weed_pid=weed_pid)
     _create_bucket_until(info, bucket_name, deadline)
     logger.info("embedded stack up under %s: %r", root, info)
     return info
@@ -256,6 +281,8 @@ def read_stack_info(root: Path) -> StackInfo | None:
             media_root=Path(str(stack["media_root"])),
             postgres_pid=_read_pid(_pid_file(root, "postgres")) or 0,
             weed_pid=_read_pid(_pid_file(root, "weed")) or 0,
+            ca_bundle=Path(stack["ca_bundle"]) if stack.get("ca_bundle") else None,
+            http_endpoint_url=stack.get("http_endpoint_url"),
         )
     except KeyError as exc:
         raise ToolkitError(
@@ -440,7 +467,14 @@ def _initdb(base: Path, data: Path, *, password: str, user: pwd.struct_passwd | 
         )
 
 
-def _start_weed(root: Path, *, ports: dict[str, int], access_key: str, secret_key: str) -> int:
+def _start_weed(
+    root: Path,
+    *,
+    ports: dict[str, int],
+    access_key: str,
+    secret_key: str,
+    tls: devcert.CertificateFiles | None = None,
+) -> int:
     weed = root / "weed"
     config = weed / "s3.json"
     identity = {
@@ -483,6 +517,13 @@ def _start_weed(root: Path, *, ports: dict[str, int], access_key: str, secret_ke
         f"-s3.localSocket={weed / 'run' / 's3.sock'}",
         f"-filer.localSocket={weed / 'run' / 'filer.sock'}",
     ]
+    if tls is not None:
+        # HTTPS on its own port beside the plain one (weed serves both with -s3.port.https).
+        args += [
+            f"-s3.port.https={ports['s3_https']}",
+            f"-s3.cert.file={tls.cert_file}",
+            f"-s3.key.file={tls.key_file}",
+        ]
     pid = _spawn_detached(args, root / "logs" / "weed.log", cwd=weed, env=_weed_env(root))
     _pid_file(root, "weed").write_text(f"{pid}\n", encoding="utf-8")
     logger.info("weed mini started, pid %d, s3 port %d", pid, ports["s3"])
@@ -662,13 +703,18 @@ def _wait_for_postgres(root: Path, url: str, deadline: float) -> None:
     )
 
 
-def _wait_for_s3(root: Path, endpoint_url: str, deadline: float) -> None:
+def _wait_for_s3(
+    root: Path, endpoint_url: str, deadline: float, *, ca_bundle: Path | None = None
+) -> None:
     last = ""
+    context = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else None
     while time.monotonic() < deadline:
         if _alive_pid(root, "weed") is None:
             break
         try:
-            with urllib.request.urlopen(endpoint_url + "/", timeout=2) as resp:  # noqa: S310
+            with urllib.request.urlopen(  # noqa: S310 (our own http(s) URL)
+                endpoint_url + "/", timeout=2, context=context
+            ) as resp:
                 resp.read()
             return
         except urllib.error.HTTPError as exc:  # 403 to an anonymous request: it answers
@@ -806,22 +852,13 @@ def _write_stack_file(info: StackInfo) -> None:
             "bucket_name": info.bucket_name,
             "region_name": info.region_name,
             "media_root": str(info.media_root),
+            # Settings too (config reads ca_bundle); http_endpoint_url is ignored there.
+            **(
+                {"ca_bundle": str(info.ca_bundle), "http_endpoint_url": info.http_endpoint_url}
+                if info.ca_bundle
+                else {}
+            ),
         },
-    )
-
-
-def _with_pids(info: StackInfo, *, postgres_pid: int, weed_pid: int) -> StackInfo:
-    return StackInfo(
-        root=info.root,
-        database_url=info.database_url,
-        endpoint_url=info.endpoint_url,
-        access_key=info.access_key,
-        secret_key=info.secret_key,
-        bucket_name=info.bucket_name,
-        region_name=info.region_name,
-        media_root=info.media_root,
-        postgres_pid=postgres_pid,
-        weed_pid=weed_pid,
     )
 
 

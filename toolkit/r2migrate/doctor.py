@@ -31,7 +31,7 @@ from itertools import islice
 from typing import Any
 
 from r2migrate import catalog, keys, source
-from r2migrate.bucket import Bucket, sha256_b64
+from r2migrate.bucket import Bucket, sha256_b64, tls_verify
 from r2migrate.config import Settings, redact_url
 from r2migrate.errors import (
     BucketError,
@@ -442,7 +442,7 @@ class _Doctor:
         endpoint = s.effective_endpoint_url or ""
         before = time.time()
         try:
-            date = _server_date(endpoint, verify=s.verify, timeout_s=s.connect_timeout_s)
+            date = _server_date(endpoint, verify=tls_verify(s), timeout_s=s.connect_timeout_s)
         except BucketUnavailable as exc:
             return (
                 _WARN,
@@ -707,13 +707,13 @@ def _fallback_hint(exc: ToolkitError) -> str:
     return "Run `r2migrate doctor` again after fixing what the detail names."
 
 
-def _server_date(endpoint_url: str, *, verify: bool, timeout_s: float) -> float | None:
+def _server_date(endpoint_url: str, *, verify: bool | str, timeout_s: float) -> float | None:
     """The endpoint's ``Date`` header (epoch seconds) from an unsigned HEAD; None when absent.
 
     Unsigned on purpose: it answers even when the clock is so far off that signed requests are
     refused, which is when the number matters most. Any status (403, 405) carries the header.
     """
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

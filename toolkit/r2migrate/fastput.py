@@ -47,6 +47,7 @@ from r2migrate.bucket import (
     TRANSIENT_CODES,
     PutResult,
     sha256_b64,
+    tls_verify,
 )
 from r2migrate.errors import (
     AccessDenied,
@@ -462,7 +463,7 @@ class FastPut:
         )
         self._ssl_context: ssl.SSLContext | None = None
         if self.tls:
-            self._ssl_context = ssl_context or _default_ssl_context(verify=settings.verify)
+            self._ssl_context = ssl_context or _default_ssl_context(tls_verify(settings))
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[_Connection] = set()
@@ -623,13 +624,16 @@ class FastPut:
             self._local.conn = None
 
 
-def _default_ssl_context(*, verify: bool) -> ssl.SSLContext:
-    """Like botocore: certifi's bundle when installed, else the system store; off = no checks."""
+def _default_ssl_context(verify: bool | str) -> ssl.SSLContext:
+    """Like botocore: the ``ca_bundle`` path alone, else certifi's bundle when installed, else
+    the system store; False = no checks."""
     if not verify:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
     try:
         import certifi
     except ImportError:  # pragma: no cover - botocore then uses its own bundle; we use the system's
