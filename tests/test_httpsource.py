@@ -9,6 +9,7 @@ for a file that exists, a body cut halfway, a required auth header), never mocks
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from r2migrate import inventory, plan
+from r2migrate import doctor, inventory, plan, verify
 from r2migrate import run as run_batches
 from r2migrate.bucket import Bucket
 from r2migrate.cli import main
@@ -341,3 +342,43 @@ def test_a_media_server_failing_every_request_stops_the_run_naming_it(
     assert "media server failed every recent request" in info.value.message
     assert f"--resume-batch {batch_id}" in info.value.hint
     assert _objects(settings) == {}
+
+
+def test_verify_reads_the_source_over_http_without_the_disk(http_settings, served, media_root):
+    settings = http_settings()
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        (batch_id,) = plan(settings, state, batch_size=100).batch_ids
+        assert run_batches(settings, state).failed == 0
+        before = len(served.seen)
+        deep = verify(settings, state, batch_id=batch_id, deep=True)
+        assert deep.counts["match"] == len(FILES) - 1 and deep.ok
+        # the source was hashed over HTTP: one more GET per file, none of them from the disk
+        sourced = [s for s in served.seen[before:] if s.method == "GET"]
+        assert {s.name for s in sourced} == set(FILES) - {"uploads/hidden.txt"}
+
+        (media_root / "uploads/short.txt").write_bytes(b"changed on the server")
+        changed = verify(settings, state, batch_id=batch_id)
+        assert changed.counts["source_changed"] == 1
+        (problem,) = changed.problems
+        assert problem.relative_path == "uploads/short.txt"
+
+        served.behaviour.missing.add("uploads/empty.txt")
+        gone = verify(settings, state, batch_id=batch_id)
+        reasons = {p.relative_path: p.reason for p in gone.problems}
+        assert "missing" in reasons["uploads/empty.txt"]
+
+
+def test_doctor_probes_the_media_server_instead_of_the_disk(http_settings, served, unused_port):
+    served.behaviour.required_header = ("Authorization", SECRET)
+    good = doctor(http_settings(media_auth_header=AUTH))
+    assert good.get("media_url").status.value == "ok", good.get("media_url")
+    assert good.get("config").status.value != "fail"  # media_root is not required for http
+    assert not any(c.name == "media_root" for c in good.checks)
+    refused = doctor(http_settings(media_auth_header="Authorization: Bearer wrong"))
+    assert refused.get("media_url").status.value == "fail"
+    assert "401" in refused.get("media_url").detail
+    down = doctor(http_settings(media_url=f"http://127.0.0.1:{unused_port}/media/", max_attempts=1))
+    assert down.get("media_url").status.value == "fail"
+    for report in (good, refused, down):
+        assert "Bearer" not in json.dumps([c.detail + c.hint for c in report.checks])

@@ -40,9 +40,13 @@ from r2migrate.errors import (
     DigestMismatch,
     ObjectChanged,
     ObjectExists,
+    Problem,
+    SourceError,
+    SourceRefused,
     ToolkitError,
     TransientBucketError,
 )
+from r2migrate.httpsource import MediaServer
 from r2migrate.logs import RedactingFilter
 from r2migrate.state import SCHEMA_VERSION, Connection, State, connect
 
@@ -72,6 +76,7 @@ CHECK_ORDER = (
     "schema",
     "reference",
     "media_root",
+    "media_url",
     "bucket",
     "clock_skew",
     "probe_put",
@@ -226,7 +231,10 @@ class _Doctor:
             if self.conn is not None:
                 with contextlib.suppress(Exception):
                     self.conn.close()
-        self._record("media_root", self._check_media_root, needs_settings=("media_root",))
+        if self.settings is not None and self.settings.source == "http":
+            self._record("media_url", self._check_media_url, needs_settings=("media_url",))
+        else:
+            self._record("media_root", self._check_media_root, needs_settings=("media_root",))
         bucket_needs = ("bucket_name", "endpoint_url", "access_key", "secret_key")
         self._record("bucket", self._check_bucket, needs_settings=bucket_needs)
         self._record("clock_skew", self._check_clock, needs_settings=("endpoint_url",))
@@ -307,7 +315,7 @@ class _Doctor:
         if self.config_error is not None:
             return (_FAIL, "; ".join(self.config_error.problems), self.config_error.hint)
         s = self._settings()
-        required = ("database_url", "media_root", "bucket_name", "access_key", "secret_key")
+        required = ("database_url", *s.source_settings, "bucket_name", "access_key", "secret_key")
         hints = []
         for name in (*required, "endpoint_url"):
             try:
@@ -412,6 +420,23 @@ class _Doctor:
             handle.read(1)  # proves read permission on a file, not only on the listing
         more = "+" if len(names) == MEDIA_SAMPLE_FILES else ""
         return (_OK, f"readable: {len(names)}{more} files found, one opened and read", "")
+
+    def _check_media_url(self) -> _Result:
+        """source = "http": the media server answers, and accepts the auth header if one is set.
+
+        Asks for a name no application stores: 404 is the expected answer, 401/403 fails.
+        """
+        probe = f"r2migrate-doctor-probe-{uuid.uuid4().hex}.txt"
+        with MediaServer.from_settings(self._settings()) as server:
+            try:
+                server.stat(probe)
+            except SourceRefused:
+                raise
+            except SourceError as exc:
+                if exc.problem is not Problem.MISSING:
+                    raise
+                return (_OK, f"{server.media_url} answers (404 for a probe name, as expected)", "")
+        return (_OK, f"{server.media_url} answers", "")
 
     # -- the bucket -------------------------------------------------------------------------
 

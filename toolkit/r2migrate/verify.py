@@ -45,9 +45,18 @@ from typing import Any
 from r2migrate import catalog, source
 from r2migrate.bucket import Bucket, ObjectInfo, sha256_b64
 from r2migrate.config import Settings
-from r2migrate.errors import BucketError, ConfigError, ExitCode, Interrupted, SourceError
+from r2migrate.errors import (
+    BucketError,
+    ConfigError,
+    ExitCode,
+    Interrupted,
+    SourceError,
+    SourceUnavailable,
+)
+from r2migrate.httpsource import MediaServer, RemoteStat
 from r2migrate.pool import drain
 from r2migrate.retry import Requests
+from r2migrate.source import SourceStat
 from r2migrate.state import DONE_STATUSES, Batch, FileRecord, FileStatus, State
 
 log = logging.getLogger(__name__)
@@ -159,10 +168,16 @@ class _Checker:
     """
 
     def __init__(
-        self, bucket: Bucket, media_root: Path, settings: Settings, stop: threading.Event
+        self,
+        bucket: Bucket,
+        media_root: Path,
+        settings: Settings,
+        stop: threading.Event,
+        server: MediaServer | None = None,
     ) -> None:
         self.bucket = bucket
         self.media_root = media_root
+        self.server = server  # source = "http": the source is read from MEDIA_URL
         self.settings = settings
         self.stop = stop
         self.rng = random.Random()
@@ -216,23 +231,35 @@ class _Checker:
                     f"the ledger says {expected} ({rec.size_bytes} bytes)",
                     etag=info.etag,
                 )
-        changed = self._source_changed(rec, deep)
+        try:
+            changed = self._source_changed(rec, deep)
+        except SourceUnavailable as exc:
+            return done(VerifyOutcome.ERROR, exc.message, etag=info.etag, transient=True)
         if changed:
             return done(VerifyOutcome.SOURCE_CHANGED, changed, etag=info.etag)
         return done(VerifyOutcome.MATCH, etag=info.etag)
 
     def _source_changed(self, rec: FileRecord, deep: bool) -> str:
-        """Why the source no longer matches the ledger, or '' when it still does."""
+        """Why the source no longer matches the ledger, or '' when it still does.
+
+        Raises SourceUnavailable when the media server (``source = "http"``) cannot answer.
+        """
         try:
-            found = source.stat_media_file(self.media_root, rec.relative_path)
+            found = self._stat_source(rec.relative_path)
         except SourceError as exc:
             return f"source {exc.problem.value}: {exc.message}"
         moved = found.size_bytes != rec.size_bytes or (
-            rec.mtime_ns is not None and found.mtime_ns != rec.mtime_ns
+            rec.mtime_ns is not None
+            and found.mtime_ns is not None
+            and found.mtime_ns != rec.mtime_ns
         )
         if deep and rec.source_sha256 is not None:
             try:
-                digest, size = source.sha256_file(self.media_root, rec.relative_path)
+                digest, size = (
+                    self.server.sha256(rec.relative_path)
+                    if self.server is not None
+                    else source.sha256_file(self.media_root, rec.relative_path)
+                )
             except SourceError as exc:
                 return f"source {exc.problem.value}: {exc.message}"
             if digest != rec.source_sha256:
@@ -247,6 +274,11 @@ class _Checker:
                 f"the ledger says {rec.size_bytes} bytes, mtime_ns {rec.mtime_ns}"
             )
         return ""
+
+    def _stat_source(self, name: str) -> RemoteStat | SourceStat:
+        if self.server is not None:
+            return self.server.stat(name)
+        return source.stat_media_file(self.media_root, name)
 
 
 def _compare_head(rec: FileRecord, info: ObjectInfo, expected: str) -> str:
@@ -334,7 +366,7 @@ def verify(
             " (deep already reads back every file).",
             hint="Use `--deep` for every file or `--sample N` for N of them.",
         )
-    if settings.media_root is None:
+    if settings.source != "http" and settings.media_root is None:
         raise ConfigError("media_root is not set.", hint="Set media_root (Django's MEDIA_ROOT).")
     started = time.monotonic()
     batches: list[Batch] = (
@@ -378,7 +410,8 @@ def verify(
                 ),
                 rec,
             )
-    checker = _Checker(bucket, Path(settings.media_root), settings, stop)
+    server = MediaServer.from_settings(settings) if settings.source == "http" else None
+    checker = _Checker(bucket, Path(settings.media_root or "."), settings, stop, server)
     try:
         unchecked = drain(
             lambda rec: checker.check(rec, rec.id in deep_ids),
@@ -401,6 +434,8 @@ def verify(
         ) from exc
     finally:
         tally.flush()
+        if server is not None:
+            server.close()
 
     prefixes: list[str] = []
     if tally.aborted is None:
