@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
 
 import pytest
 
 from r2migrate.bucket import Bucket, part_size_for, sha256_b64
 from r2migrate.errors import (
     AccessDenied,
+    BucketError,
     BucketUnavailable,
     DigestMismatch,
     NoSuchBucket,
     ObjectExists,
 )
+from tests.proxy import FaultProxy
 
 MIB = 1024 * 1024
 
@@ -233,3 +237,74 @@ def test_conditional_delete_refuses_a_replaced_object(make_settings):
     assert bucket.head("d.txt") is not None
     bucket.delete_if_match("d.txt", info.etag)
     assert bucket.head("d.txt") is None
+
+
+def _overlap_rule(met: threading.Event, seen: list[str]):
+    """A proxy rule holding each UPLOAD-PART until another one arrives (or 10 s pass).
+
+    Two parts meet at the barrier only if they are in flight at the same moment.
+    """
+    barrier = threading.Barrier(2)
+
+    def rule(request):
+        if request.method == "PUT" and "partNumber" in request.query:
+            seen.append(request.query)
+            try:
+                barrier.wait(timeout=10)
+                met.set()
+            except threading.BrokenBarrierError:
+                barrier.reset()
+        return None
+
+    return rule
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_parts_of_a_file_go_in_parallel_only_from_a_regular_file(
+    stack, make_settings, tmp_path, on_disk
+):
+    host, port = stack.endpoint_url.split("//")[1].split(":")
+    data = os.urandom(3 * 5 * MIB + 7)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    met, seen = threading.Event(), []
+    with FaultProxy(host, int(port), rule=_overlap_rule(met, seen)) as proxy:
+        bucket = Bucket(make_settings(endpoint_url=proxy.url))
+        with open(path, "rb") if on_disk else io.BytesIO(data) as stream:
+            result = bucket.put_multipart_checked(
+                "parallel.bin",
+                stream,
+                size_bytes=len(data),
+                part_size_bytes=5 * MIB,
+                sha256_hex=_sha(data),
+                content_type="application/octet-stream",
+                part_workers=4,
+            )
+    assert result.etag.strip('"').endswith("-4") and len(seen) == 4
+    assert met.is_set() is on_disk  # a BytesIO (like an HTTP body) goes one part at a time
+    assert Bucket(make_settings()).get_sha256("parallel.bin") == (_sha(data), len(data))
+
+
+def test_a_failing_part_aborts_the_parallel_upload(stack, make_settings, tmp_path):
+    host, port = stack.endpoint_url.split("//")[1].split(":")
+    data = os.urandom(4 * 5 * MIB)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+
+    def rule(request):
+        return "reset" if "partNumber=3" in request.query.split("&") else None
+
+    with FaultProxy(host, int(port), rule=rule) as proxy:
+        bucket = Bucket(make_settings(endpoint_url=proxy.url))
+        with open(path, "rb") as stream, pytest.raises(BucketError):
+            bucket.put_multipart_checked(
+                "aborted.bin",
+                stream,
+                size_bytes=len(data),
+                part_size_bytes=5 * MIB,
+                sha256_hex=_sha(data),
+                content_type="application/octet-stream",
+                part_workers=4,
+            )
+        assert proxy.count("DELETE", with_query="uploadId")  # the upload was aborted
+    assert Bucket(make_settings()).head("aborted.bin") is None

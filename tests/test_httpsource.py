@@ -338,7 +338,8 @@ def test_a_media_server_failing_every_request_stops_the_run_naming_it(
         served.behaviour.short.update(names)  # every body stops halfway from now on
         with pytest.raises(SourceUnavailable) as info:
             run_batches(settings, state)
-        assert state.get_batch(batch_id).status.value == "partial"
+        # every file was tried and failed: the batch is failed (a resume tries them again)
+        assert state.get_batch(batch_id).status.value == "failed"
     assert "media server failed every recent request" in info.value.message
     assert f"--resume-batch {batch_id}" in info.value.hint
     assert _objects(settings) == {}
@@ -382,3 +383,37 @@ def test_doctor_probes_the_media_server_instead_of_the_disk(http_settings, serve
     assert down.get("media_url").status.value == "fail"
     for report in (good, refused, down):
         assert "Bearer" not in json.dumps([c.detail + c.hint for c in report.checks])
+
+
+def test_credentials_refused_mid_way_stop_run_and_verify_without_touching_rows(
+    http_settings, served
+):
+    settings = http_settings(media_auth_header=AUTH)
+    served.behaviour.required_header = ("Authorization", SECRET)
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        (batch_id,) = plan(settings, state, batch_size=100).batch_ids
+        served.behaviour.required_header = ("Authorization", "Bearer rotated")  # token rotated
+        with pytest.raises(SourceRefused):
+            run_batches(settings, state)
+        assert not any(f.status is FileStatus.FAILED for f in state.batch_files(batch_id))
+        served.behaviour.required_header = ("Authorization", SECRET)
+        assert run_batches(settings, state).failed == 0
+        assert verify(settings, state, batch_id=batch_id).ok
+        served.behaviour.required_header = ("Authorization", "Bearer rotated")
+        with pytest.raises(SourceRefused):
+            verify(settings, state, batch_id=batch_id, deep=True)
+        statuses = {f.status for f in state.batch_files(batch_id)}
+    assert statuses == {FileStatus.VERIFIED}  # a refused verify demotes nothing
+
+
+def test_mtimes_from_last_modified_compare_to_the_second():
+    from r2migrate.verify import _same_mtime
+
+    disk = 1_764_000_000_123_456_789
+    assert _same_mtime(disk, disk)
+    assert _same_mtime(disk, 1_764_000_000_000_000_000)  # Last-Modified of the same second
+    assert _same_mtime(1_764_000_000_000_000_000, disk)
+    assert not _same_mtime(disk, 1_764_000_001_000_000_000)  # a second later: it changed
+    assert not _same_mtime(disk, disk + 1)  # both precise: any difference counts
+    assert _same_mtime(None, disk)

@@ -533,7 +533,7 @@ def dead_runner(
     taken over at once because its owner id names a pid that no longer exists on this host.
     """
     started = time.monotonic()
-    (batch_id,) = _prepare(world, files, seed=seed)
+    (batch_id,) = _prepare(world, files, seed=seed, batch_size=max(1000, files))
     world.proxy.rule = _slow_puts(put_delay_s)
     env = runner_env(world, workers=workers)
     victim = start_runner(world, ["run", "--batch", batch_id], env)
@@ -604,7 +604,7 @@ def remote_lease(
     at once and again until the batch is complete.
     """
     started = time.monotonic()
-    (batch_id,) = _prepare(world, files, seed=seed)
+    (batch_id,) = _prepare(world, files, seed=seed, batch_size=max(1000, files))
     rng = random.Random(seed)
     taken = rng.sample(sorted(world.expected_keys), remote)
     with psycopg.connect(world.database_url) as conn:
@@ -737,7 +737,7 @@ def rollback_under_faults(
     is gone, and every other object holds its bytes.
     """
     started = time.monotonic()
-    (batch_id,) = _prepare(world, files, seed=seed)
+    (batch_id,) = _prepare(world, files, seed=seed, batch_size=max(1000, files))
     runner = start_runner(world, ["run"], runner_env(world))
     assert runner.wait(RUN_TIMEOUT_S) == 0, runner.output()
     before = audit(world, "rollback through 20% failing requests")

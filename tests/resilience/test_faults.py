@@ -13,7 +13,7 @@ from r2migrate.state import State
 from tests.proxy import Request
 from tests.resilience import scenarios
 from tests.resilience.faults import ALL_FAULTS
-from tests.resilience.harness import World, ledger, make_tree, plan_batches, seed_rows
+from tests.resilience.harness import World, events, ledger, make_tree, plan_batches, seed_rows
 
 pytestmark = pytest.mark.resilience
 
@@ -108,6 +108,23 @@ def test_a_transient_head_failure_while_resolving_a_412_is_retried(world: World)
         summary = run(world.settings, state)
     assert ledger(world)[key]["status"] == "uploaded"
     assert summary.failed == 0
+
+
+def test_a_head_answer_cut_inside_its_headers_does_not_make_our_object_a_conflict(
+    world: World,
+) -> None:
+    # http.client takes a header block cut by EOF as complete: the first HEAD shows an object
+    # without our sha256 metadata. One such answer must not turn our own upload into a conflict.
+    key = _one_file(world)
+    world.proxy.rule = _nth({("PUT", key, 1): "reset_after_forward", ("HEAD", key, 1): "truncate"})
+    with State.open(world.database_url) as state:
+        summary = run(world.settings, state)
+    assert summary.failed == 0 and summary.batches[0].conflict == 0
+    row = ledger(world)[key]
+    assert row["status"] == "uploaded" and row["error_code"] == "resolved_by_head"
+    (resolved,) = [e for e in events(world, "resolve") if e["outcome"] == "ours"]
+    assert resolved["detail"]["looks"] == 2  # the cut answer looked foreign; the next did not
+    assert world.proxy.landed()[key] == 1
 
 
 def test_one_transient_failure_of_the_bucket_check_does_not_abort_the_run(world: World) -> None:

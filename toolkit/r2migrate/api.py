@@ -743,7 +743,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
 
         The same calls as ``r2migrate plan [--dry-run] [--batch-size N] [--max-files N]``.
         """
-        settings.require("database_url", "media_root", "bucket_name")
+        settings.require("database_url", *settings.source_settings, "bucket_name")
         with ctx.state() as state:
             collected: list[MediaFile] = []
             if body.dry_run:
@@ -800,7 +800,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         Returns at once; 409 while this server already runs it. Failed files get a new round of
         attempts and uploads left in flight by a crash are resolved by HEAD, as with the CLI.
         """
-        settings.require("database_url", "media_root", "bucket_name")
+        settings.require("database_url", *settings.source_settings, "bucket_name")
         with ctx.state() as state:
             state.get_batch(batch_id)  # 404 now rather than a failed runner later
         processes = body.processes if body is not None else None
@@ -832,7 +832,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         match (the CLI's exit 1), and ``problems`` lists those files.
         """
         body = body or VerifyBatch()
-        settings.require("database_url", "media_root", "bucket_name")
+        settings.require("database_url", *settings.source_settings, "bucket_name")
         with ctx.state() as state:
             summary = verify_batches(
                 settings,

@@ -9,7 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
+import stat
+import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
@@ -126,7 +130,8 @@ def make_client(settings: Settings, *, max_pool_connections: int | None = None) 
         connect_timeout=settings.connect_timeout_s,
         read_timeout=settings.read_timeout_s,
         retries={"total_max_attempts": 1, "mode": "standard"},
-        max_pool_connections=max_pool_connections or max(10, settings.workers + 4),
+        # Every worker thread may send up to 4 parts of a large file at once (transfer).
+        max_pool_connections=max_pool_connections or max(10, settings.workers * 4 + 4),
         # botocore >= 1.36 adds CRC checksums R2 has rejected; we send SHA-256 ourselves.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -196,11 +201,15 @@ class _PartWindow:
     blocks; every read seeks the underlying stream first, so nothing else need keep its place.
     """
 
-    def __init__(self, stream: IO[bytes], offset: int, size: int) -> None:
+    def __init__(
+        self, stream: IO[bytes], offset: int, size: int, lock: threading.Lock | None = None
+    ) -> None:
         self._stream = stream
         self._offset = offset
         self._size = max(0, size)
         self._pos = 0
+        # Windows of one stream sent in parallel share this lock: a seek and its read are one step.
+        self._lock = lock or threading.Lock()
         self.shrank = False  # the stream ended early while botocore read it
 
     def __len__(self) -> int:
@@ -219,8 +228,9 @@ class _PartWindow:
         count = left if size is None or size < 0 else min(size, left)
         if count <= 0:
             return b""
-        self._stream.seek(self._offset + self._pos)
-        data = self._stream.read(count)
+        with self._lock:
+            self._stream.seek(self._offset + self._pos)
+            data = self._stream.read(count)
         if len(data) < count:
             # Shrunk since it was hashed: end the request now rather than leave the server
             # waiting for the promised Content-Length until the read timeout.
@@ -229,26 +239,41 @@ class _PartWindow:
         self._pos += len(data)
         return data
 
+    def still_hashes_to(self, digest_b64: str) -> bool:
+        """Read the window again: does it still have the SHA-256 it had when it was hashed?"""
+        again = hashlib.sha256()
+        got = self.hash(bytearray(_HASH_BLOCK_BYTES), again)
+        return got == self._size and base64.b64encode(again.digest()).decode() == digest_b64
+
     def hash(self, scratch: bytearray, *digests: Any) -> int:
         """Feed the window to ``digests`` through ``scratch``; the bytes found (short at EOF)."""
-        self._stream.seek(self._offset)
         readinto = getattr(self._stream, "readinto", None)
         done = 0
         with memoryview(scratch) as view:
             while done < self._size:
                 want = min(len(view), self._size - done)
-                if readinto is not None:
-                    count = int(readinto(view[:want]) or 0)
-                    chunk: Any = view[:count]
-                else:  # a stream without readinto: one copy per read
-                    chunk = self._stream.read(want)
-                    count = len(chunk)
+                with self._lock:
+                    self._stream.seek(self._offset + done)
+                    if readinto is not None:
+                        count = int(readinto(view[:want]) or 0)
+                        chunk: Any = view[:count]
+                    else:  # a stream without readinto: one copy per read
+                        chunk = self._stream.read(want)
+                        count = len(chunk)
                 if not count:
                     break
                 for digest in digests:
                     digest.update(chunk)
                 done += count
         return done
+
+
+def _is_regular_file(stream: IO[bytes]) -> bool:
+    """True for a stream on a regular file, which parts may read at any offset in parallel."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _source_changed(key: str, read_bytes: int, size_bytes: int) -> DigestMismatch:
@@ -403,6 +428,7 @@ class Bucket:
         sha256_hex: str,
         content_type: str,
         content_encoding: str | None = None,
+        part_workers: int = 1,
     ) -> PutResult:
         """Multipart upload in equal parts, each with its SHA-256; memory: 1 MiB, not a part.
 
@@ -412,6 +438,8 @@ class Bucket:
         server checks every part against its digest, so a file that changes in between gets
         ``BadDigest``, never a wrong object. Holding each part in memory instead cost
         ``workers`` x part size, twice over while the next part was read.
+        With ``part_workers`` > 1 and a regular file, that many parts are sent at once (the
+        hashing stays in order in this thread); other streams (an HTTP body) go one part at a time.
         The whole-file digest is recomputed while the parts are hashed: if it differs from
         `sha256_hex` (the file changed since it was hashed) the upload is aborted, never completed.
         """
@@ -424,38 +452,35 @@ class Bucket:
             raise translate_error(exc, op="CREATE-MULTIPART", bucket=self.name, key=key) from exc
         upload_id = created["UploadId"]
         whole = hashlib.sha256()
-        parts: list[dict[str, Any]] = []
         scratch = bytearray(_HASH_BLOCK_BYTES)
+        lock = threading.Lock()
+        pool = (
+            ThreadPoolExecutor(part_workers, thread_name_prefix="r2m-part")
+            if part_workers > 1 and size_bytes > part_size_bytes and _is_regular_file(stream)
+            else None
+        )
+        sending: list[Future[dict[str, Any]]] = []
+        parts: list[dict[str, Any]] = []
         sent = 0
         try:
             number = 0
             while True:
-                part = _PartWindow(stream, sent, min(part_size_bytes, size_bytes - sent))
+                part = _PartWindow(stream, sent, min(part_size_bytes, size_bytes - sent), lock)
                 part_hash = hashlib.sha256()
                 got = part.hash(scratch, part_hash, whole)
                 if got < len(part):
                     raise _source_changed(key, sent + got, size_bytes)
                 number += 1
-                sent += got
                 digest = base64.b64encode(part_hash.digest()).decode("ascii")
-                part.seek(0)
-                try:
-                    resp = self.client.upload_part(
-                        Bucket=self.name,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=number,
-                        Body=part,  # type: ignore[arg-type]
-                        ChecksumSHA256=digest,
-                    )
-                except Exception as exc:
-                    if part.shrank:
-                        shortfall_at = sent - len(part) + part.tell()
-                        raise _source_changed(key, shortfall_at, size_bytes) from exc
-                    raise translate_error(exc, op="UPLOAD-PART", bucket=self.name, key=key) from exc
-                parts.append({"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest})
+                args = (key, upload_id, number, part, digest, sent, size_bytes)
+                if pool is not None:
+                    sending.append(pool.submit(self._upload_part, *args))
+                else:
+                    parts.append(self._upload_part(*args))
+                sent += got
                 if sent >= size_bytes:
                     break
+            parts.extend(f.result() for f in sending)  # in part order; the first error raises
             stream.seek(size_bytes)
             if stream.read(1):  # the file grew after it was hashed
                 raise _source_changed(key, sent + 1, size_bytes)
@@ -474,9 +499,44 @@ class Bucket:
                     exc, op="COMPLETE-MULTIPART", bucket=self.name, key=key
                 ) from exc
         except BaseException:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)  # no part may land after the abort
             self._abort(key, upload_id)
             raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         return PutResult(etag=str(resp_c.get("ETag", "")), part_size_bytes=part_size_bytes)
+
+    def _upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        part: _PartWindow,
+        digest: str,
+        start: int,
+        size_bytes: int,
+    ) -> dict[str, Any]:
+        part.seek(0)
+        try:
+            resp = self.client.upload_part(
+                Bucket=self.name,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=part,  # type: ignore[arg-type]
+                ChecksumSHA256=digest,
+            )
+        except Exception as exc:
+            if part.shrank:
+                raise _source_changed(key, start + part.tell(), size_bytes) from exc
+            error = translate_error(exc, op="UPLOAD-PART", bucket=self.name, key=key)
+            if error.code in DIGEST_CODES and not part.still_hashes_to(digest):
+                # The server saw other bytes than were hashed: the file changed in between.
+                raise _source_changed(key, start, size_bytes) from exc
+            raise error from exc
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest}
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:

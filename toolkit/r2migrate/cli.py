@@ -799,7 +799,7 @@ def verify(
     if bool(batch_id) == all_batches:
         raise click.UsageError("Give a BATCH or --all.")
     settings = obj.settings()
-    settings.require("database_url", "media_root", "bucket_name")
+    settings.require("database_url", *settings.source_settings, "bucket_name")
     with _open_state(settings) as state:
         from tqdm import tqdm
 

@@ -219,6 +219,7 @@ class MediaServer:
             if not no_head:
                 self._check_status(resp, url, name)
         except BaseException:
+            resp.close()
             self._discard(conn)
             raise
         length = None if no_head else _content_length(resp)
@@ -239,6 +240,7 @@ class MediaServer:
         try:
             self._check_status(resp, url, name)
         except BaseException:
+            resp.close()  # the response holds its own reference to the socket
             self._discard(conn)
             raise
         return RemoteBody(self, conn, resp, url=url, name=name)

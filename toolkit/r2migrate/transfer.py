@@ -39,6 +39,7 @@ from r2migrate.errors import (
     ObjectExists,
     Problem,
     SourceError,
+    SourceRefused,
     SourceUnavailable,
     ToolkitError,
 )
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY_S = 0.5  # ledger writes are grouped: one transaction per flush, not per file
 FLUSH_EVERY_FILES = 64
+# Parts of one large file sent at once, so a batch holding one big file still uses several
+# connections; they stream from the file (no part is held in memory).
+PART_WORKERS = 4
 
 
 class SourceChanged(Exception):
@@ -190,6 +194,8 @@ class _Sender:
                 sha, etag, part_size, size, mtime_ns = self._put(rec)
             except ObjectExists:
                 return self._resolve_existing(rec, attempt, events)
+            except SourceRefused:
+                raise  # 401/403 from the media server: wrong for every file, the run stops
             except SourceError as exc:
                 events.append(("attempt", "failed", {"code": exc.problem.value}))
                 return self._failed(rec, attempt, exc.problem.value, exc.message, events)
@@ -281,6 +287,7 @@ class _Sender:
                 sha256_hex=sha,
                 content_type=rec.content_type,
                 content_encoding=rec.content_encoding,
+                part_workers=PART_WORKERS,
             )
             return sha, result.etag, part, size, before.mtime_ns
 
@@ -363,7 +370,7 @@ class _Sender:
         if info is None:
             events.append(("resolve", "absent", {}))
             return None
-        return self._judge_existing(rec, 0, info.sha256_hex, info.size_bytes, info.etag, events)
+        return self._judge_existing(rec, 0, info, events)
 
     def _resolve_existing(
         self, rec: FileRecord, attempt: int, events: list[tuple[str, str, dict[str, Any]]]
@@ -376,20 +383,21 @@ class _Sender:
             return self._failed(
                 rec, attempt, "vanished", "create-only PUT refused but no object found", events
             )
-        return self._judge_existing(
-            rec, attempt, info.sha256_hex, info.size_bytes, info.etag, events
-        )
+        return self._judge_existing(rec, attempt, info, events)
 
     def _judge_existing(
         self,
         rec: FileRecord,
         attempt: int,
-        object_sha: str | None,
-        object_size: int,
-        etag: str,
+        info: ObjectInfo,
         events: list[tuple[str, str, dict[str, Any]]],
     ) -> Outcome:
-        """An object holds the key: it is ours only if it carries this file's SHA-256."""
+        """An object holds the key: it is ours only if it carries this file's SHA-256.
+
+        A "not ours" answer is asked again (up to max_attempts HEADs): a response cut inside its
+        header block parses as a complete one that lacks headers (http.client stops at EOF), so
+        an object of ours can look foreign once; a conflict never rests on a single answer.
+        """
         try:
             sha, size = self._source_sha256(rec.relative_path)
         except SourceError as exc:
@@ -398,8 +406,28 @@ class _Sender:
             return self._failed(
                 rec, attempt, "source_unavailable", exc.message, events, transient=True
             )
-        if object_sha == sha and object_size == size:
-            events.append(("resolve", "ours", {"etag": etag}))
+        looks = 1
+        wanted = (sha, size)
+        while (info.sha256_hex, info.size_bytes) != wanted and looks < self.settings.max_attempts:
+            delay = backoff_s(
+                looks,
+                base_s=self.settings.backoff_base_s,
+                max_s=self.settings.backoff_max_s,
+                rng=self.rng,
+            )
+            if self.stop.wait(delay):
+                break
+            try:
+                again = self._head(rec.object_key)
+            except BucketError:
+                break
+            looks += 1
+            if again is None:
+                break
+            info = again
+        object_sha, etag = info.sha256_hex, info.etag
+        if object_sha == sha and info.size_bytes == size:
+            events.append(("resolve", "ours", {"etag": etag, "looks": looks}))
             log.info(
                 "%s already holds this file's SHA-256; not sent again",
                 rec.object_key,
@@ -416,7 +444,7 @@ class _Sender:
                 error_code="resolved_by_head",
                 events=tuple(events),
             )
-        events.append(("resolve", "conflict", {"object_sha256": object_sha}))
+        events.append(("resolve", "conflict", {"object_sha256": object_sha, "looks": looks}))
         log.error(
             "%s holds another object; it is never overwritten",
             rec.object_key,
@@ -969,7 +997,7 @@ def _run_batches(
             state.expire_leases(batch_id, owner=owner)
     for run in list(runs.values()):
         # Started but not finished: interrupted, or the endpoint is down.
-        if outage is None and state.open_file_count(run.batch_id) == 0:
+        if state.open_file_count(run.batch_id) == 0:
             finish(run, _finalize(state, run.batch_id, run.failures))
             continue
         state.set_batch_status(

@@ -50,7 +50,9 @@ from r2migrate.errors import (
     ConfigError,
     ExitCode,
     Interrupted,
+    Problem,
     SourceError,
+    SourceRefused,
     SourceUnavailable,
 )
 from r2migrate.httpsource import MediaServer, RemoteStat
@@ -247,12 +249,9 @@ class _Checker:
         try:
             found = self._stat_source(rec.relative_path)
         except SourceError as exc:
+            self._raise_if_the_server_failed(exc)
             return f"source {exc.problem.value}: {exc.message}"
-        moved = found.size_bytes != rec.size_bytes or (
-            rec.mtime_ns is not None
-            and found.mtime_ns is not None
-            and found.mtime_ns != rec.mtime_ns
-        )
+        moved = found.size_bytes != rec.size_bytes or not _same_mtime(found.mtime_ns, rec.mtime_ns)
         if deep and rec.source_sha256 is not None:
             try:
                 digest, size = (
@@ -261,6 +260,7 @@ class _Checker:
                     else source.sha256_file(self.media_root, rec.relative_path)
                 )
             except SourceError as exc:
+                self._raise_if_the_server_failed(exc)
                 return f"source {exc.problem.value}: {exc.message}"
             if digest != rec.source_sha256:
                 return (
@@ -275,10 +275,29 @@ class _Checker:
             )
         return ""
 
+    def _raise_if_the_server_failed(self, exc: SourceError) -> None:
+        """Over HTTP only a 404 says something about the file: 401/403 stops verify (the
+        credentials are wrong for every file), any other refusal is an error row."""
+        if self.server is None or exc.problem is Problem.MISSING:
+            return
+        if isinstance(exc, SourceRefused):
+            raise exc
+        raise SourceUnavailable(exc.message, hint=exc.hint) from exc
+
     def _stat_source(self, name: str) -> RemoteStat | SourceStat:
         if self.server is not None:
             return self.server.stat(name)
         return source.stat_media_file(self.media_root, name)
+
+
+def _same_mtime(found: int | None, recorded: int | None) -> bool:
+    """Equal, or equal to the second when one side came from HTTP's Last-Modified (whole
+    seconds): a file uploaded over HTTP and verified on the disk, or the other way round."""
+    if found is None or recorded is None or found == recorded:
+        return True
+    second = 1_000_000_000
+    coarse = found % second == 0 or recorded % second == 0
+    return coarse and found // second == recorded // second
 
 
 def _compare_head(rec: FileRecord, info: ObjectInfo, expected: str) -> str:

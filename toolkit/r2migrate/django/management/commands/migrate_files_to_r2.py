@@ -233,7 +233,7 @@ class Command(ToolkitCommand):
 
     def _verify(self, project: ProjectSettings, batch_id: str | None, *, deep: bool) -> None:
         settings = project.settings
-        settings.require("database_url", "media_root", "bucket_name")
+        settings.require("database_url", *settings.source_settings, "bucket_name")
         with open_state(settings) as state:
             summary = verify(
                 settings, state, batch_id=batch_id, all_batches=batch_id is None, deep=deep
