@@ -6,9 +6,11 @@ the bucket itself: it submits, collects, and passes each result on, in the calle
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 ItemT = TypeVar("ItemT")
@@ -27,6 +29,25 @@ class Sink(Protocol[_Result_contra, _Item_contra]):
     def add(self, result: _Result_contra, item: _Item_contra) -> None: ...
 
     def maybe_flush(self) -> None: ...
+
+
+def collect_finished(
+    done: queue.SimpleQueue[Future[ResultT]], *, timeout_s: float
+) -> list[Future[ResultT]]:
+    """Every future finished so far, waiting up to ``timeout_s`` for the first one.
+
+    Futures reach ``done`` through ``fut.add_done_callback(done.put)``: collecting them costs
+    the same whatever the number in flight, where ``wait()`` over all of them re-arms a waiter
+    on each future every time.
+    """
+    try:
+        finished = [done.get(timeout=timeout_s)]
+    except queue.Empty:
+        return []
+    with contextlib.suppress(queue.Empty):
+        while True:
+            finished.append(done.get_nowait())
+    return finished
 
 
 def drain(
@@ -49,6 +70,7 @@ def drain(
     """
     pending: Iterator[ItemT] = iter(items)
     in_flight: dict[Future[ResultT], ItemT] = {}
+    done: queue.SimpleQueue[Future[ResultT]] = queue.SimpleQueue()
     window = max(2, workers * 2)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name) as pool:
         try:
@@ -57,13 +79,14 @@ def drain(
                     item = next(pending, None)
                     if item is None:
                         break
-                    in_flight[pool.submit(work, item)] = item
+                    fut = pool.submit(work, item)
+                    in_flight[fut] = item
+                    fut.add_done_callback(done.put)
                 if sink.aborted is not None:
                     stop.set()
                 if not in_flight:
                     break
-                finished, _ = wait(list(in_flight), timeout=poll_s, return_when=FIRST_COMPLETED)
-                for fut in finished:
+                for fut in collect_finished(done, timeout_s=poll_s):
                     sink.add(fut.result(), in_flight.pop(fut))
                 sink.maybe_flush()
         except KeyboardInterrupt:

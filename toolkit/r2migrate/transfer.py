@@ -46,6 +46,7 @@ from r2migrate.errors import (
 from r2migrate.fastput import FastPut
 from r2migrate.httpsource import MediaServer, SeekWindow
 from r2migrate.logs import configure_logging
+from r2migrate.pool import collect_finished
 from r2migrate.retry import backoff_s, is_retryable, retry_transient
 from r2migrate.state import (
     Batch,
@@ -922,7 +923,7 @@ def _run_batches(
                 continue
             if not in_flight and (not active or (not runs and not pending)):
                 break
-            for fut in _drain(done_queue, timeout_s=FLUSH_EVERY_S):
+            for fut in collect_finished(done_queue, timeout_s=FLUSH_EVERY_S):
                 if fut not in in_flight:
                     continue  # cancelled by _give_back_unstarted: already handed back
                 rec = in_flight.pop(fut)
@@ -1019,18 +1020,6 @@ def _run_batches(
         )
     order = {batch_id: i for i, batch_id in enumerate(batch_ids)}
     return sorted(results, key=lambda r: order[r.batch_id])
-
-
-def _drain(done: queue.SimpleQueue[Future[Outcome]], *, timeout_s: float) -> list[Future[Outcome]]:
-    """Every finished upload so far, waiting up to `timeout_s` for the first one."""
-    try:
-        finished = [done.get(timeout=timeout_s)]
-    except queue.Empty:
-        return []
-    with contextlib.suppress(queue.Empty):
-        while True:
-            finished.append(done.get_nowait())
-    return finished
 
 
 def _give_back_unstarted(
