@@ -31,6 +31,7 @@ class Tool:
     settings: tuple[tuple[str, str], ...] = ()
     args: tuple[str, ...] = ()
     note: str = ""
+    upload: tuple[str, ...] = ("run",)  # r2migrate: the command that sends (after `plan`)
 
     @property
     def is_r2migrate(self) -> bool:
@@ -40,6 +41,12 @@ class Tool:
 # The default line-up; `--tools` picks by name, `--variant NAME:key=value,...` adds r2migrate ones.
 TOOLS: tuple[Tool, ...] = (
     Tool("r2migrate", "r2migrate", note="defaults: exactly what `r2migrate plan && run` does"),
+    Tool(
+        "r2migrate-worker",
+        "r2migrate",
+        upload=("worker", "--once", "--poll-s", "0.5"),
+        note="`plan && worker --once`: batches as procrastinate jobs",
+    ),
     # Tool("r2migrate-boto3", "r2migrate", settings=(("fast_put", "false"),)),
     # Tool("r2migrate-1p", "r2migrate", settings=(("processes", "1"), ("workers", "32"))),
     Tool("s5cmd", "s5cmd", note="defaults (256 workers)"),

@@ -289,9 +289,9 @@ def run_r2migrate(ctx: Context, tool: Tool, dataset: Dataset, repeat: int) -> di
     with r2migrate_case(ctx, name, dataset) as (url, bucket, env):
         cwd = Path(env["R2MIGRATE_STATE_DIR"]).parent
         phases = {}
-        for phase in ("plan", "run"):
+        for phase, argv in (("plan", ("plan",)), ("run", tool.upload)):
             phases[phase] = run_measured(
-                bench_tools.r2migrate_argv(tool, phase),
+                bench_tools.r2migrate_argv(tool, *argv),
                 env=env,
                 cwd=cwd,
                 log_path=log,

@@ -97,6 +97,10 @@ def _dead(w: World, a: argparse.Namespace, _: StackInfo) -> scenarios.Outcome:
     return scenarios.dead_runner(w, files=max(200, a.files // 5), seed=a.seed)
 
 
+def _dead_worker(w: World, a: argparse.Namespace, _: StackInfo) -> scenarios.Outcome:
+    return scenarios.dead_worker(w, files=max(200, a.files // 5), seed=a.seed, batch_size=100)
+
+
 def _remote(w: World, a: argparse.Namespace, _: StackInfo) -> scenarios.Outcome:
     return scenarios.remote_lease(
         w, files=max(60, a.files // 10), seed=a.seed, remote=max(5, a.files // 200)
@@ -132,6 +136,7 @@ SCENARIOS: dict[str, Scenario] = {
     "runners": _runners,
     "leases": _leases,
     "dead": _dead,
+    "dead-worker": _dead_worker,
     "remote": _remote,
     "rollback": _rollback,
     "disk": _disk,

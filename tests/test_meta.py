@@ -37,6 +37,7 @@ LAYERS = {
     "verify": 3,
     "rollback": 3,
     "report": 4,
+    "jobs": 4,
     "text": 4,
     "doctor": 4,
     "notebooks": 5,

@@ -218,7 +218,14 @@ def flaky(
     )
 
 
-def outage(world: World, *, files: int, seed: int, processes: int = 1) -> Outcome:
+def outage(
+    world: World,
+    *,
+    files: int,
+    seed: int,
+    processes: int = 1,
+    command: tuple[str, ...] = ("run",),
+) -> Outcome:
     """100% of requests fail: a clear error (exit 3) and resumable state; then 0%: completes.
 
     First every request fails, the bucket check included; then only object requests fail (the
@@ -229,12 +236,12 @@ def outage(world: World, *, files: int, seed: int, processes: int = 1) -> Outcom
     env = runner_env(world, processes=processes, **{**FLAKY_SETTINGS, "max_attempts": 2})
     rng = random.Random(seed)
     world.proxy.rule = always(rng.choice(("503", "500", "slowdown", "reset")))
-    first = start_runner(world, ["run"], env)
+    first = start_runner(world, list(command), env)
     first_rc = first.wait(RUN_TIMEOUT_S)
     after_first = ledger(world)
     mixed = seeded_faults(1.0, ("503", "500", "slowdown", "reset", "reset_after_body"), seed=seed)
     world.proxy.rule = lambda r: mixed(r) if r.key else None
-    second = start_runner(world, ["run"], env)
+    second = start_runner(world, list(command), env)
     second_rc = second.wait(RUN_TIMEOUT_S)
     after_second = ledger(world)
     with psycopg.connect(world.database_url) as conn:
@@ -248,7 +255,7 @@ def outage(world: World, *, files: int, seed: int, processes: int = 1) -> Outcom
     faults = world.proxy.injected()
     snap = snapshot(world)
     world.proxy.rule = None
-    third = start_runner(world, ["run"], env)
+    third = start_runner(world, list(command), env)
     third_rc = third.wait(RUN_TIMEOUT_S)
     result = audit(world, "100% fail, then 0%", snapshots=[snap], faults=faults)
     return Outcome(
@@ -581,6 +588,69 @@ def dead_runner(
             "takeover_s": takeover_s,
             "takeover_output": takeover.output(),
             "head_before_put": heads_first,
+        },
+    )
+
+
+def dead_worker(
+    world: World,
+    *,
+    files: int,
+    seed: int,
+    batch_size: int = 40,
+    put_delay_s: float = 0.05,
+    stalled_worker_s: float = 2.0,
+) -> Outcome:
+    """A `r2migrate worker` is killed (-9, with its processes) while it runs batch jobs; a
+    second worker, started afterwards, must notice the missing heartbeats, queue those batches
+    again and finish them: nothing lost, nothing sent twice, every file the dead one held
+    settled by HEAD before any byte is sent again.
+    """
+    started = time.monotonic()
+    batches = _prepare(world, files, seed=seed, batch_size=batch_size)
+    world.proxy.rule = _slow_puts(put_delay_s)
+    env = runner_env(world, workers=2, stalled_worker_s=stalled_worker_s)
+    victim = start_runner(world, ["worker", "--processes", "1", "--poll-s", "0.5"], env)
+
+    def victim_holds() -> list[str]:
+        return [k for k, r in ledger(world).items() if r["status"] == "uploading"]
+
+    rng = random.Random(seed)
+    progress = rng.randint(5, max(5, batch_size // 2))
+    wait_until(
+        lambda: len(victim_holds()) > 0 and len(recorded_keys(world)) >= progress, timeout_s=60
+    )
+    victim.kill()
+    kill_mark = world.proxy.mark()
+    held_at_kill = victim_holds()
+    with psycopg.connect(world.database_url, row_factory=psycopg.rows.dict_row) as conn:
+        doing_at_kill = [
+            r["lock"]
+            for r in conn.execute(
+                "SELECT lock FROM r2migrate.procrastinate_jobs WHERE status = 'doing'"
+            ).fetchall()
+        ]
+    after_kill = ledger(world)
+    snap = Snapshot(kill_mark, frozenset(k for k, r in after_kill.items() if r["status"] in DONE))
+    t0 = time.monotonic()
+    survivor = start_runner(world, ["worker", "--once", "--poll-s", "0.5"], env)
+    survivor_rc = survivor.wait(RUN_TIMEOUT_S)
+    takeover_s = time.monotonic() - t0
+    left = [k for k, r in ledger(world).items() if r["status"] in ("pending", "uploading")]
+    heads_first = _head_before_put(world, held_at_kill, kill_mark)
+    result = audit(world, "dead worker's batch jobs taken over", snapshots=[snap], faults=1)
+    return Outcome(
+        replace(result, seconds=time.monotonic() - started),
+        {
+            "batches": batches,
+            "held_at_kill": held_at_kill,
+            "doing_at_kill": doing_at_kill,
+            "survivor_rc": survivor_rc,
+            "survivor_output": survivor.output(),
+            "takeover_s": takeover_s,
+            "left": left,
+            "head_before_put": heads_first,
+            "batch_status": {b: _batch_status(world, b) for b in batches},
         },
     )
 

@@ -51,19 +51,39 @@ def test_two_runners_on_one_batch_renew_their_leases_and_never_steal(world: Worl
     assert watch.renewals > 0
 
 
-def test_two_machines_worth_of_upload_processes_share_every_batch(world: World) -> None:
+def test_two_machines_worth_of_workers_split_the_batch_jobs(world: World) -> None:
+    # `r2migrate worker` takes whole batches as queue jobs: two of them (two "machines", one
+    # process each) split eight batches between them, and each batch is sent by one of them.
     out = scenarios.concurrent_runners(
         world,
         files=200,
         seed=SEED,
         command=("worker", "--once", "--poll-s", "0.5"),
-        batch_size=50,
-        put_delay_s=0.05,
-        processes=2,
+        batch_size=25,
+        put_delay_s=0.1,
+        processes=1,
     )
     _assert_shared_without_overlap(out, 200)
-    owners = set().union(*out.details["watch"].owners.values())
-    assert len(owners) >= 4, owners  # 2 workers x 2 upload processes, each its own owner id
+    with State.open(world.database_url, migrate=False) as st:
+        batches = {b.batch_id for b in st.list_batches()}
+    assert len(batches) == 8
+
+
+def test_a_killed_worker_machines_batches_are_taken_by_another(world: World) -> None:
+    out = scenarios.dead_worker(world, files=120, seed=SEED)
+    audit, d = out.audit, out.details
+    assert d["doing_at_kill"], "the kill should land while a batch job is running"
+    assert d["held_at_kill"], "and while the dead worker holds leases on files"
+    assert d["survivor_rc"] == 0, d["survivor_output"]
+    # the survivor saw the missing heartbeats (stalled_worker_s = 2) and queued the jobs again
+    assert "queued again" in d["survivor_output"]
+    assert d["takeover_s"] < 120
+    assert d["left"] == []
+    assert set(d["batch_status"].values()) == {"completed"}
+    # every file the dead worker held was settled by HEAD before any byte went again
+    assert all(d["head_before_put"].values()), d["head_before_put"]
+    assert audit.verified == audit.files == 120
+    assert audit.losses == audit.duplicates == audit.unknown_objects == audit.secret_leaks == 0
 
 
 def test_a_dead_local_runner_is_taken_over_at_once_by_pid(world: World) -> None:

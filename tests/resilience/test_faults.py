@@ -44,8 +44,13 @@ def test_twenty_percent_of_requests_failing_still_completes_with_retries_recorde
     assert audit.secret_leaks == 0
 
 
-def test_every_request_failing_stops_with_exit_3_and_resumable_state(world: World) -> None:
-    out = scenarios.outage(world, files=FILES, seed=SEED)
+@pytest.mark.parametrize(
+    "command", [("run",), ("worker", "--once", "--processes", "1")], ids=["run", "worker"]
+)
+def test_every_request_failing_stops_with_exit_3_and_resumable_state(
+    world: World, command: tuple[str, ...]
+) -> None:
+    out = scenarios.outage(world, files=FILES, seed=SEED, command=command)
     audit, d = out.audit, out.details
     first, second, _ = d["outputs"]
     assert d["codes"] == [3, 3, 0], d["outputs"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,7 +37,7 @@ from r2migrate.plan import Action
 from r2migrate.plan import plan as make_plan
 from r2migrate.rollback import RollbackProgress
 from r2migrate.rollback import rollback as rollback_batch
-from r2migrate.state import Batch, BatchStatus, FileStatus, MediaFile, State
+from r2migrate.state import Batch, FileStatus, MediaFile, State
 from r2migrate.transfer import Progress
 from r2migrate.transfer import run as run_batches
 from r2migrate.verify import VerifyProgress
@@ -712,9 +713,17 @@ def run(
 
 @main.command()
 @click.option("--workers", type=click.IntRange(1, 1024), help="Upload threads per process.")
-@click.option("--processes", type=click.IntRange(0, 256), help="Upload processes (0 = auto).")
-@click.option("--poll-s", type=click.FloatRange(0.1), default=5.0, show_default=True)
-@click.option("--once", is_flag=True, help="Exit when no batch has work left.")
+@click.option(
+    "--processes", type=click.IntRange(0, 256), help="Worker processes (0 = one per core)."
+)
+@click.option(
+    "--poll-s",
+    type=click.FloatRange(0.1),
+    default=5.0,
+    show_default=True,
+    help="How often to queue newly planned batches and restart a dead process.",
+)
+@click.option("--once", is_flag=True, help="Exit when no batch job is waiting or running.")
 @_source_options
 @pass_ctx
 def worker(
@@ -726,44 +735,34 @@ def worker(
     source: str | None,
     media_url: str | None,
 ) -> None:
-    """Keep uploading: run every batch with work, then wait for new batches.
+    """Keep uploading: every batch with work left is a job in a queue in PostgreSQL.
 
-    Start the same command on several machines pointed at the same database to scale out:
-    files are claimed through leases in the ledger, so no file is sent twice, and the files of a
-    worker that dies are taken over when its lease expires (at once on the same machine).
+    Queues one job per batch (procrastinate, in the toolkit's own schema), then runs PROCESSES
+    worker processes of WORKERS threads; each takes up to two batch jobs at a time. Start the
+    same command on several machines pointed at one database to scale out. A worker that dies
+    stops sending heartbeats; after `stalled_worker_s` (default 30) its batch goes back to the
+    queue and another worker takes it. The ledger, not the queue, decides what is left to send:
+    files are claimed through leases, so none is sent twice, and an upload cut off mid-way is
+    settled by HEAD. Failed files get a new round of attempts when the worker starts.
+
+    Ctrl-C (or SIGTERM) stops taking batches and records the uploads in flight (exit 130).
     """
-    import time
+    from r2migrate.jobs import run_workers
 
     settings = obj.settings(
         workers=workers, processes=processes, source=source, media_url=media_url
     )
     settings.require("database_url", *settings.source_settings, "bucket_name")
-    first = True
-    failed = 0
-    while True:
-        with _open_state(settings) as state:
-            todo = [b for b in state.batches_to_run() if b.status is not BatchStatus.FAILED]
-            if todo:
-                with _graceful_stop() as stop:
-                    summary = run_batches(settings, state, retry_failed=first, stop=stop)
-                failed = summary.failed
-                if summary.uploaded:
-                    click.echo(
-                        f"uploaded {summary.uploaded} file(s) in "
-                        f"{len(summary.batches)} batch(es), {summary.failed} failed"
-                    )
-        first = False
-        if once and (not todo or state_is_idle(settings)):
-            break
-        time.sleep(poll_s)
-    if failed:
+    count = settings.processes or (os.cpu_count() or 1)
+    with _graceful_stop() as stop:
+        summary = run_workers(settings, processes=count, once=once, poll_s=poll_s, stop=stop)
+    click.echo(
+        f"uploaded {summary.uploaded} file(s) in {len(summary.results)} batch job(s), "
+        f"{summary.failed} failed"
+        + (f"; {summary.restarts} worker process(es) restarted" if summary.restarts else "")
+    )
+    if summary.failed:
         sys.exit(int(ExitCode.FILES_FAILED))
-
-
-def state_is_idle(settings: Settings) -> bool:
-    """True when no batch has pending or in-flight files left (failed ones wait for a resume)."""
-    with _open_state(settings) as state:
-        return all(state.open_file_count(b.batch_id) == 0 for b in state.batches_to_run())
 
 
 # -- verify and rollback ----------------------------------------------------------------------

@@ -157,6 +157,10 @@ class Settings:
     read_timeout_s              seconds to wait for a response byte before retrying.
     lease_s                     seconds a claimed file stays reserved for one runner before
                                 another may take it over; longer = slower recovery after a crash.
+    stalled_worker_s            seconds without a heartbeat after which ``r2migrate worker``
+                                hands a worker's batch job to another worker (a killed
+                                machine's batch restarts after this; the ledger's leases still
+                                decide which of its files may be taken).
     state_dir                   local folder for logs and the embedded stack (``stack.json``).
     log_level                   DEBUG, INFO, WARNING or ERROR.
     log_file                    log path; unset means ``state_dir / "r2migrate.log"``.
@@ -203,6 +207,7 @@ class Settings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
     lease_s: float = 300.0
+    stalled_worker_s: float = 30.0
     state_dir: Path = Path(".r2migrate")
     log_level: str = "INFO"
     log_file: Path | None = None
@@ -770,6 +775,9 @@ def _check(s: Settings) -> Iterable[tuple[str, str]]:
     if s.lease_s <= s.read_timeout_s:
         # Otherwise another runner may take a file over while its PUT is still legitimately waiting.
         yield "lease_s", f"must be longer than read_timeout_s ({s.read_timeout_s})"
+    if s.stalled_worker_s < 1:
+        # Heartbeats go every third of it; below a second they would cost more than they tell.
+        yield "stalled_worker_s", f"must be at least 1 second, got {s.stalled_worker_s}"
     if s.log_level not in _LOG_LEVELS:
         yield "log_level", f"must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}"
     if s.log_format not in ("text", "json"):

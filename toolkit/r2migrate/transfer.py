@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from r2migrate.errors import (
     BucketUnavailable,
     ConfigError,
     DatabaseUnavailable,
+    ExitCode,
     Interrupted,
     NoSuchBucket,
     ObjectExists,
@@ -128,7 +130,7 @@ class RunSummary:
         return sum(b.elapsed_s for b in self.batches)
 
 
-class _Sender:
+class Sender:
     """Sends one claimed file with retries; runs in worker threads, never touches the DB."""
 
     def __init__(self, settings: Settings, bucket: Bucket, stop: threading.Event) -> None:
@@ -537,9 +539,9 @@ def run(
         return _run_processes(
             settings, state, [b.batch_id for b in batches], count, stop, on_progress
         )
-    sender = _Sender(settings, bucket, stop)
+    sender = Sender(settings, bucket, stop)
     try:
-        results = _run_batches(
+        results = send_batches(
             settings, state, [b.batch_id for b in batches], sender, stop, on_progress
         )
     finally:
@@ -621,7 +623,7 @@ def _run_processes(
     for child in children:
         child.join()
     per_batch: dict[str, list[BatchResult]] = {}
-    errors: list[tuple[str, str, str]] = []
+    errors: list[ErrorPayload] = []
     for kind, payload in messages:
         if kind == "result":
             per_batch.setdefault(payload.batch_id, []).append(payload)
@@ -639,20 +641,19 @@ def _run_processes(
             hint="Resume with `r2migrate run` (or `--resume-batch BATCH`).",
         )
     if errors:
-        name, message, hint = errors[0]
-        raise _rebuild_error(name, message, hint)
+        raise rebuild_error(errors[0])
     # A process killed from outside leaves leased rows; finish them here, in this process.
     dead = [c for c in children if c.exitcode not in (0, None)]
     if dead:
         log.warning("%d upload process(es) died; finishing their files here", len(dead))
-        sender = _Sender(settings, Bucket(settings), stop)
+        sender = Sender(settings, Bucket(settings), stop)
         try:
             left = []
             for bid in batch_ids:
                 state.release_dead_leases(bid)
                 if state.open_file_count(bid):
                     left.append(bid)
-            for result in _run_batches(settings, state, left, sender, stop, on_progress):
+            for result in send_batches(settings, state, left, sender, stop, on_progress):
                 per_batch.setdefault(result.batch_id, []).append(result)
         finally:
             sender.close()
@@ -687,17 +688,27 @@ def _child_main(
     threading.Thread(target=watch_halt, daemon=True).start()
     try:
         with State.open(settings.database_url, schema=settings.state_schema, migrate=False) as st:
-            sender = _Sender(settings, Bucket(settings), stop)
+            sender = Sender(settings, Bucket(settings), stop)
             try:
-                for result in _run_batches(settings, st, batch_ids, sender, stop, None):
+                for result in send_batches(settings, st, batch_ids, sender, stop, None):
                     inbox.put(("result", result))
             finally:
                 sender.close()
     except ToolkitError as exc:
-        inbox.put(("error", (type(exc).__name__, exc.message, exc.hint)))
+        inbox.put(("error", error_payload(exc)))
 
 
-def _rebuild_error(name: str, message: str, hint: str) -> ToolkitError:
+ErrorPayload = tuple[str, str, str, int]
+
+
+def error_payload(exc: ToolkitError) -> ErrorPayload:
+    """What a child process tells its parent about an error: name, message, hint, exit code."""
+    return (type(exc).__name__, exc.message, exc.hint, int(exc.exit_code))
+
+
+def rebuild_error(payload: ErrorPayload) -> ToolkitError:
+    """The parent's copy of a child's error, with the same message, hint and exit code."""
+    name, message, hint, code = payload
     kinds: dict[str, type[ToolkitError]] = {
         "BucketUnavailable": BucketUnavailable,
         "DatabaseUnavailable": DatabaseUnavailable,
@@ -706,7 +717,9 @@ def _rebuild_error(name: str, message: str, hint: str) -> ToolkitError:
         "BatchNotFound": BatchNotFound,
         "SourceUnavailable": SourceUnavailable,
     }
-    return kinds.get(name, ToolkitError)(message, hint=hint)
+    error = kinds.get(name, ToolkitError)(message, hint=hint)
+    error.exit_code = ExitCode(code)  # e.g. SourceRefused (exit 2) arrives as a ToolkitError
+    return error
 
 
 def _poll_progress(
@@ -782,15 +795,21 @@ class _BatchRun:
         )
 
 
-def _run_batches(
+def send_batches(
     settings: Settings,
     state: State,
     batch_ids: Sequence[str],
-    sender: _Sender,
+    sender: Sender,
     stop: threading.Event,
     on_progress: Callable[[Progress], None] | None,
+    *,
+    pool: ThreadPoolExecutor | None = None,
 ) -> list[BatchResult]:
     """Send every open file of these batches, in order, through one pool of worker threads.
+
+    `pool` lets several calls share one long-lived pool (a worker process running batch jobs
+    side by side keeps its threads, and so their keep-alive connections); by default the call
+    makes its own.
 
     Batches are pipelined: once a batch has nothing left to claim, the next one's files are
     claimed while the last uploads of the first are still in flight, so the workers never wait
@@ -885,7 +904,9 @@ def _run_batches(
             run.next_check = now + min(1.0, settings.lease_s / 10)
         return wake
 
-    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="r2m-put")
+    own_pool = pool is None
+    if pool is None:
+        pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="r2m-put")
     try:
         while True:
             active = not stop.is_set() and outage is None
@@ -990,7 +1011,12 @@ def _run_batches(
                 log.exception("upload of %s ended abnormally", rec.object_key)
         in_flight.clear()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own_pool:
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:  # a shared pool: cancel and wait for this call's own uploads only
+            for fut in in_flight:
+                fut.cancel()
+            futures_wait(list(in_flight))
         flush()
         # Anything still leased by this runner has an unknown outcome (an interrupt hit between
         # a PUT and its record): expire the lease so the next run HEADs it before sending.

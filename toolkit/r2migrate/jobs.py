@@ -1,0 +1,533 @@
+"""Batches as procrastinate jobs: what `r2migrate worker` runs, on one machine or many.
+
+Every batch with work left is one job of the task ``r2migrate.run_batch`` in procrastinate's
+tables, which live in the toolkit's own schema (``state_schema``) beside the ledger. The job's
+``lock`` and ``queueing_lock`` are the batch id, so a batch is queued once and run by one job at
+a time. `r2migrate worker` queues the batches, then runs ``processes`` worker processes; each
+is a procrastinate worker taking up to ``JOBS_PER_PROCESS`` jobs at once and sending their files
+through one shared pool of ``workers`` threads (so its keep-alive connections outlive a batch).
+
+Procrastinate gives heartbeats and the worker registry; this module adds the stalled-job check
+that every worker process runs (procrastinate leaves it to the application): a job whose worker
+has sent no heartbeat for ``stalled_worker_s`` goes back to the queue, and another worker picks
+it up. The queue only says which batch to work on; the per-file ledger decides what is still to
+send: a dead worker's claimed files are taken over through their leases (at once on the same
+host, after ``lease_s`` from another), and an upload whose outcome is unknown is settled by HEAD
+before anything is sent again.
+
+Must never decide by itself that a file is sent: a job's outcome is only the batch summary; what
+was uploaded is what the ledger records. Never deletes a queued job of a batch with work left
+(only jobs that succeeded are removed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import procrastinate
+from procrastinate import exceptions as pexc
+from procrastinate.job_context import JobContext
+from procrastinate.schema import SchemaManager
+from procrastinate.worker import Worker
+from psycopg import sql
+
+from r2migrate.bucket import Bucket
+from r2migrate.config import Settings
+from r2migrate.errors import (
+    BucketUnavailable,
+    Interrupted,
+    SourceUnavailable,
+    StateError,
+    ToolkitError,
+)
+from r2migrate.logs import configure_logging
+from r2migrate.state import BatchStatus, State, translate_db_errors
+from r2migrate.transfer import (
+    ErrorPayload,
+    Sender,
+    check_bucket,
+    error_payload,
+    rebuild_error,
+    send_batches,
+)
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "r2migrate.run_batch"
+JOBS_PER_PROCESS = 2  # a second batch fills the threads while the first one's last files finish
+OUTAGE_RETRIES = 4  # an endpoint outage: the batch job is retried this often, with backoff
+
+
+def procrastinate_version() -> str:
+    from importlib.metadata import version
+
+    return version("procrastinate")
+
+
+def make_app(settings: Settings) -> procrastinate.App:
+    """A procrastinate App whose connections see only the toolkit's schema (its queue tables)."""
+    settings.require("database_url")
+    connector = procrastinate.PsycopgConnector(
+        conninfo=settings.database_url,
+        kwargs={
+            "options": f"-c search_path={settings.state_schema}",
+            "application_name": "r2migrate-worker",
+        },
+        min_size=1,
+        max_size=4,
+    )
+    app = procrastinate.App(connector=connector)
+    app.task(
+        name=TASK_NAME,
+        pass_context=True,
+        retry=procrastinate.RetryStrategy(
+            max_attempts=OUTAGE_RETRIES,
+            exponential_wait=2,  # waits 2, 4, 8, 16 s
+            retry_exceptions={BucketUnavailable, SourceUnavailable},
+        ),
+    )(_run_batch_job)
+    return app
+
+
+def ensure_queue_schema(state: State) -> None:
+    """Install procrastinate's tables in the toolkit's schema once, under the migration lock.
+
+    Procrastinate's own schema file is applied as it ships; the version it came from is kept in
+    ``queue_schema`` so that a different procrastinate later is refused with a clear message
+    instead of running against tables it does not know.
+    """
+    installed = procrastinate_version()
+    s = sql.Identifier(state.schema)
+    with translate_db_errors("installing the job queue tables"), state.conn.transaction():
+        state.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"r2migrate:{state.schema}",)
+        )
+        state.conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {s}.queue_schema ("
+                " procrastinate_version text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            ).format(s=s)
+        )
+        row = state.conn.execute(
+            sql.SQL("SELECT procrastinate_version AS v FROM {s}.queue_schema").format(s=s)
+        ).fetchone()
+        if row is not None:
+            if row["v"].split(".")[:2] != installed.split(".")[:2]:
+                raise StateError(
+                    f"The job queue in schema {state.schema!r} was made by procrastinate "
+                    f"{row['v']}; this r2migrate runs procrastinate {installed}.",
+                    hint="Run the r2migrate that made it, or let every worker finish and drop "
+                    f"the procrastinate_* tables and {state.schema}.queue_schema.",
+                )
+            return
+        log.info("installing procrastinate %s's tables in schema %s", installed, state.schema)
+        state.conn.execute(
+            sql.SQL("SET LOCAL search_path TO {s}").format(s=s)  # its file names no schema
+        )
+        state.conn.execute(SchemaManager.get_schema().encode())
+        state.conn.execute(
+            sql.SQL("INSERT INTO {s}.queue_schema (procrastinate_version) VALUES (%s)").format(s=s),
+            (installed,),
+        )
+
+
+def queued_batches(state: State) -> set[str]:
+    """Batch ids that have a job waiting or running."""
+    with translate_db_errors("reading the job queue"):
+        rows = state.conn.execute(
+            sql.SQL(
+                "SELECT DISTINCT lock FROM {s}.procrastinate_jobs"
+                " WHERE task_name = %s AND status IN ('todo', 'doing')"
+            ).format(s=sql.Identifier(state.schema)),
+            (TASK_NAME,),
+        ).fetchall()
+    return {r["lock"] for r in rows if r["lock"]}
+
+
+def enqueue_batches(
+    app: procrastinate.App, state: State, *, retry_failed: bool = False
+) -> list[str]:
+    """Queue one job for each batch with files to send that has no job waiting or running.
+
+    With `retry_failed` (a worker starting), failed files first get a new round of attempts, as
+    `r2migrate run` gives them; otherwise a batch whose only files left have failed is not
+    queued, so a worker does not retry the same failures forever.
+    """
+    busy = queued_batches(state)
+    added = []
+    task = app.tasks[TASK_NAME]
+    for batch in state.batches_to_run():
+        if retry_failed:  # even for a queued batch: its job takes them when it runs
+            state.requeue_failed(batch.batch_id)
+        if batch.batch_id in busy:
+            continue
+        if batch.status in (BatchStatus.PARTIAL, BatchStatus.FAILED) and not state.open_file_count(
+            batch.batch_id
+        ):
+            continue  # only failed files are left: they wait for the next start (retry_failed)
+        try:
+            task.configure(lock=batch.batch_id, queueing_lock=batch.batch_id).defer(
+                batch_id=batch.batch_id
+            )
+        except pexc.AlreadyEnqueued:
+            continue  # another worker queued it a moment ago
+        added.append(batch.batch_id)
+    if added:
+        log.info("queued %d batch job(s): %s", len(added), ", ".join(added[:5]))
+    return added
+
+
+def job_counts(state: State) -> dict[str, int]:
+    """Jobs of this task by status (todo, doing, succeeded, failed, ...)."""
+    with translate_db_errors("reading the job queue"):
+        rows = state.conn.execute(
+            sql.SQL(
+                "SELECT status::text AS status, count(*) AS n FROM {s}.procrastinate_jobs"
+                " WHERE task_name = %s GROUP BY status"
+            ).format(s=sql.Identifier(state.schema)),
+            (TASK_NAME,),
+        ).fetchall()
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+# -- one worker process ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Engine:
+    """What a worker process keeps between jobs: its sender, thread pool and connections."""
+
+    settings: Settings
+    stop: threading.Event
+    inbox: Any  # multiprocessing queue to the parent, or None in-process
+    keep_going: bool = True  # False for `--once`: an outage ends the worker instead of waiting
+    sender: Any = None
+    pool: ThreadPoolExecutor | None = None
+    states: queue.SimpleQueue[State] = field(default_factory=queue.SimpleQueue)
+
+    def open(self) -> None:
+        self.sender = Sender(self.settings, Bucket(self.settings), self.stop)
+        self.pool = ThreadPoolExecutor(
+            max_workers=self.settings.workers, thread_name_prefix="r2m-put"
+        )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.sender is not None:
+            self.sender.close()
+        while True:
+            try:
+                self.states.get_nowait().close()
+            except queue.Empty:
+                break
+
+    @contextlib.contextmanager
+    def state(self) -> Iterator[State]:
+        """One ledger connection per job running at once, reused across jobs."""
+        try:
+            st = self.states.get_nowait()
+        except queue.Empty:
+            st = State.open(
+                self.settings.database_url, schema=self.settings.state_schema, migrate=False
+            )
+        try:
+            yield st
+        except BaseException:
+            st.close()  # its transaction state is unknown: do not hand it to the next job
+            raise
+        else:
+            self.states.put(st)
+
+    def run_batch(self, batch_id: str) -> dict[str, Any]:
+        if self.stop.is_set():  # the batch stays queued-able: the next worker takes it
+            return {"batch_id": batch_id, "status": "not started: the worker is stopping"}
+        with self.state() as st:
+            results = send_batches(
+                self.settings, st, [batch_id], self.sender, self.stop, None, pool=self.pool
+            )
+        result = results[0] if results else None
+        if result is None:
+            return {"batch_id": batch_id, "status": "nothing to do"}
+        if self.inbox is not None:
+            self.inbox.put(("result", result))
+        return {
+            "batch_id": batch_id,
+            "status": result.status.value,
+            "uploaded": result.uploaded,
+            "failed": result.failed,
+            "conflict": result.conflict,
+        }
+
+
+_ENGINE_KEY = "r2migrate_engine"
+
+
+def _run_batch_job(context: JobContext, batch_id: str) -> dict[str, Any]:
+    """The task: send what the ledger says is left of one batch."""
+    engine: _Engine = context.additional_context[_ENGINE_KEY]
+    try:
+        return engine.run_batch(batch_id)
+    except ToolkitError as exc:
+        if isinstance(exc, (BucketUnavailable, SourceUnavailable)) and engine.keep_going:
+            raise  # an outage: procrastinate retries the job with backoff (see make_app)
+        # Wrong settings or credentials fail every batch alike (and `--once` does not wait out
+        # an outage): stop this worker and say why.
+        if engine.inbox is not None and not isinstance(exc, Interrupted):
+            engine.inbox.put(("error", error_payload(exc)))
+        engine.stop.set()
+        raise
+
+
+def retry_stalled_jobs(app: procrastinate.App, state: State, stalled_worker_s: float) -> list[str]:
+    """Send back to the queue the batch jobs of workers that stopped sending heartbeats.
+
+    Procrastinate records heartbeats but leaves this check to the application: every
+    `r2migrate worker` runs it, so a machine that dies has its batches taken by the others.
+    """
+    with translate_db_errors("looking for stalled batch jobs"):
+        rows = state.conn.execute(
+            sql.SQL(
+                "SELECT j.id, j.lock FROM {s}.procrastinate_jobs j"
+                " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
+                " WHERE j.task_name = %s AND j.status = 'doing' AND (w.id IS NULL"
+                "  OR w.last_heartbeat < now() - make_interval(secs => %s))"
+            ).format(s=sql.Identifier(state.schema)),
+            (TASK_NAME, stalled_worker_s),
+        ).fetchall()
+    retried = []
+    for row in rows:
+        try:
+            app.job_manager.retry_job_by_id(row["id"], retry_at=datetime.now(UTC))
+        except pexc.ProcrastinateException as exc:  # another worker retried it, or it ended
+            log.debug("stalled job %s not retried: %s", row["id"], exc)
+            continue
+        retried.append(row["lock"])
+        log.warning(
+            "batch %s: its worker sent no heartbeat for %.0f s; the batch is queued again",
+            row["lock"],
+            stalled_worker_s,
+        )
+    return retried
+
+
+async def _serve(
+    app: procrastinate.App, engine: _Engine, *, wait: bool, halt: Any, name: str
+) -> None:
+    settings = engine.settings
+    worker = Worker(
+        app,
+        name=name,
+        concurrency=JOBS_PER_PROCESS,
+        wait=wait,
+        install_signal_handlers=False,
+        update_heartbeat_interval=settings.stalled_worker_s / 3,
+        stalled_worker_timeout=settings.stalled_worker_s,
+        fetch_job_polling_interval=min(5.0, settings.stalled_worker_s / 3),
+        additional_context={_ENGINE_KEY: engine},
+        delete_jobs="successful",
+    )
+
+    async def watch() -> None:
+        """Stop taking jobs on the parent's halt (Ctrl-C) or a fatal error in a job."""
+        while not ((halt is not None and halt.is_set()) or engine.stop.is_set()):
+            await asyncio.sleep(0.2)
+        engine.stop.set()  # running batches stop after their in-flight uploads are recorded
+        worker.stop()  # type: ignore[no-untyped-call]
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await worker.run()  # type: ignore[no-untyped-call]
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def serve(settings: Settings, *, wait: bool, halt: Any = None, inbox: Any = None) -> None:
+    """Run one procrastinate worker in this process until stopped (or, without `wait`, until
+    the queue is empty)."""
+    stop = threading.Event()
+    engine = _Engine(settings, stop, inbox, keep_going=wait)
+    engine.open()
+    app = make_app(settings)
+
+    async def main() -> None:
+        async with app.open_async():
+            await _serve(
+                app, engine, wait=wait, halt=halt, name=multiprocessing.current_process().name
+            )
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
+
+
+def _worker_process_main(settings: Settings, wait: bool, halt: Any, inbox: Any) -> None:
+    """A spawned worker process: Ctrl-C goes to the parent, which sets `halt`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(
+        level=settings.log_level,
+        log_file=settings.effective_log_file,
+        log_format=settings.log_format,
+        console_level="WARNING",
+        secrets=settings.secret_values(),
+    )
+    quiet_procrastinate()
+    try:
+        serve(settings, wait=wait, halt=halt, inbox=inbox)
+    except ToolkitError as exc:
+        inbox.put(("error", error_payload(exc)))
+
+
+def quiet_procrastinate() -> None:
+    """Procrastinate's records (warnings and up) go to the toolkit's log file, through its
+    secret filter, and not to the console: a failed job's traceback there would repeat an
+    error the worker already reports in one clear line."""
+    theirs = logging.getLogger("procrastinate")
+    theirs.handlers = [
+        h for h in logging.getLogger("r2migrate").handlers if isinstance(h, logging.FileHandler)
+    ]
+    theirs.propagate = False
+    theirs.setLevel(logging.WARNING)
+
+
+# -- the `r2migrate worker` command ---------------------------------------------------------------
+
+
+@dataclass
+class WorkerSummary:
+    results: list[Any] = field(default_factory=list)
+    restarts: int = 0
+
+    @property
+    def uploaded(self) -> int:
+        return sum(r.uploaded for r in self.results)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.failed + r.conflict for r in self.results)
+
+
+def run_workers(
+    settings: Settings,
+    *,
+    processes: int,
+    once: bool,
+    poll_s: float,
+    stop: threading.Event,
+) -> WorkerSummary:
+    """Queue the batches and run `processes` worker processes until `stop` (or, with `once`,
+    until no batch job is waiting or running).
+
+    Every `poll_s` it queues batches planned meanwhile and restarts a worker process that died
+    (its job is queued again by the stalled-job check once its heartbeat is `stalled_worker_s`
+    old). Raises the first fatal error a worker reports (wrong credentials, say) after stopping
+    the others, and Interrupted when `stop` is set.
+    """
+    check_bucket(Bucket(settings), settings, stop)
+    app = make_app(settings)
+    with State.open(settings.database_url, schema=settings.state_schema) as state:
+        ensure_queue_schema(state)
+        with app.open():
+            enqueue_batches(app, state, retry_failed=True)
+        ctx = multiprocessing.get_context("spawn")  # no fork: this process holds sockets
+        halt = ctx.Event()
+        inbox: Any = ctx.Queue()
+        summary = WorkerSummary()
+        children: list[Any] = []
+
+        def start(i: int) -> Any:
+            child = ctx.Process(
+                target=_worker_process_main,
+                args=(settings, not once, halt, inbox),
+                name=f"r2migrate-worker-{i}",
+            )
+            child.start()
+            return child
+
+        children = [start(i) for i in range(processes)]
+        log.info("worker: %d process(es) x %d thread(s)", processes, settings.workers)
+        error: ErrorPayload | None = None
+        next_poll = 0.0
+        try:
+            while True:
+                if stop.is_set() or error is not None:
+                    halt.set()
+                with contextlib.suppress(queue.Empty):
+                    kind, payload = inbox.get(timeout=0.2)
+                    if kind == "result":
+                        summary.results.append(payload)
+                    elif kind == "error" and error is None:
+                        error = payload
+                    continue
+                if halt.is_set():
+                    if not any(c.is_alive() for c in children):
+                        break
+                    continue
+                if time.monotonic() < next_poll:
+                    continue
+                next_poll = time.monotonic() + min(poll_s, settings.stalled_worker_s / 3)
+                with app.open():
+                    enqueue_batches(app, state)
+                    retry_stalled_jobs(app, state, settings.stalled_worker_s)
+                waiting = job_counts(state).get("todo", 0)
+                for i, child in enumerate(children):
+                    if child.is_alive():
+                        continue
+                    child.join()
+                    if child.exitcode != 0:
+                        log.warning(
+                            "worker process %s died (exit %s); starting another",
+                            child.name,
+                            child.exitcode,
+                        )
+                        summary.restarts += 1
+                    elif once and not waiting:
+                        continue  # --once: it found the queue empty
+                    children[i] = start(i)
+                idle = not waiting and not any(c.is_alive() for c in children)
+                # --once ends when nothing waits or runs; a job still "doing" with every process
+                # here gone belongs to a dead worker (or one elsewhere): wait for it.
+                if once and idle and not job_counts(state).get("doing"):
+                    break
+        except KeyboardInterrupt:
+            stop.set()
+            halt.set()
+            log.warning("interrupted: waiting for the worker processes to record what is in flight")
+            for child in children:
+                child.join()
+        for child in children:
+            child.join()
+        while True:
+            try:
+                kind, payload = inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "result":
+                summary.results.append(payload)
+            elif kind == "error" and error is None:
+                error = payload
+    if error is not None and error[0] != "Interrupted":
+        raise rebuild_error(error)
+    if stop.is_set():
+        raise Interrupted(
+            "Interrupted; every finished upload is recorded.",
+            hint="Start `r2migrate worker` again: it queues every batch with work left.",
+        )
+    return summary
