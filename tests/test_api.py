@@ -509,3 +509,22 @@ def test_dashboard_without_a_token_asks_for_one(base_url, tmp_path, sample):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "an API token is needed" in dom.stdout
     assert 'id="login"' in dom.stdout
+
+
+def test_enqueue_hands_the_batch_to_the_workers_once(client, api_settings, sample):
+    from r2migrate.jobs import run_workers
+
+    batch_ids = _plan(client, batch_size=50)["batch_ids"]
+    first = client.post(f"/batches/{batch_ids[0]}/enqueue")
+    assert first.status_code == 202, first.text
+    assert first.json() == {"batch_id": batch_ids[0], "queued": True, "jobs": {"todo": 1}}
+    again = client.post(f"/batches/{batch_ids[0]}/enqueue").json()
+    assert again["queued"] is False and again["jobs"] == {"todo": 1}
+    _error(client.post("/batches/b20990101-000000-000000/enqueue"), 404, "batch_not_found")
+    # nothing is sent by the API server itself; a worker takes the job
+    assert client.get(f"/batches/{batch_ids[0]}").json()["status"] == "planned"
+    summary = run_workers(api_settings, processes=1, once=True, poll_s=0.2, stop=threading.Event())
+    assert summary.failed == 0
+    done = client.get(f"/batches/{batch_ids[0]}").json()
+    assert done["status"] == "completed"
+    assert done["uploaded_bytes"] == done["total_bytes"]

@@ -165,6 +165,14 @@ class JobOut(_Out):
     error: ErrorOut | None
 
 
+class QueuedOut(_Out):
+    """A batch handed to the `r2migrate worker` queue."""
+
+    batch_id: str
+    queued: bool = Field(description="false: a job for this batch already waits or runs")
+    jobs: dict[str, int] = Field(description="batch jobs in the queue by status")
+
+
 class BatchOut(_Out):
     batch_id: str
     status: str
@@ -810,6 +818,21 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
                 return run_batches(settings, own, batch_id=batch_id, stop=stop, processes=processes)
 
         return ctx.jobs.start(batch_id, work)
+
+    @api.post("/batches/{batch_id}/enqueue", response_model=QueuedOut, status_code=202)
+    def enqueue_batch(batch_id: BatchId) -> QueuedOut:
+        """Hand the batch to the `r2migrate worker` processes (on any machine) instead of this
+        server: one job in the queue in PostgreSQL. Failed files get a new round of attempts.
+        """
+        from r2migrate import jobs
+
+        with ctx.state() as state:
+            state.get_batch(batch_id)
+            jobs.ensure_queue_schema(state)
+            app = jobs.make_app(settings)
+            with app.open():
+                queued = jobs.enqueue_batch(app, state, batch_id)
+            return QueuedOut(batch_id=batch_id, queued=queued, jobs=jobs.job_counts(state))
 
     @api.post("/batches/{batch_id}/stop", response_model=JobOut | None, status_code=202)
     def stop_batch(batch_id: BatchId, response: Response) -> JobOut | None:

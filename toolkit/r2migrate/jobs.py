@@ -168,7 +168,6 @@ def enqueue_batches(
     """
     busy = queued_batches(state)
     added = []
-    task = app.tasks[TASK_NAME]
     for batch in state.batches_to_run():
         if retry_failed:  # even for a queued batch: its job takes them when it runs
             state.requeue_failed(batch.batch_id)
@@ -178,16 +177,31 @@ def enqueue_batches(
             batch.batch_id
         ):
             continue  # only failed files are left: they wait for the next start (retry_failed)
-        try:
-            task.configure(lock=batch.batch_id, queueing_lock=batch.batch_id).defer(
-                batch_id=batch.batch_id
-            )
-        except pexc.AlreadyEnqueued:
-            continue  # another worker queued it a moment ago
-        added.append(batch.batch_id)
+        if _defer(app, batch.batch_id):
+            added.append(batch.batch_id)
     if added:
         log.info("queued %d batch job(s): %s", len(added), ", ".join(added[:5]))
     return added
+
+
+def enqueue_batch(app: procrastinate.App, state: State, batch_id: str) -> bool:
+    """Queue one batch (the API's ``POST /batches/{id}/enqueue``); False when a job for it is
+    already waiting or running. Its failed files get a new round of attempts first."""
+    state.get_batch(batch_id)  # BatchNotFound before anything is queued
+    state.requeue_failed(batch_id)
+    if batch_id in queued_batches(state):
+        return False
+    return _defer(app, batch_id)
+
+
+def _defer(app: procrastinate.App, batch_id: str) -> bool:
+    try:
+        app.tasks[TASK_NAME].configure(lock=batch_id, queueing_lock=batch_id).defer(
+            batch_id=batch_id
+        )
+    except pexc.AlreadyEnqueued:
+        return False  # another worker queued it a moment ago
+    return True
 
 
 def job_counts(state: State) -> dict[str, int]:
