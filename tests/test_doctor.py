@@ -26,6 +26,8 @@ from r2migrate.bucket import Bucket
 from r2migrate.config import Settings, load_settings
 from r2migrate.doctor import CHECK_ORDER, PROBE_PREFIX, Check, CheckStatus, DoctorReport, doctor
 from r2migrate.errors import ConfigError, NoSuchBucket
+from r2migrate.inventory import inventory
+from r2migrate.plan import plan
 from r2migrate.state import SCHEMA_VERSION, State
 from tests.proxy import FaultProxy, Request
 
@@ -255,6 +257,47 @@ def test_current_schema_is_ok_and_a_newer_one_fails(settings, sample):
     assert "newer" in schema.detail
     assert "Upgrade r2migrate" in schema.hint
     assert not report.ok
+
+
+def test_job_queue_reports_waiting_and_stalled_jobs_and_refuses_another_version(settings, sample):
+    from r2migrate import jobs
+
+    assert "no job queue yet" in _run(settings).get("job_queue").detail
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        batch_ids = plan(settings, state, batch_size=50).batch_ids
+        jobs.ensure_queue_schema(state)
+        app = jobs.make_app(settings)
+        with app.open():
+            assert jobs.enqueue_batches(app, state) == list(batch_ids)
+    check = _run(settings).get("job_queue")
+    assert check.status is OK, check
+    assert f"{len(batch_ids)} waiting, 0 running" in check.detail
+    # a job taken by a worker that then went silent (its heartbeat an hour old)
+    with State.open(settings.database_url) as state, state.conn.transaction():
+        state.conn.execute("SET LOCAL search_path TO r2migrate")
+        (worker_id,) = (
+            state.conn.execute(
+                "INSERT INTO procrastinate_workers (last_heartbeat)"
+                " VALUES (now() - interval '1 hour') RETURNING id"
+            )
+            .fetchone()
+            .values()
+        )
+        state.conn.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s"
+            " WHERE id = (SELECT min(id) FROM procrastinate_jobs)",
+            (worker_id,),
+        )
+    check = _run(settings).get("job_queue")
+    assert check.status is WARN, check
+    assert "1 running job(s) belong to workers with no heartbeat" in check.detail
+    assert "queues them again" in check.hint
+    with State.open(settings.database_url) as state:
+        state.conn.execute("UPDATE r2migrate.queue_schema SET procrastinate_version = '2.1.0'")
+    check = _run(settings).get("job_queue")
+    assert check.status is FAIL
+    assert "procrastinate 2.1.0" in check.detail
 
 
 def test_only_probe_keys_are_touched_and_foreign_objects_survive(make_settings, sample, proxy_to):

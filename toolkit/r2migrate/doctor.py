@@ -74,6 +74,7 @@ CHECK_ORDER = (
     "config",
     "postgres",
     "schema",
+    "job_queue",
     "reference",
     "media_root",
     "media_url",
@@ -221,6 +222,7 @@ class _Doctor:
         try:
             self._record("postgres", self._check_postgres, needs_settings=("database_url",))
             self._record("schema", self._check_schema, needs=("postgres",))
+            self._record("job_queue", self._check_job_queue, needs=("postgres",))
             refs = self.settings.references if self.settings else ()
             for ref in refs:
                 check = functools.partial(self._check_reference, ref)
@@ -379,6 +381,44 @@ class _Doctor:
                 "",
             )
         return (_OK, f"schema {schema!r} at version {version} (current)", "")
+
+    def _check_job_queue(self) -> _Result:
+        """The `r2migrate worker` queue: its version, its jobs, and jobs of dead workers."""
+        from r2migrate import jobs
+
+        assert self.conn is not None
+        s = self._settings()
+        installed = jobs.procrastinate_version()
+        found = jobs.queue_status(State(self.conn, s.state_schema), s.stalled_worker_s)
+        if found is None:
+            return (
+                _OK,
+                f"no job queue yet; the first `r2migrate worker` creates it (procrastinate "
+                f"{installed})",
+                "",
+            )
+        if not jobs.same_minor(found.procrastinate_version, installed):
+            return (
+                _FAIL,
+                f"the job queue was made by procrastinate {found.procrastinate_version}; this "
+                f"r2migrate has {installed}",
+                "Run workers from the r2migrate that made the queue, or let them finish and "
+                f"drop the procrastinate_* tables and {s.state_schema}.queue_schema.",
+            )
+        counts = found.jobs
+        summary = (
+            f"procrastinate {found.procrastinate_version}; batch jobs: "
+            f"{counts.get('todo', 0)} waiting, {counts.get('doing', 0)} running, "
+            f"{counts.get('failed', 0)} failed; {found.workers_alive} worker(s) alive"
+        )
+        if found.stalled:
+            return (
+                _WARN,
+                f"{summary}; {found.stalled} running job(s) belong to workers with no heartbeat "
+                f"for {s.stalled_worker_s:.0f} s",
+                "A running `r2migrate worker` queues them again by itself; start one if none runs.",
+            )
+        return (_OK, summary, "")
 
     def _check_reference(self, text: str) -> _Result:
         assert self.conn is not None

@@ -125,7 +125,7 @@ def ensure_queue_schema(state: State) -> None:
             sql.SQL("SELECT procrastinate_version AS v FROM {s}.queue_schema").format(s=s)
         ).fetchone()
         if row is not None:
-            if row["v"].split(".")[:2] != installed.split(".")[:2]:
+            if not same_minor(row["v"], installed):
                 raise StateError(
                     f"The job queue in schema {state.schema!r} was made by procrastinate "
                     f"{row['v']}; this r2migrate runs procrastinate {installed}.",
@@ -215,6 +215,58 @@ def job_counts(state: State) -> dict[str, int]:
             (TASK_NAME,),
         ).fetchall()
     return {r["status"]: int(r["n"]) for r in rows}
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The job queue as `doctor` reports it (read only)."""
+
+    procrastinate_version: str  # the one that made the tables
+    jobs: dict[str, int]  # batch jobs by status
+    stalled: int  # running jobs whose worker sent no heartbeat for stalled_worker_s
+    workers_alive: int
+
+
+def queue_status(state: State, stalled_worker_s: float) -> QueueStatus | None:
+    """None when no worker has made the queue yet. Reads only."""
+    s = sql.Identifier(state.schema)
+    with translate_db_errors("reading the job queue"):
+        present = state.conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AS present",
+            (f"{s.as_string(state.conn)}.queue_schema",),
+        ).fetchone()
+        if not present or not present["present"]:
+            return None
+        row = state.conn.execute(
+            sql.SQL("SELECT procrastinate_version AS v FROM {s}.queue_schema").format(s=s)
+        ).fetchone()
+        heartbeats = state.conn.execute(
+            sql.SQL(
+                "SELECT count(*) FILTER (WHERE w.id IS NULL OR w.last_heartbeat <"
+                "  now() - make_interval(secs => %s)) AS stalled"
+                " FROM {s}.procrastinate_jobs j"
+                " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
+                " WHERE j.task_name = %s AND j.status = 'doing'"
+            ).format(s=s),
+            (stalled_worker_s, TASK_NAME),
+        ).fetchone()
+        alive = state.conn.execute(
+            sql.SQL(
+                "SELECT count(*) AS n FROM {s}.procrastinate_workers"
+                " WHERE last_heartbeat >= now() - make_interval(secs => %s)"
+            ).format(s=s),
+            (stalled_worker_s,),
+        ).fetchone()
+    return QueueStatus(
+        procrastinate_version=row["v"] if row else "?",
+        jobs=job_counts(state),
+        stalled=int(heartbeats["stalled"]) if heartbeats else 0,
+        workers_alive=int(alive["n"]) if alive else 0,
+    )
+
+
+def same_minor(a: str, b: str) -> bool:
+    return a.split(".")[:2] == b.split(".")[:2]
 
 
 # -- one worker process ---------------------------------------------------------------------------
