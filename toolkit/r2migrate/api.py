@@ -828,10 +828,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
 
         with ctx.state() as state:
             state.get_batch(batch_id)
-            jobs.ensure_queue_schema(state)
-            app = jobs.make_app(settings)
-            with app.open():
-                queued = jobs.enqueue_batch(app, state, batch_id)
+            queued = jobs.queue_batch(settings, state, batch_id)
             return QueuedOut(batch_id=batch_id, queued=queued, jobs=jobs.job_counts(state))
 
     @api.post("/batches/{batch_id}/stop", response_model=JobOut | None, status_code=202)

@@ -47,6 +47,7 @@ from r2migrate.bucket import Bucket
 from r2migrate.config import Settings
 from r2migrate.errors import (
     BucketUnavailable,
+    DatabaseUnavailable,
     Interrupted,
     SourceUnavailable,
     StateError,
@@ -68,6 +69,17 @@ log = logging.getLogger(__name__)
 TASK_NAME = "r2migrate.run_batch"
 JOBS_PER_PROCESS = 2  # a second batch fills the threads while the first one's last files finish
 OUTAGE_RETRIES = 4  # an endpoint outage: the batch job is retried this often, with backoff
+
+
+@contextlib.contextmanager
+def translate_queue_errors(doing: str) -> Iterator[None]:
+    """The one place procrastinate's connection errors become the toolkit's."""
+    try:
+        yield
+    except pexc.ConnectorException as exc:
+        cause = exc.__cause__ or exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise DatabaseUnavailable(f"Lost PostgreSQL while {doing}: {first}") from exc
 
 
 def procrastinate_version() -> str:
@@ -182,6 +194,15 @@ def enqueue_batches(
     if added:
         log.info("queued %d batch job(s): %s", len(added), ", ".join(added[:5]))
     return added
+
+
+def queue_batch(settings: Settings, state: State, batch_id: str) -> bool:
+    """Queue one batch for the workers, making the queue first if need be (the API's
+    ``POST /batches/{id}/enqueue``); False when a job for it already waits or runs."""
+    ensure_queue_schema(state)
+    app = make_app(settings)
+    with translate_queue_errors(f"queueing batch {batch_id}"), app.open():
+        return enqueue_batch(app, state, batch_id)
 
 
 def enqueue_batch(app: procrastinate.App, state: State, batch_id: str) -> bool:
@@ -438,7 +459,8 @@ def serve(settings: Settings, *, wait: bool, halt: Any = None, inbox: Any = None
             )
 
     try:
-        asyncio.run(main())
+        with translate_queue_errors("running batch jobs"):
+            asyncio.run(main())
     finally:
         engine.close()
 
@@ -510,7 +532,7 @@ def run_workers(
     app = make_app(settings)
     with State.open(settings.database_url, schema=settings.state_schema) as state:
         ensure_queue_schema(state)
-        with app.open():
+        with translate_queue_errors("queueing batches"), app.open():
             enqueue_batches(app, state, retry_failed=True)
         ctx = multiprocessing.get_context("spawn")  # no fork: this process holds sockets
         halt = ctx.Event()
@@ -549,7 +571,7 @@ def run_workers(
                 if time.monotonic() < next_poll:
                     continue
                 next_poll = time.monotonic() + min(poll_s, settings.stalled_worker_s / 3)
-                with app.open():
+                with translate_queue_errors("queueing batches"), app.open():
                     enqueue_batches(app, state)
                     retry_stalled_jobs(app, state, settings.stalled_worker_s)
                 waiting = job_counts(state).get("todo", 0)
