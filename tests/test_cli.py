@@ -185,6 +185,8 @@ def test_worker_once_runs_every_planned_batch(settings, sample):
     batches = json.loads(_invoke(["batches", "--json"], env).stdout)
     assert len(batches) == 3
     assert {b["status"] for b in batches} == {"completed"}
+    watched = _invoke(["watch", "--once"], env)
+    assert "queue: 0 batch job(s) waiting, 0 running; 0 worker(s) alive" in watched.stdout
 
 
 def test_verify_rollback_and_doctor_from_the_cli(settings, sample):

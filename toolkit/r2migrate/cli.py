@@ -950,6 +950,7 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
     """
     import time
 
+    from r2migrate.jobs import queue_status
     from r2migrate.report import progress_snapshot, total_progress
 
     settings = obj.settings()
@@ -984,6 +985,14 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
                         f"\nall: {total.files_done}/{total.files_total} files, "
                         f"{total.files_per_s:.0f} files/s"
                         + (f", ETA {total.eta_s:.0f}s" if total.eta_s else "")
+                    )
+                queue = queue_status(state, settings.stalled_worker_s)
+                if queue is not None:
+                    click.echo(
+                        f"queue: {queue.jobs.get('todo', 0)} batch job(s) waiting, "
+                        f"{queue.jobs.get('doing', 0)} running"
+                        + (f" ({queue.stalled} of dead workers)" if queue.stalled else "")
+                        + f"; {queue.workers_alive} worker(s) alive"
                     )
                 for p in shown:
                     for f in p.recent_failures[-3:]:
