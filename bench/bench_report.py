@@ -212,7 +212,7 @@ def markdown(result: dict[str, Any]) -> str:
     )
     out += [
         "",
-        "Wall time of r2migrate is `plan` (inventory, HEAD per key, batches stored) plus `run`: "
+        "Wall time of r2migrate is `plan` (inventory, bucket listing, batches stored) plus `run`: "
         "the peers also list the source before they send. A run is valid when the command "
         "succeeded and the bucket then held exactly the dataset's keys with the right sizes.",
     ]

@@ -8,7 +8,7 @@ bucket holds exactly the dataset (keys and sizes), and writes medians and ratios
 
 The r2migrate case is the product as an operator runs it: a fresh database with a Django-style
 table pointing at the dataset, then ``r2migrate plan`` and ``r2migrate run`` as subprocesses (rows
-in PostgreSQL, HEAD per key, SHA-256, ledger writes). Settings per variant: ``bench_tools.TOOLS``
+in PostgreSQL, bucket listing, SHA-256, ledger writes). Settings per variant: ``bench_tools.TOOLS``
 or ``--variant NAME:key=value,...``. A ``-tls`` set (``small-tls``) is its base dataset sent to
 the same server's HTTPS listener, every tool trusting the stack's self-signed certificate.
 
