@@ -133,7 +133,7 @@ def _mix_plan(rng: random.Random, count: int) -> list[tuple[str, int]]:
 
 
 def _tiny_plan(count: int, rng: random.Random) -> list[tuple[str, int]]:
-    """Many tiny files for the inventory / dry-run scale check (rows and keys, not bytes, dominate)."""
+    """Many tiny files for the inventory / dry-run scale check (rows, not bytes, dominate)."""
     return [(f"rows/{i // 1000:04d}/row_{i:07d}.txt", rng.randint(64, 1024)) for i in range(count)]
 
 
