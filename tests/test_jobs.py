@@ -38,6 +38,7 @@ from r2migrate.jobs import (
     queued_batches,
     retry_stalled_jobs,
     run_workers,
+    serve,
 )
 from r2migrate.state import BatchStatus, FileStatus, State
 from tests.mediaserver import MediaHTTPServer
@@ -492,3 +493,73 @@ def test_sigterm_stops_the_worker_after_recording_and_a_second_worker_finishes(
     sends = _upload_starts(proxy)
     assert set(sends) == keys
     assert {key: n for key, n in sends.items() if n != 1} == {}
+
+
+# -- review fixes: heartbeats while draining, failed files after an outage ------------------------
+
+
+def test_a_live_batch_is_never_taken_for_a_dead_one_while_a_once_worker_drains(
+    proxied, sample, caplog
+):
+    # Two processes, four job slots, one batch: the idle slots find the queue empty at once
+    # (`--once`), and procrastinate then stops its own heartbeat while the batch still runs.
+    # With PUTs slowed the batch outlasts stalled_worker_s several times over: the worker's own
+    # heartbeat must keep it alive, so no job is queued again and no file goes twice.
+    proxy, make = proxied
+    settings = make(state_schema="Capital_Queue", workers=2, stalled_worker_s=1.0)
+    batch_ids, total = _plan(settings, 1000)
+    assert len(batch_ids) == 1
+    proxy.rule = lambda r: ("delay", 0.1) if r.method == "PUT" else None
+    started = time.monotonic()
+    with caplog.at_level("WARNING", logger="r2migrate"):
+        summary = _run_workers_within(settings, 120, processes=2)
+    assert time.monotonic() - started > 3 * settings.stalled_worker_s  # it did outlast it
+    assert summary.uploaded == total
+    assert "queued again" not in caplog.text
+    assert summary.restarts == 0
+    sends = _upload_starts(proxy)
+    assert len(sends) == total
+    assert {key: n for key, n in sends.items() if n != 1} == {}
+
+
+def test_files_failed_in_an_outage_are_sent_when_the_job_runs_again(proxied, sample):
+    proxy, make = proxied
+    settings = make(workers=2, max_attempts=1, backoff_base_s=0.01)
+    batch_ids, total = _plan(settings, 1000)
+    # The first run meets an outage: every object request fails, files are recorded failed.
+    proxy.rule = lambda r: "503" if r.key else None
+    first = CliRunner().invoke(
+        main,
+        ["worker", "--once", "--processes", "1", "--poll-s", "0.2"],
+        env=_cli_env(
+            settings,
+            R2MIGRATE_MAX_ATTEMPTS="1",
+            R2MIGRATE_BACKOFF_BASE_S="0.01",
+            R2MIGRATE_WORKERS="2",
+        ),
+        catch_exceptions=False,
+    )
+    assert first.exit_code == int(ExitCode.UNREACHABLE), first.output
+    with _open(settings) as state:
+        statuses = {f.status for f in state.batch_files(batch_ids[0])}
+    assert FileStatus.FAILED in statuses
+    # The endpoint is back. The outage left the batch job queued for a retry (procrastinate's
+    # backoff); when it runs, in a worker that did not just start, the failed files go too.
+    proxy.rule = None
+    with _open(settings) as state:
+        assert job_counts(state) == {"todo": 1}
+
+        def due() -> bool:
+            row = state.conn.execute(
+                "SELECT bool_and(scheduled_at <= now()) AS due FROM r2migrate.procrastinate_jobs"
+            ).fetchone()
+            return bool(row and row["due"])
+
+        deadline = time.monotonic() + 30
+        while not due() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    serve(settings, wait=False)
+    with _open(settings) as state:
+        assert state.get_batch(batch_ids[0]).status is BatchStatus.COMPLETED
+        assert job_counts(state).get("todo", 0) == 0
+    assert len(_objects(settings)) == total

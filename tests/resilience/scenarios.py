@@ -284,6 +284,7 @@ def postgres_restart(
     restarts: int = 1,
     put_delay_s: float = 0.02,
     processes: int = 1,
+    command: tuple[str, ...] = ("run",),
 ) -> Outcome:
     """Stop the stack's PostgreSQL (SIGINT: fast shutdown) mid-run, restart it, resume.
 
@@ -305,7 +306,7 @@ def postgres_restart(
         if open_files <= 0:
             break
         target = before + rng.randint(1, max(1, open_files // (restarts + 1)))
-        runner = start_runner(world, ["run"], env)
+        runner = start_runner(world, list(command), env)
         wait_until(
             lambda r=runner, t=target: r.poll() is not None or _count_done(world) >= t,
             timeout_s=RUN_TIMEOUT_S,
@@ -322,7 +323,7 @@ def postgres_restart(
         mark = world.proxy.mark()
         devstack.start_stack(stack_root)
         snapshots.append(Snapshot(mark, frozenset(recorded_keys(world))))
-    final = start_runner(world, ["run"], env)
+    final = start_runner(world, list(command), env)
     codes.append(final.wait(RUN_TIMEOUT_S))
     outputs.append(final.output())
     result = audit(world, "PostgreSQL stop + restart", snapshots=snapshots, faults=stopped)

@@ -50,10 +50,15 @@ def own_world(own_stack: StackInfo, tmp_path: Path) -> Iterator[World]:
         w.close()
 
 
+@pytest.mark.parametrize(
+    "command", [("run",), ("worker", "--once", "--processes", "1")], ids=["run", "worker"]
+)
 def test_postgres_stopped_mid_run_stops_the_runner_clearly_and_resume_loses_nothing(
-    own_world: World, own_stack: StackInfo
+    own_world: World, own_stack: StackInfo, command: tuple[str, ...]
 ) -> None:
-    out = scenarios.postgres_restart(own_world, own_stack.root, files=300, seed=11, restarts=2)
+    out = scenarios.postgres_restart(
+        own_world, own_stack.root, files=300, seed=11, restarts=2, command=command
+    )
     audit, d = out.audit, out.details
     assert d["stopped"] == 2, d
     *stopped_runs, last = d["codes"]

@@ -37,6 +37,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import procrastinate
+import psycopg
+import psycopg_pool
 from procrastinate import exceptions as pexc
 from procrastinate.job_context import JobContext
 from procrastinate.schema import SchemaManager
@@ -76,10 +78,10 @@ def translate_queue_errors(doing: str) -> Iterator[None]:
     """The one place procrastinate's connection errors become the toolkit's."""
     try:
         yield
-    except pexc.ConnectorException as exc:
+    except (pexc.ConnectorException, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         cause = exc.__cause__ or exc
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise DatabaseUnavailable(f"Lost PostgreSQL while {doing}: {first}") from exc
+        raise DatabaseUnavailable(f"PostgreSQL failed while {doing}: {first}") from exc
 
 
 def procrastinate_version() -> str:
@@ -94,7 +96,8 @@ def make_app(settings: Settings) -> procrastinate.App:
     connector = procrastinate.PsycopgConnector(
         conninfo=settings.database_url,
         kwargs={
-            "options": f"-c search_path={settings.state_schema}",
+            # quoted: the schema is a checked identifier, and may hold capitals
+            "options": f'-c search_path="{settings.state_schema}"',
             "application_name": "r2migrate-worker",
         },
         min_size=1,
@@ -141,8 +144,9 @@ def ensure_queue_schema(state: State) -> None:
                 raise StateError(
                     f"The job queue in schema {state.schema!r} was made by procrastinate "
                     f"{row['v']}; this r2migrate runs procrastinate {installed}.",
-                    hint="Run the r2migrate that made it, or let every worker finish and drop "
-                    f"the procrastinate_* tables and {state.schema}.queue_schema.",
+                    hint="Run workers from the r2migrate that made it. To start the queue "
+                    "afresh, stop every worker, then drop procrastinate's tables, types and "
+                    f"functions in schema {state.schema} and {state.schema}.queue_schema.",
                 )
             return
         log.info("installing procrastinate %s's tables in schema %s", installed, state.schema)
@@ -154,6 +158,20 @@ def ensure_queue_schema(state: State) -> None:
             sql.SQL("INSERT INTO {s}.queue_schema (procrastinate_version) VALUES (%s)").format(s=s),
             (installed,),
         )
+
+
+@contextlib.contextmanager
+def queue_lock(state: State) -> Iterator[None]:
+    """Serialize "look at the queue, then change it" between workers, machines and the API, so
+    a batch never gets a second job while its first runs, and a stalled job is retried once."""
+    key = f"r2migrate-queue:{state.schema}"
+    with translate_db_errors("locking the job queue"):
+        state.conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception), translate_db_errors("unlocking the job queue"):
+            state.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
 
 
 def queued_batches(state: State) -> set[str]:
@@ -178,19 +196,21 @@ def enqueue_batches(
     `r2migrate run` gives them; otherwise a batch whose only files left have failed is not
     queued, so a worker does not retry the same failures forever.
     """
-    busy = queued_batches(state)
     added = []
-    for batch in state.batches_to_run():
-        if retry_failed:  # even for a queued batch: its job takes them when it runs
-            state.requeue_failed(batch.batch_id)
-        if batch.batch_id in busy:
-            continue
-        if batch.status in (BatchStatus.PARTIAL, BatchStatus.FAILED) and not state.open_file_count(
-            batch.batch_id
-        ):
-            continue  # only failed files are left: they wait for the next start (retry_failed)
-        if _defer(app, batch.batch_id):
-            added.append(batch.batch_id)
+    with queue_lock(state):
+        busy = queued_batches(state)
+        for batch in state.batches_to_run():
+            if retry_failed:  # even for a queued batch: its job takes them when it runs
+                state.requeue_failed(batch.batch_id)
+            if batch.batch_id in busy:
+                continue
+            if batch.status in (
+                BatchStatus.PARTIAL,
+                BatchStatus.FAILED,
+            ) and not state.open_file_count(batch.batch_id):
+                continue  # only failed files are left: they wait for the next start
+            if _defer(app, batch.batch_id):
+                added.append(batch.batch_id)
     if added:
         log.info("queued %d batch job(s): %s", len(added), ", ".join(added[:5]))
     return added
@@ -210,9 +230,10 @@ def enqueue_batch(app: procrastinate.App, state: State, batch_id: str) -> bool:
     already waiting or running. Its failed files get a new round of attempts first."""
     state.get_batch(batch_id)  # BatchNotFound before anything is queued
     state.requeue_failed(batch_id)
-    if batch_id in queued_batches(state):
-        return False
-    return _defer(app, batch_id)
+    with queue_lock(state):
+        if batch_id in queued_batches(state):
+            return False
+        return _defer(app, batch_id)
 
 
 def _defer(app: procrastinate.App, batch_id: str) -> bool:
@@ -343,6 +364,9 @@ class _Engine:
         if self.stop.is_set():  # the batch stays queued-able: the next worker takes it
             return {"batch_id": batch_id, "status": "not started: the worker is stopping"}
         with self.state() as st:
+            # A job runs when its batch was queued or its outage retry came due: files that failed
+            # meanwhile (an outage marks them failed) get a new round, as `r2migrate run` gives.
+            st.requeue_failed(batch_id)
             results = send_batches(
                 self.settings, st, [batch_id], self.sender, self.stop, None, pool=self.pool
             )
@@ -377,6 +401,22 @@ def _run_batch_job(context: JobContext, batch_id: str) -> dict[str, Any]:
             engine.inbox.put(("error", error_payload(exc)))
         engine.stop.set()
         raise
+    except Exception as exc:
+        # A bug, not a condition: say so once and stop, rather than re-run the batch forever.
+        log.exception("batch %s: unexpected error", batch_id)
+        if engine.inbox is not None:
+            engine.inbox.put(("error", _unexpected(exc)))
+        engine.stop.set()
+        raise
+
+
+def _unexpected(exc: BaseException) -> ErrorPayload:
+    return (
+        "ToolkitError",
+        f"Unexpected error in a worker process: {type(exc).__name__}: {exc}",
+        "The log file has the traceback; please report it.",
+        1,
+    )
 
 
 def retry_stalled_jobs(app: procrastinate.App, state: State, stalled_worker_s: float) -> list[str]:
@@ -385,29 +425,30 @@ def retry_stalled_jobs(app: procrastinate.App, state: State, stalled_worker_s: f
     Procrastinate records heartbeats but leaves this check to the application: every
     `r2migrate worker` runs it, so a machine that dies has its batches taken by the others.
     """
-    with translate_db_errors("looking for stalled batch jobs"):
-        rows = state.conn.execute(
-            sql.SQL(
-                "SELECT j.id, j.lock FROM {s}.procrastinate_jobs j"
-                " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
-                " WHERE j.task_name = %s AND j.status = 'doing' AND (w.id IS NULL"
-                "  OR w.last_heartbeat < now() - make_interval(secs => %s))"
-            ).format(s=sql.Identifier(state.schema)),
-            (TASK_NAME, stalled_worker_s),
-        ).fetchall()
-    retried = []
-    for row in rows:
-        try:
-            app.job_manager.retry_job_by_id(row["id"], retry_at=datetime.now(UTC))
-        except pexc.ProcrastinateException as exc:  # another worker retried it, or it ended
-            log.debug("stalled job %s not retried: %s", row["id"], exc)
-            continue
-        retried.append(row["lock"])
-        log.warning(
-            "batch %s: its worker sent no heartbeat for %.0f s; the batch is queued again",
-            row["lock"],
-            stalled_worker_s,
-        )
+    with queue_lock(state):
+        with translate_db_errors("looking for stalled batch jobs"):
+            rows = state.conn.execute(
+                sql.SQL(
+                    "SELECT j.id, j.lock FROM {s}.procrastinate_jobs j"
+                    " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
+                    " WHERE j.task_name = %s AND j.status = 'doing' AND (w.id IS NULL"
+                    "  OR w.last_heartbeat < now() - make_interval(secs => %s))"
+                ).format(s=sql.Identifier(state.schema)),
+                (TASK_NAME, stalled_worker_s),
+            ).fetchall()
+        retried = []
+        for row in rows:
+            try:
+                app.job_manager.retry_job_by_id(row["id"], retry_at=datetime.now(UTC))
+            except pexc.ProcrastinateException as exc:  # it ended between the look and now
+                log.warning("batch %s: its stalled job was not queued again: %s", row["lock"], exc)
+                continue
+            retried.append(row["lock"])
+            log.warning(
+                "batch %s: its worker sent no heartbeat for %.0f s; the batch is queued again",
+                row["lock"],
+                stalled_worker_s,
+            )
     return retried
 
 
@@ -429,11 +470,37 @@ async def _serve(
     )
 
     async def watch() -> None:
-        """Stop taking jobs on the parent's halt (Ctrl-C) or a fatal error in a job."""
-        while not ((halt is not None and halt.is_set()) or engine.stop.is_set()):
+        """Stop taking jobs on the parent's halt (Ctrl-C) or a fatal error in a job, and keep
+        the heartbeat going until the last running job has ended.
+
+        Procrastinate stops its own heartbeat before it waits for the running jobs (at every
+        stop, and with `--once` as soon as the queue looks empty), and does not notice when its
+        heartbeat task dies: either way, other workers would take a live batch for a dead one.
+        """
+        every_s = settings.stalled_worker_s / 3
+        last_ok = next_beat = time.monotonic()
+        stopping = False
+        while True:
+            if not stopping and ((halt is not None and halt.is_set()) or engine.stop.is_set()):
+                stopping = True
+                engine.stop.set()  # running batches stop once their in-flight uploads are recorded
+                worker.stop()  # type: ignore[no-untyped-call]
+            now = time.monotonic()
+            if now >= next_beat and worker.worker_id is not None:
+                next_beat = now + every_s
+                try:
+                    await app.job_manager.update_heartbeat(worker.worker_id)
+                    last_ok = now
+                except Exception as exc:
+                    log.warning("could not send this worker's heartbeat: %s", exc)
+                if now - last_ok > settings.stalled_worker_s and not engine.stop.is_set():
+                    log.error(
+                        "no heartbeat for %.0f s: other workers may take this worker's batches; "
+                        "stopping",
+                        now - last_ok,
+                    )
+                    engine.stop.set()
             await asyncio.sleep(0.2)
-        engine.stop.set()  # running batches stop after their in-flight uploads are recorded
-        worker.stop()  # type: ignore[no-untyped-call]
 
     watcher = asyncio.create_task(watch())
     try:
@@ -481,18 +548,26 @@ def _worker_process_main(settings: Settings, wait: bool, halt: Any, inbox: Any) 
         serve(settings, wait=wait, halt=halt, inbox=inbox)
     except ToolkitError as exc:
         inbox.put(("error", error_payload(exc)))
+    except Exception as exc:
+        log.exception("worker process failed")
+        inbox.put(("error", _unexpected(exc)))
+
+
+QUIET_LOGGERS = ("procrastinate", "psycopg.pool", "asyncio")
 
 
 def quiet_procrastinate() -> None:
-    """Procrastinate's records (warnings and up) go to the toolkit's log file, through its
-    secret filter, and not to the console: a failed job's traceback there would repeat an
-    error the worker already reports in one clear line."""
-    theirs = logging.getLogger("procrastinate")
-    theirs.handlers = [
+    """Procrastinate's records, its connection pool's and asyncio's (warnings and up) go to the
+    toolkit's log file, through its secret filter, and not to the console: while PostgreSQL is
+    down they repeat, with tracebacks, an error the worker reports in one clear line."""
+    files = [
         h for h in logging.getLogger("r2migrate").handlers if isinstance(h, logging.FileHandler)
     ]
-    theirs.propagate = False
-    theirs.setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        theirs = logging.getLogger(name)
+        theirs.handlers = list(files)
+        theirs.propagate = False
+        theirs.setLevel(logging.WARNING)
 
 
 # -- the `r2migrate worker` command ---------------------------------------------------------------
@@ -529,6 +604,7 @@ def run_workers(
     the others, and Interrupted when `stop` is set.
     """
     check_bucket(Bucket(settings), settings, stop)
+    quiet_procrastinate()  # this process queues jobs through procrastinate's pool too
     app = make_app(settings)
     with State.open(settings.database_url, schema=settings.state_schema) as state:
         ensure_queue_schema(state)
@@ -553,16 +629,28 @@ def run_workers(
         log.info("worker: %d process(es) x %d thread(s)", processes, settings.workers)
         error: ErrorPayload | None = None
         next_poll = 0.0
+
+        def take(kind: str, payload: Any) -> None:
+            nonlocal error
+            if kind == "result":
+                summary.results.append(payload)
+            elif kind == "error" and error is None:
+                error = payload
+
+        def join_all() -> None:
+            """Wait for every process, reading what they send (a full pipe would block them)."""
+            while any(c.is_alive() for c in children) or not inbox.empty():
+                with contextlib.suppress(queue.Empty):
+                    take(*inbox.get(timeout=0.2))
+            for child in children:
+                child.join()
+
         try:
             while True:
                 if stop.is_set() or error is not None:
                     halt.set()
                 with contextlib.suppress(queue.Empty):
-                    kind, payload = inbox.get(timeout=0.2)
-                    if kind == "result":
-                        summary.results.append(payload)
-                    elif kind == "error" and error is None:
-                        error = payload
+                    take(*inbox.get(timeout=0.2))
                     continue
                 if halt.is_set():
                     if not any(c.is_alive() for c in children):
@@ -595,22 +683,22 @@ def run_workers(
                 if once and idle and not job_counts(state).get("doing"):
                     break
         except KeyboardInterrupt:
+            # A second Ctrl-C: stop at once, as `run` does. The processes are killed; their leases
+            # (dead pids) and jobs (no heartbeat) are taken over, each upload settled by HEAD.
             stop.set()
             halt.set()
-            log.warning("interrupted: waiting for the worker processes to record what is in flight")
+            log.warning("stopping at once; the next start settles by HEAD what was in flight")
+            for child in children:
+                child.kill()
             for child in children:
                 child.join()
-        for child in children:
-            child.join()
-        while True:
-            try:
-                kind, payload = inbox.get_nowait()
-            except queue.Empty:
-                break
-            if kind == "result":
-                summary.results.append(payload)
-            elif kind == "error" and error is None:
-                error = payload
+        except BaseException:
+            # This process lost PostgreSQL (say): the workers must not outlive it unseen.
+            halt.set()
+            join_all()
+            raise
+        else:
+            join_all()
     if error is not None and error[0] != "Interrupted":
         raise rebuild_error(error)
     if stop.is_set():
