@@ -32,6 +32,7 @@ class Tool:
     args: tuple[str, ...] = ()
     note: str = ""
     upload: tuple[str, ...] = ("run",)  # r2migrate: the command that sends (after `plan`)
+    sets: tuple[str, ...] = ()  # run only on these sets (empty: every set)
 
     @property
     def is_r2migrate(self) -> bool:
@@ -45,7 +46,8 @@ TOOLS: tuple[Tool, ...] = (
         "r2migrate-worker",
         "r2migrate",
         upload=("worker", "--once", "--poll-s", "0.5"),
-        note="`plan && worker --once`: batches as procrastinate jobs",
+        sets=("small",),  # what the queue costs shows on many small batches; keeps make bench short
+        note="`plan && worker --once`: batches as procrastinate jobs (small set only)",
     ),
     # Tool("r2migrate-boto3", "r2migrate", settings=(("fast_put", "false"),)),
     # Tool("r2migrate-1p", "r2migrate", settings=(("processes", "1"), ("workers", "32"))),

@@ -711,6 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for repeat in range(1, args.repeats + 1):
                 shift = (repeat - 1) % len(runnable)
                 for tool in runnable[shift:] + runnable[:shift]:
+                    if tool.sets and set_name not in tool.sets:
+                        continue
                     runner = run_r2migrate if tool.is_r2migrate else run_peer
                     record = runner(ctx, tool, dataset, repeat)
                     ctx_runs.append(record)
