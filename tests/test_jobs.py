@@ -43,6 +43,7 @@ from r2migrate.jobs import (
 from r2migrate.state import BatchStatus, FileStatus, State
 from tests.mediaserver import MediaHTTPServer
 from tests.proxy import FaultProxy
+from tests.test_cli import _env as _cli_env
 
 TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 
@@ -159,21 +160,6 @@ def _seed_files(database_url: str, root: Path, n: int, size: int = 2048) -> int:
                 [(Path(n).name, n) for n in names],
             )
     return n
-
-
-def _cli_env(settings, **extra: str) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "AWS_ACCESS_KEY_ID": settings.access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.secret_key,
-        "R2MIGRATE_ENDPOINT_URL": settings.endpoint_url,
-        "R2MIGRATE_REGION_NAME": "us-east-1",
-        "R2MIGRATE_BUCKET_NAME": settings.bucket_name,
-        "R2MIGRATE_MEDIA_ROOT": str(settings.media_root),
-        "R2MIGRATE_STATE_DIR": str(settings.state_dir),
-    }
-    env.update(extra)
-    return env
 
 
 def _subprocess_env(settings, **extra: str) -> dict[str, str]:

@@ -27,7 +27,6 @@ import contextlib
 import logging
 import multiprocessing
 import queue
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -55,13 +54,13 @@ from r2migrate.errors import (
     StateError,
     ToolkitError,
 )
-from r2migrate.logs import configure_logging
 from r2migrate.state import BatchStatus, State, translate_db_errors
 from r2migrate.transfer import (
     ErrorPayload,
     Sender,
     check_bucket,
     error_payload,
+    init_child_process,
     rebuild_error,
     send_batches,
 )
@@ -534,15 +533,7 @@ def serve(settings: Settings, *, wait: bool, halt: Any = None, inbox: Any = None
 
 def _worker_process_main(settings: Settings, wait: bool, halt: Any, inbox: Any) -> None:
     """A spawned worker process: Ctrl-C goes to the parent, which sets `halt`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    configure_logging(
-        level=settings.log_level,
-        log_file=settings.effective_log_file,
-        log_format=settings.log_format,
-        console_level="WARNING",
-        secrets=settings.secret_values(),
-    )
+    init_child_process(settings)
     quiet_procrastinate()
     try:
         serve(settings, wait=wait, halt=halt, inbox=inbox)

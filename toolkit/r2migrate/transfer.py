@@ -662,14 +662,12 @@ def _run_processes(
     return RunSummary(tuple(_merge(state, bid, per_batch.get(bid, [])) for bid in batch_ids))
 
 
-def _child_main(
-    settings: Settings,
-    batch_ids: list[str],
-    halt: Any,
-    inbox: Any,
-) -> None:
-    """One upload process: its own connection, client and threads; reports results, not logs."""
-    # Ctrl-C reaches the parent, which sets `halt`; a child must finish its in-flight PUTs.
+def init_child_process(settings: Settings) -> None:
+    """Set up a spawned upload or worker process: signals and logging.
+
+    Ctrl-C reaches the parent, which tells its children to stop; a child must finish its
+    in-flight PUTs, so it ignores SIGINT and SIGTERM. Its console shows warnings only.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(
@@ -679,6 +677,16 @@ def _child_main(
         console_level="WARNING",
         secrets=settings.secret_values(),
     )
+
+
+def _child_main(
+    settings: Settings,
+    batch_ids: list[str],
+    halt: Any,
+    inbox: Any,
+) -> None:
+    """One upload process: its own connection, client and threads; reports results, not logs."""
+    init_child_process(settings)
     stop = threading.Event()
 
     def watch_halt() -> None:
