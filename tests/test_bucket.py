@@ -18,9 +18,11 @@ from r2migrate.errors import (
     NoSuchBucket,
     ObjectExists,
 )
+from r2migrate.fastput import FastPut
 from tests.proxy import FaultProxy
 
 MIB = 1024 * 1024
+SENDERS = ["boto3", "fastput"]  # how put_file_multipart sends its parts
 
 
 def _sha(data: bytes) -> str:
@@ -307,4 +309,151 @@ def test_a_failing_part_aborts_the_parallel_upload(stack, make_settings, tmp_pat
                 part_workers=4,
             )
         assert proxy.count("DELETE", with_query="uploadId")  # the upload was aborted
+    assert Bucket(make_settings()).head("aborted.bin") is None
+
+
+# -- a file on disk: hashed once, parts sent from the file -------------------------------------
+
+
+def _file_put(bucket, path, key, *, how="boto3", settings=None, part_workers=1):
+    st = path.stat()
+    fast = FastPut(settings) if how == "fastput" else None
+    try:
+        with path.open("rb") as fh:
+            return bucket.put_file_multipart(
+                key,
+                fh,
+                size_bytes=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                part_size_bytes=5 * MIB,
+                content_type="application/octet-stream",
+                part_workers=part_workers,
+                send_part=fast.upload_part if fast is not None else None,
+            )
+    finally:
+        if fast is not None:
+            fast.close()
+
+
+@pytest.mark.parametrize("how", SENDERS)
+@pytest.mark.parametrize("part_workers", [1, 4])
+def test_file_multipart_returns_the_sha256_it_stored(make_settings, tmp_path, how, part_workers):
+    settings = make_settings()
+    bucket = Bucket(settings)
+    data = os.urandom(12 * MIB + 5)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    sha, result = _file_put(
+        bucket, path, "file/big.bin", how=how, settings=settings, part_workers=part_workers
+    )
+    assert sha == _sha(data)
+    assert result.part_size_bytes == 5 * MIB
+    assert result.etag.strip('"').endswith("-3")
+    info = bucket.head("file/big.bin")
+    assert info is not None and info.sha256_hex == sha
+    assert bucket.get_sha256("file/big.bin") == (sha, len(data))
+    assert path.read_bytes() == data  # the source is only read
+
+
+def _change_when_part_one_arrives(path, change):
+    """A proxy rule changing the file on disk when part 1 reaches the server (parts go in order
+    with part_workers=1, so parts 2 and 3 are read afterwards)."""
+    done: list[bool] = []
+
+    def rule(request):
+        if "partNumber=1" in request.query.split("&") and not done:
+            done.append(True)
+            st = path.stat()
+            with path.open("r+b") as fh:
+                if change == "rewritten":  # same size and mtime: only the bytes tell
+                    fh.seek(7 * MIB)
+                    fh.write(b"X" * 100)
+                elif change == "truncated":
+                    fh.truncate(7 * MIB)
+                else:
+                    fh.seek(0, 2)
+                    fh.write(b"more")
+            if change == "rewritten":
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return None
+
+    return rule
+
+
+@pytest.mark.parametrize("how", SENDERS)
+@pytest.mark.parametrize("change", ["rewritten", "truncated", "grew"])
+def test_file_changing_while_its_parts_are_sent_is_aborted(
+    stack, make_settings, tmp_path, how, change
+):
+    host, port = stack.endpoint_url.split("//")[1].split(":")
+    path = tmp_path / "moving.bin"
+    path.write_bytes(os.urandom(3 * 5 * MIB))
+    with FaultProxy(host, int(port), rule=_change_when_part_one_arrives(path, change)) as proxy:
+        settings = make_settings(endpoint_url=proxy.url, read_timeout_s=20)
+        with pytest.raises(DigestMismatch) as info:
+            _file_put(Bucket(settings), path, "moving.bin", how=how, settings=settings)
+        assert proxy.count("DELETE", with_query="uploadId")  # the upload was aborted
+    assert info.value.code == "SourceChanged"
+    assert Bucket(make_settings()).head("moving.bin") is None
+
+
+@pytest.mark.parametrize("how", SENDERS)
+def test_file_changed_before_hashing_is_refused_before_any_request(
+    stack, make_settings, tmp_path, how
+):
+    host, port = stack.endpoint_url.split("//")[1].split(":")
+    path = tmp_path / "stale.bin"
+    path.write_bytes(os.urandom(6 * MIB))
+    st = path.stat()
+    path.write_bytes(os.urandom(6 * MIB + 1))  # after the caller's stat
+    with FaultProxy(host, int(port)) as proxy:
+        settings = make_settings(endpoint_url=proxy.url)
+        fast = FastPut(settings) if how == "fastput" else None
+        with path.open("rb") as fh, pytest.raises(DigestMismatch) as info:
+            Bucket(settings).put_file_multipart(
+                "stale.bin",
+                fh,
+                size_bytes=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                part_size_bytes=5 * MIB,
+                content_type="application/octet-stream",
+                send_part=fast.upload_part if fast is not None else None,
+            )
+        assert not proxy.requests
+    assert info.value.code == "SourceChanged"
+
+
+@pytest.mark.parametrize("how", SENDERS)
+def test_file_parts_go_in_parallel(stack, make_settings, tmp_path, how):
+    host, port = stack.endpoint_url.split("//")[1].split(":")
+    data = os.urandom(3 * 5 * MIB + 7)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    met, seen = threading.Event(), []
+    with FaultProxy(host, int(port), rule=_overlap_rule(met, seen)) as proxy:
+        settings = make_settings(endpoint_url=proxy.url)
+        sha, result = _file_put(
+            Bucket(settings), path, "parallel.bin", how=how, settings=settings, part_workers=4
+        )
+    assert result.etag.strip('"').endswith("-4") and len(seen) == 4
+    assert met.is_set()
+    assert Bucket(make_settings()).get_sha256("parallel.bin") == (sha, len(data))
+
+
+@pytest.mark.parametrize("how", SENDERS)
+def test_a_failing_file_part_aborts_the_upload(stack, make_settings, tmp_path, how):
+    host, port = stack.endpoint_url.split("//")[1].split(":")
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(4 * 5 * MIB))
+
+    def rule(request):
+        return "reset" if "partNumber=3" in request.query.split("&") else None
+
+    with FaultProxy(host, int(port), rule=rule) as proxy:
+        settings = make_settings(endpoint_url=proxy.url)
+        with pytest.raises(BucketError) as info:
+            _file_put(Bucket(settings), path, "aborted.bin", how=how, settings=settings,
+                      part_workers=4)  # fmt: skip
+        assert info.value.retryable
+        assert proxy.count("DELETE", with_query="uploadId")
     assert Bucket(make_settings()).head("aborted.bin") is None

@@ -7,6 +7,7 @@ faults and through a small TLS-terminating proxy (openssl-made self-signed certi
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -19,6 +20,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import botocore.exceptions
 import pytest
@@ -30,7 +32,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from r2migrate import bucket as bucket_module
-from r2migrate.bucket import Bucket, translate_error
+from r2migrate.bucket import Bucket, FileRegion, SourceShort, sha256_b64, translate_error
 from r2migrate.config import Settings
 from r2migrate.errors import (
     AccessDenied,
@@ -193,6 +195,56 @@ def test_signature_equals_botocore(
     assert prepared.head.endswith(b"\r\n\r\n")
 
 
+UPLOAD_IDS = st.one_of(
+    st.text("abcdefABCDEF0123456789", min_size=1, max_size=40),  # weed: hex
+    st.text("ABCxyz019+/=-_.~", min_size=1, max_size=200),  # R2, AWS: base64-like, long
+)
+
+
+@given(
+    key=KEYS,
+    upload_id=UPLOAD_IDS,
+    number=st.integers(min_value=1, max_value=10_000),
+    endpoint=ENDPOINTS,
+    style=st.sampled_from(["path", "virtual"]),
+    region=st.sampled_from(["us-east-1", "auto"]),
+    token=st.one_of(st.none(), st.text("ABCxyz019+/=", min_size=1, max_size=30)),
+    digest=st.binary(min_size=32, max_size=32),
+)
+def test_part_signature_equals_botocore(key, upload_id, number, endpoint, style, region, token,
+                                        digest):  # fmt: skip
+    settings = Settings(
+        endpoint_url=endpoint,
+        region_name=region,
+        access_key="AKIDEXAMPLE",
+        secret_key="secret/key+1",
+        session_token=token,
+        bucket_name="media-bucket",
+        addressing_style=style,
+    )
+    fp = FastPut(settings)
+    checksum = base64.b64encode(digest).decode()
+    prepared = fp.prepare_part(key, upload_id, number, 5 * 2**20, checksum, amz_date=AMZ_DATE)
+    own = {"host", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "authorization"}
+    given_headers = {k: v for k, v in prepared.headers if k not in own}
+    assert given_headers == {"x-amz-checksum-sha256": checksum}
+    canonical, authorization = _botocore_sign(
+        fp,
+        endpoint.split(":", 1)[0],
+        prepared.target,
+        given_headers,
+        Credentials("AKIDEXAMPLE", "secret/key+1", token),
+        region,
+    )
+    assert prepared.canonical_request == canonical
+    assert dict(prepared.headers)["authorization"] == authorization
+    query = prepared.target.partition("?")[2]
+    assert dict(parse_qsl(query, strict_parsing=True)) == {
+        "partNumber": str(number),
+        "uploadId": upload_id,
+    }
+
+
 @given(key=KEYS)
 def test_canonical_uri_escapes_every_byte_but_unreserved_and_slash(key):
     uri = canonical_uri(key)
@@ -262,6 +314,92 @@ def test_request_matches_the_one_boto3_sends(make_settings):
         signed = dict(prepared.headers)["authorization"].split("SignedHeaders=")[1].split(",")[0]
         boto_signed = str(request.headers["Authorization"]).split("SignedHeaders=")[1]
         assert signed == boto_signed.split(",")[0], key
+
+
+def test_part_request_matches_the_one_boto3_sends(make_settings, tmp_path):
+    """UploadPart: the same URL (path and query) and headers as botocore's, bar SDK noise."""
+    settings = make_settings()
+    bucket = Bucket(settings)
+    seen: list[AWSRequest] = []
+    bucket.client.meta.events.register(
+        "before-send.s3.UploadPart", lambda request, **_: seen.append(request)
+    )
+    noise = {"user-agent", "expect", "x-amz-date", "authorization", "x-amz-content-sha256",
+             "amz-sdk-invocation-id", "amz-sdk-request", "content-length", "content-md5",
+             "x-amz-sdk-checksum-algorithm"}  # fmt: skip
+    data = os.urandom(6 * 2**20)
+    source = tmp_path / "part.bin"
+    source.write_bytes(data)
+    fp = FastPut(settings)
+    for key in SERVER_KEYS[:4]:
+        st = source.stat()
+        with source.open("rb") as fh:
+            bucket.put_file_multipart(
+                key, fh, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns,
+                part_size_bytes=5 * 2**20, content_type="application/octet-stream",
+            )  # fmt: skip
+        request = seen[-1]
+        boto_headers = {
+            k.lower(): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in request.headers.items()
+            if k.lower() not in noise
+        }
+        target = request.url.split(str(settings.endpoint_url), 1)[1]
+        upload_id = dict(parse_qsl(target.partition("?")[2]))["uploadId"]
+        prepared = fp.prepare_part(key, upload_id, 2, 2**20, boto_headers["x-amz-checksum-sha256"])
+        ours = {k: v for k, v in prepared.headers if k not in noise and k != "host"}
+        assert ours == boto_headers, key
+        path, _, query = target.partition("?")
+        ours_path, _, ours_query = prepared.target.partition("?")
+        assert (path, dict(parse_qsl(query))) == (ours_path, dict(parse_qsl(ours_query))), key
+
+
+def test_a_part_sent_from_the_file_lands_and_a_short_file_is_source_short(make_settings,
+                                                                         tmp_path):  # fmt: skip
+    settings = make_settings()
+    bucket = Bucket(settings)
+    data = os.urandom(5 * 2**20 + 3)
+    path = tmp_path / "p.bin"
+    path.write_bytes(data)
+    upload_id = bucket.client.create_multipart_upload(
+        Bucket=bucket.name, Key="parts/one", ChecksumAlgorithm="SHA256"
+    )["UploadId"]
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    with FastPut(settings) as fp, path.open("rb") as fh:
+        etag = fp.upload_part("parts/one", upload_id, 1, FileRegion(fh.fileno(), 0, len(data)),
+                              digest)  # fmt: skip
+        assert etag.strip('"') == hashlib.md5(data).hexdigest()
+        with pytest.raises(SourceShort):  # asks for 10 bytes past the end: cut off, not hung
+            fp.upload_part("parts/one", upload_id, 2, FileRegion(fh.fileno(), 3, len(data) + 10),
+                           digest)  # fmt: skip
+        # The connection was dropped; the next part goes on a fresh one.
+        etag2 = fp.upload_part("parts/one", upload_id, 2, FileRegion(fh.fileno(), 0, len(data)),
+                               digest)  # fmt: skip
+        assert fp.connections_opened == 2
+    bucket.client.complete_multipart_upload(
+        Bucket=bucket.name,
+        Key="parts/one",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [
+            {"PartNumber": 1, "ETag": etag, "ChecksumSHA256": digest},
+            {"PartNumber": 2, "ETag": etag2, "ChecksumSHA256": digest},
+        ]},
+    )  # fmt: skip
+    assert bucket.get_sha256("parts/one") == (_sha(data + data), 2 * len(data))
+
+
+def test_a_part_with_a_wrong_checksum_is_digest_mismatch(make_settings, tmp_path):
+    settings = make_settings()
+    bucket = Bucket(settings)
+    path = tmp_path / "p.bin"
+    path.write_bytes(b"p" * 1000)
+    upload_id = bucket.client.create_multipart_upload(
+        Bucket=bucket.name, Key="parts/bad", ChecksumAlgorithm="SHA256"
+    )["UploadId"]
+    with FastPut(settings) as fp, path.open("rb") as fh, pytest.raises(DigestMismatch) as info:
+        fp.upload_part("parts/bad", upload_id, 1, FileRegion(fh.fileno(), 0, 1000),
+                       sha256_b64(_sha(b"other")))  # fmt: skip
+    assert "UPLOAD-PART s3://" in info.value.message
 
 
 def test_objects_match_boto3_ones_on_the_server(make_settings):
@@ -708,6 +846,41 @@ def test_tls_with_sni_and_verification(tls, make_settings):
         assert fp.connections_opened == 1
     assert proxy.server_names == ["localhost"]
     assert Bucket(make_settings()).get_sha256("tls/3 ü") == (_sha(b"secret 3"), 8)
+
+
+def test_tls_parts_are_read_and_encrypted_in_user_space(tls, make_settings, tmp_path):
+    proxy, cert = tls
+    settings = make_settings(endpoint_url=f"https://localhost:{proxy.port}", ca_bundle=cert)
+    data = os.urandom(11 * 2**20)
+    path = tmp_path / "tls.bin"
+    path.write_bytes(data)
+    st = path.stat()
+    with FastPut(settings) as fp, path.open("rb") as fh:
+        sha, result = Bucket(settings).put_file_multipart(
+            "tls/big ü.bin", fh, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns,
+            part_size_bytes=5 * 2**20, content_type="application/octet-stream",
+            part_workers=3, send_part=fp.upload_part,
+        )  # fmt: skip
+    assert result.etag.strip('"').endswith("-3")
+    assert (
+        Bucket(make_settings()).get_sha256("tls/big ü.bin")
+        == (sha, len(data))
+        == (
+            _sha(data),
+            len(data),
+        )
+    )
+
+
+def test_connections_of_ended_threads_are_closed(make_settings):
+    with FastPut(make_settings()) as fp:
+        for i in range(3):
+            thread = threading.Thread(target=_put, args=(fp, f"threads/{i}", b"t"))
+            thread.start()
+            thread.join()
+        _put(fp, "threads/main", b"m")  # opening this one closes the three ended threads' ones
+        assert fp.connections_opened == 4
+        assert len(fp._open) == 1
 
 
 def test_tls_untrusted_certificate_is_not_retryable(tls, make_settings):

@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,6 +85,24 @@ class ObjectInfo:
 class PutResult:
     etag: str
     part_size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class FileRegion:
+    """``size`` bytes of the open file ``fd`` from ``offset``: a part sent without copying it."""
+
+    fd: int
+    offset: int
+    size: int
+
+
+class SourceShort(OSError):
+    """The file ended before its region did, so the request was cut off: the source shrank."""
+
+
+# Sends one part of a multipart upload and returns its ETag: (key, upload id, part number, the
+# bytes, their SHA-256 in base64). fastput.FastPut.upload_part is one; raises BucketError.
+PartSender = Callable[[str, str, int, FileRegion, str], str]
 
 
 def sha256_b64(hex_digest: str) -> str:
@@ -205,7 +223,7 @@ class _PartWindow:
         self, stream: IO[bytes], offset: int, size: int, lock: threading.Lock | None = None
     ) -> None:
         self._stream = stream
-        self._offset = offset
+        self.offset = offset
         self._size = max(0, size)
         self._pos = 0
         # Windows of one stream sent in parallel share this lock: a seek and its read are one step.
@@ -229,7 +247,7 @@ class _PartWindow:
         if count <= 0:
             return b""
         with self._lock:
-            self._stream.seek(self._offset + self._pos)
+            self._stream.seek(self.offset + self._pos)
             data = self._stream.read(count)
         if len(data) < count:
             # Shrunk since it was hashed: end the request now rather than leave the server
@@ -238,6 +256,10 @@ class _PartWindow:
             raise OSError(f"the source ended {count - len(data)} bytes early")
         self._pos += len(data)
         return data
+
+    def region(self) -> FileRegion:
+        """The window as a region of the stream's file (the stream must be a real file)."""
+        return FileRegion(self._stream.fileno(), self.offset, self._size)
 
     def still_hashes_to(self, digest_b64: str) -> bool:
         """Read the window again: does it still have the SHA-256 it had when it was hashed?"""
@@ -253,7 +275,7 @@ class _PartWindow:
             while done < self._size:
                 want = min(len(view), self._size - done)
                 with self._lock:
-                    self._stream.seek(self._offset + done)
+                    self._stream.seek(self.offset + done)
                     if readinto is not None:
                         count = int(readinto(view[:want]) or 0)
                         chunk: Any = view[:count]
@@ -418,6 +440,85 @@ class Bucket:
             raise translate_error(exc, op="PUT", bucket=self.name, key=key) from exc
         return PutResult(etag=str(resp.get("ETag", "")))
 
+    def put_file_multipart(
+        self,
+        key: str,
+        fh: IO[bytes],
+        *,
+        size_bytes: int,
+        mtime_ns: int,
+        part_size_bytes: int,
+        content_type: str,
+        content_encoding: str | None = None,
+        part_workers: int = 1,
+        send_part: PartSender | None = None,
+    ) -> tuple[str, PutResult]:
+        """Multipart upload of a regular file in equal parts: (its SHA-256 hex, the result).
+
+        The file is read once to hash and once to send. The hashing pass computes every part's
+        SHA-256 and the whole file's together: the whole digest goes in the metadata of
+        CreateMultipartUpload, so it is needed before the first part. Then the parts are sent
+        from the file at their offsets, ``part_workers`` at a time, each with its digest, which
+        the server checks: the object is made of exactly the bytes that were hashed. They go
+        through ``send_part`` (fastput: sendfile, no copy in Python) when given, else through
+        botocore streaming a window of ``fh``. Memory: one 1 MiB buffer and a digest per part.
+
+        A file that changes on the way fails with ``DigestMismatch`` code ``SourceChanged`` and
+        the upload is aborted: a size or mtime other than ``size_bytes``/``mtime_ns`` before
+        hashing, after it or after sending; a part that ends early; a part the server refuses
+        (BadDigest) whose bytes no longer hash the same.
+        """
+        fd = fh.fileno()
+        self._check_unchanged(key, fd, size_bytes, mtime_ns)
+        lock = threading.Lock()
+        windows: list[tuple[_PartWindow, str]] = []
+        whole = hashlib.sha256()
+        scratch = bytearray(_HASH_BLOCK_BYTES)
+        offset = 0
+        while offset < size_bytes or not windows:
+            window = _PartWindow(fh, offset, min(part_size_bytes, size_bytes - offset), lock)
+            part_hash = hashlib.sha256()
+            got = window.hash(scratch, part_hash, whole)
+            if got < len(window):
+                raise _source_changed(key, offset + got, size_bytes)
+            windows.append((window, base64.b64encode(part_hash.digest()).decode("ascii")))
+            offset += got
+        self._check_unchanged(key, fd, size_bytes, mtime_ns)
+        sha256_hex = whole.hexdigest()
+        upload_id = self._create_upload(key, sha256_hex, content_type, content_encoding)
+        workers = min(part_workers, len(windows))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="r2m-part") if workers > 1 else None
+        try:
+            jobs = [
+                (key, upload_id, number, window, digest, window.offset, size_bytes, send_part)
+                for number, (window, digest) in enumerate(windows, start=1)
+            ]
+            if pool is not None:
+                parts = [f.result() for f in [pool.submit(self._upload_part, *j) for j in jobs]]
+            else:
+                parts = [self._upload_part(*job) for job in jobs]
+            self._check_unchanged(key, fd, size_bytes, mtime_ns)
+            etag = self._complete_upload(key, upload_id, parts)
+        except BaseException:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)  # no part may land after the abort
+            self._abort(key, upload_id)
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+        return sha256_hex, PutResult(etag=etag, part_size_bytes=part_size_bytes)
+
+    @staticmethod
+    def _check_unchanged(key: str, fd: int, size_bytes: int, mtime_ns: int) -> None:
+        now = os.fstat(fd)
+        if now.st_size != size_bytes or now.st_mtime_ns != mtime_ns:
+            raise DigestMismatch(
+                f"{key}: the file changed while it was uploaded (size {now.st_size:,} bytes, "
+                f"was {size_bytes:,}; modified at {now.st_mtime_ns} ns, was {mtime_ns})",
+                code="SourceChanged",
+            )
+
     def put_multipart_checked(
         self,
         key: str,
@@ -430,27 +531,19 @@ class Bucket:
         content_encoding: str | None = None,
         part_workers: int = 1,
     ) -> PutResult:
-        """Multipart upload in equal parts, each with its SHA-256; memory: 1 MiB, not a part.
+        """Multipart upload of a stream whose SHA-256 is already known (an HTTP body, sent again).
 
-        Each part is read twice from the (seekable) stream: once to hash it, because its
-        SHA-256 travels in a header before its bytes, then by botocore, which streams it from a
-        window of the stream (``_PartWindow``). The page cache makes the second read cheap; the
-        server checks every part against its digest, so a file that changes in between gets
-        ``BadDigest``, never a wrong object. Holding each part in memory instead cost
-        ``workers`` x part size, twice over while the next part was read.
-        With ``part_workers`` > 1 and a regular file, that many parts are sent at once (the
-        hashing stays in order in this thread); other streams (an HTTP body) go one part at a time.
-        The whole-file digest is recomputed while the parts are hashed: if it differs from
-        `sha256_hex` (the file changed since it was hashed) the upload is aborted, never completed.
+        For a file on disk, ``put_file_multipart`` reads it one time fewer. Each part is read
+        twice from the (seekable) stream: once to hash it, because its SHA-256 travels in a
+        header before its bytes, then by botocore, which streams it from a window of the stream
+        (``_PartWindow``). The server checks every part against its digest, so a stream that
+        changes in between gets ``BadDigest``, never a wrong object. With ``part_workers`` > 1
+        and a regular file, that many parts are sent at once (the hashing stays in order in
+        this thread); other streams go one part at a time. The whole-file digest is recomputed
+        while the parts are hashed: if it differs from `sha256_hex` (the source changed since
+        it was hashed) the upload is aborted, never completed.
         """
-        params = self._write_params(sha256_hex, content_type, content_encoding)
-        try:
-            created = self.client.create_multipart_upload(
-                Bucket=self.name, Key=key, ChecksumAlgorithm="SHA256", **params
-            )
-        except Exception as exc:
-            raise translate_error(exc, op="CREATE-MULTIPART", bucket=self.name, key=key) from exc
-        upload_id = created["UploadId"]
+        upload_id = self._create_upload(key, sha256_hex, content_type, content_encoding)
         whole = hashlib.sha256()
         scratch = bytearray(_HASH_BLOCK_BYTES)
         lock = threading.Lock()
@@ -486,18 +579,7 @@ class Bucket:
                 raise _source_changed(key, sent + 1, size_bytes)
             if whole.hexdigest() != sha256_hex:
                 raise _source_changed(key, sent, size_bytes)
-            try:
-                resp_c = self.client.complete_multipart_upload(
-                    Bucket=self.name,
-                    Key=key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-                    IfNoneMatch="*",
-                )
-            except Exception as exc:
-                raise translate_error(
-                    exc, op="COMPLETE-MULTIPART", bucket=self.name, key=key
-                ) from exc
+            etag = self._complete_upload(key, upload_id, parts)
         except BaseException:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)  # no part may land after the abort
@@ -506,7 +588,32 @@ class Bucket:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-        return PutResult(etag=str(resp_c.get("ETag", "")), part_size_bytes=part_size_bytes)
+        return PutResult(etag=etag, part_size_bytes=part_size_bytes)
+
+    def _create_upload(
+        self, key: str, sha256_hex: str, content_type: str, content_encoding: str | None
+    ) -> str:
+        params = self._write_params(sha256_hex, content_type, content_encoding)
+        try:
+            created = self.client.create_multipart_upload(
+                Bucket=self.name, Key=key, ChecksumAlgorithm="SHA256", **params
+            )
+        except Exception as exc:
+            raise translate_error(exc, op="CREATE-MULTIPART", bucket=self.name, key=key) from exc
+        return str(created["UploadId"])
+
+    def _complete_upload(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> str:
+        try:
+            resp = self.client.complete_multipart_upload(
+                Bucket=self.name,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            raise translate_error(exc, op="COMPLETE-MULTIPART", bucket=self.name, key=key) from exc
+        return str(resp.get("ETag", ""))
 
     def _upload_part(
         self,
@@ -517,26 +624,39 @@ class Bucket:
         digest: str,
         start: int,
         size_bytes: int,
+        send_part: PartSender | None = None,
     ) -> dict[str, Any]:
         part.seek(0)
         try:
-            resp = self.client.upload_part(
-                Bucket=self.name,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=part,  # type: ignore[arg-type]
-                ChecksumSHA256=digest,
-            )
+            if send_part is not None:
+                etag = send_part(key, upload_id, number, part.region(), digest)
+            else:
+                resp = self.client.upload_part(
+                    Bucket=self.name,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=part,  # type: ignore[arg-type]
+                    ChecksumSHA256=digest,
+                )
+                etag = resp["ETag"]
+        except SourceShort as exc:
+            raise _source_changed(key, start, size_bytes) from exc
         except Exception as exc:
             if part.shrank:
                 raise _source_changed(key, start + part.tell(), size_bytes) from exc
-            error = translate_error(exc, op="UPLOAD-PART", bucket=self.name, key=key)
+            error = (
+                exc
+                if isinstance(exc, BucketError)
+                else translate_error(exc, op="UPLOAD-PART", bucket=self.name, key=key)
+            )
             if error.code in DIGEST_CODES and not part.still_hashes_to(digest):
                 # The server saw other bytes than were hashed: the file changed in between.
                 raise _source_changed(key, start, size_bytes) from exc
+            if error is exc:
+                raise
             raise error from exc
-        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest}
+        return {"PartNumber": number, "ETag": etag, "ChecksumSHA256": digest}
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:

@@ -1,23 +1,28 @@
-"""The lean PUT path for small objects: its own SigV4 signer and one keep-alive socket per thread.
+"""The lean PUT path: its own SigV4 signer and one keep-alive socket per thread.
 
-It must never do anything but a single create-only PUT (``If-None-Match: *``) of bytes already in
-memory: HEAD, multipart, delete and list stay with ``bucket.py`` (boto3). It raises the same error
-classes as ``bucket.translate_error`` with the same ``retryable`` meaning, and tests prove its
-signatures equal botocore's, so ``transfer`` can switch between the two with one setting.
+It does two things only: a single create-only PUT (``If-None-Match: *``) of a small object
+already in memory, and UploadPart of a multipart upload that ``bucket.py`` created, sending the
+part straight from the file with ``sendfile`` (a read-and-write loop under TLS). Create, complete,
+abort, HEAD, delete and list stay with ``bucket.py`` (boto3). It raises the same error classes as
+``bucket.translate_error`` with the same ``retryable`` meaning, and tests prove its signatures
+equal botocore's, so ``transfer`` can switch between the two with one setting.
 
 Why it exists: boto3 spends about 3 ms of client CPU per small PUT (request model, hooks, a
-second signer pass, ``Expect: 100-continue``); this path spends a fraction of that. The request
-is exactly what ``Bucket.put_object_checked`` sends, minus ``Expect``/``User-Agent`` noise and with
-``x-amz-content-sha256: UNSIGNED-PAYLOAD`` (also over plain http, where botocore would hash the
-body again): the precomputed ``x-amz-checksum-sha256`` already makes the server check every byte.
+second signer pass, ``Expect: 100-continue``); this path spends a fraction of that. For parts,
+botocore copies every byte through Python in 16 KiB writes; sendfile leaves them in the kernel.
+The PUT is exactly what ``Bucket.put_object_checked`` sends, minus ``Expect``/``User-Agent``
+noise and with ``x-amz-content-sha256: UNSIGNED-PAYLOAD`` (also over plain http, where botocore
+would hash the body again): the precomputed ``x-amz-checksum-sha256`` already makes the server
+check every byte.
 
 Stale keep-alive connections: before a reused connection is written to it is polled; a readable
 socket (the server's FIN or stray bytes) is closed and a new one opened. If the send or the wait
 for the first response byte still fails on a *reused* connection (the server closed it in the
 same instant), the request is sent once more on a fresh connection. That resend can only be
 answered 412 if the first copy did land, and a 412 is ``ObjectExists``, which ``transfer``
-already resolves by HEAD (the object is ours when it carries this SHA-256). A failure on a fresh
-connection, a timeout, or any failure after a response byte arrived is never resent here.
+already resolves by HEAD (the object is ours when it carries this SHA-256); a part sent twice
+replaces itself with the same bytes. A failure on a fresh connection, a timeout, or any failure
+after a response byte arrived is never resent here.
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ from r2migrate.bucket import (
     DIGEST_CODES,
     SHA256_METADATA_KEY,
     TRANSIENT_CODES,
+    FileRegion,
     PutResult,
+    SourceShort,
     sha256_b64,
     tls_verify,
 )
@@ -76,6 +83,7 @@ _SERVICE = "s3"
 _USER_AGENT = "r2migrate-fastput"
 _CONCAT_LIMIT_BYTES = 1 << 20  # above this the body goes in a second write instead of a copy
 _RECV_BYTES = 65536
+_TLS_SEND_BYTES = 256 * 1024  # a part under TLS: read and encrypt this much at a time
 _MAX_HEAD_BYTES = 64 * 1024
 
 # put_object parameters that are plain header strings: boto3 sends them unchanged.
@@ -213,9 +221,11 @@ class Response:
         return html.unescape(match.group(1).decode("utf-8", "replace")).strip() if match else ""
 
 
-def translate_response(response: Response, *, bucket: str, key: str) -> BucketError:
+def translate_response(
+    response: Response, *, bucket: str, key: str, op: str = "PUT"
+) -> BucketError:
     """Map an S3 error answer to a PUT onto the tree, as ``bucket.translate_error`` does."""
-    where = f"PUT s3://{bucket}/{key}"
+    where = f"{op} s3://{bucket}/{key}"
     status = response.status
     code = response.error_code or str(status)  # botocore's code for an answer without XML
     message = response.error_message or code or str(status)
@@ -232,8 +242,8 @@ def translate_response(response: Response, *, bucket: str, key: str) -> BucketEr
     return BucketError(f"{where}: {code or status}: {message}", code=code)
 
 
-def _network_error(exc: BaseException, *, bucket: str, key: str) -> BucketError:
-    where = f"PUT s3://{bucket}/{key}"
+def _network_error(exc: BaseException, *, bucket: str, key: str, op: str = "PUT") -> BucketError:
+    where = f"{op} s3://{bucket}/{key}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         # botocore raises SSLError here, which translate_error leaves non-retryable too.
         return BucketError(f"{where}: SSLError: {exc}", code="SSLError")
@@ -258,6 +268,7 @@ class _Connection:
         self.sock = sock
         self.timeout_s = timeout_s
         self.pid = os.getpid()  # a forked worker must not write into its parent's socket
+        self.owner = threading.current_thread()  # its connection is closed once it has ended
         self.requests = 0
         self._buf = bytearray()
 
@@ -291,12 +302,46 @@ class _Connection:
             self.sock.settimeout(self.timeout_s)
         return True
 
-    def send(self, head: bytes, body: bytes) -> None:
-        if len(body) <= _CONCAT_LIMIT_BYTES:
+    def send(self, head: bytes, body: bytes | FileRegion) -> None:
+        if isinstance(body, FileRegion):
+            self.sock.sendall(head)
+            self._send_region(body)
+        elif len(body) <= _CONCAT_LIMIT_BYTES:
             self.sock.sendall(head + body)  # one write: one segment train, no Nagle stall
         else:
             self.sock.sendall(head)
             self.sock.sendall(body)
+
+    def _send_region(self, region: FileRegion) -> None:
+        """The region's bytes: sendfile on plain TCP; under TLS, read and sendall (user space).
+
+        Raises ``SourceShort`` when the file ends first: the request is cut off, and the caller
+        must drop this connection.
+        """
+        offset, left = region.offset, region.size
+        if isinstance(self.sock, ssl.SSLSocket):
+            while left:
+                chunk = os.pread(region.fd, min(left, _TLS_SEND_BYTES), offset)
+                if not chunk:
+                    raise SourceShort(f"the source ended {left} bytes early")
+                self.sock.sendall(chunk)
+                offset += len(chunk)
+                left -= len(chunk)
+            return
+        out = self.sock.fileno()
+        poller = select.poll()
+        poller.register(out, select.POLLOUT)
+        while left:
+            try:
+                sent = os.sendfile(out, region.fd, offset, left)
+            except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+                if not poller.poll(self.timeout_s * 1000):
+                    raise TimeoutError("timed out sending a part") from None
+                continue
+            if not sent:
+                raise SourceShort(f"the source ended {left} bytes early")
+            offset += sent
+            left -= sent
 
     def _fill(self) -> bool:
         chunk = self.sock.recv(_RECV_BYTES)
@@ -523,9 +568,54 @@ class FastPut:
                     "does not send in a header; turn fast_put off for this file",
                     code="FastPutUnsupported",
                 )
-        target = canonical_uri(self._prefix + key)
+        return self._signed_put(key, "", headers, size_bytes, amz_date)
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, region: FileRegion, checksum_b64: str
+    ) -> str:
+        """UploadPart of ``region`` (sent from the file) with its SHA-256; returns the ETag.
+
+        Same signature as ``bucket.PartSender``. Raises ``SourceShort`` when the file ends
+        before the region does, else only ``BucketError`` subclasses.
+        """
+        prepared = self.prepare_part(key, upload_id, number, region.size, checksum_b64)
+        response = self._exchange(prepared.head, region, key, op="UPLOAD-PART")
+        if response.status >= 300:
+            raise translate_response(response, bucket=self.bucket_name, key=key, op="UPLOAD-PART")
+        return response.headers.get("etag", "")
+
+    def prepare_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        size_bytes: int,
+        checksum_b64: str,
+        *,
+        amz_date: str | None = None,
+    ) -> PreparedPut:
+        """The signed UploadPart request (``amz_date`` fixed only by tests)."""
+        if not key:
+            raise BucketError("UPLOAD-PART: empty object key", code="InvalidKey")
+        if not _HEADER_VALUE.fullmatch(checksum_b64):
+            raise BucketError(f"UPLOAD-PART {key}: bad checksum {checksum_b64!r}", code="Invalid")
+        # The canonical query: names sorted (partNumber < uploadId), values percent-encoded.
+        query = f"partNumber={number}&uploadId={quote(upload_id, safe='-_.~')}"
+        headers = [("host", self.host_header), ("x-amz-checksum-sha256", checksum_b64)]
+        return self._signed_put(key, query, headers, size_bytes, amz_date)
+
+    def _signed_put(
+        self,
+        key: str,
+        query: str,
+        headers: list[tuple[str, str]],
+        size_bytes: int,
+        amz_date: str | None,
+    ) -> PreparedPut:
+        path = canonical_uri(self._prefix + key)
+        target = f"{path}?{query}" if query else path
         date = amz_date or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        signed, canonical = self.signer.sign("PUT", target, headers, amz_date=date)
+        signed, canonical = self.signer.sign("PUT", path, headers, amz_date=date, query=query)
         lines = [f"PUT {target} HTTP/1.1"]
         lines.extend(f"{name}: {value}" for name, value in signed)
         lines.append(f"content-length: {size_bytes}")
@@ -549,28 +639,35 @@ class FastPut:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _exchange(self, head: bytes, body: bytes, key: str) -> Response:
+    def _exchange(
+        self, head: bytes, body: bytes | FileRegion, key: str, op: str = "PUT"
+    ) -> Response:
         for _ in range(2):
-            conn = self._connection(key)
+            conn = self._connection(key, op)
             reused = conn.requests > 0
             conn.requests += 1
             try:
                 response, keep_alive = self._send_and_read(conn, head, body)
+            except SourceShort:
+                self._discard(conn)  # the request was cut off mid-body
+                raise
             except _NoResponse as exc:
                 self._discard(conn)
                 if reused:
                     continue  # the server closed the idle connection as we wrote: once more
-                raise _network_error(exc, bucket=self.bucket_name, key=key) from exc
+                raise _network_error(exc, bucket=self.bucket_name, key=key, op=op) from exc
             except (OSError, _ProtocolError) as exc:
                 self._discard(conn)
-                raise _network_error(exc, bucket=self.bucket_name, key=key) from exc
+                raise _network_error(exc, bucket=self.bucket_name, key=key, op=op) from exc
             if not keep_alive:
                 self._discard(conn)
             return response
         raise AssertionError("unreachable: a fresh connection never loops")  # pragma: no cover
 
     @staticmethod
-    def _send_and_read(conn: _Connection, head: bytes, body: bytes) -> tuple[Response, bool]:
+    def _send_and_read(
+        conn: _Connection, head: bytes, body: bytes | FileRegion
+    ) -> tuple[Response, bool]:
         try:
             conn.send(head, body)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
@@ -583,7 +680,7 @@ class FastPut:
             return response, False
         return conn.read_response()
 
-    def _connection(self, key: str) -> _Connection:
+    def _connection(self, key: str, op: str) -> _Connection:
         conn: _Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.pid != os.getpid():
             self._local.conn = conn = None  # inherited through fork: the parent's to close
@@ -594,7 +691,7 @@ class FastPut:
             try:
                 conn = self._open_connection()
             except OSError as exc:
-                raise _network_error(exc, bucket=self.bucket_name, key=key) from exc
+                raise _network_error(exc, bucket=self.bucket_name, key=key, op=op) from exc
             self._local.conn = conn
         return conn
 
@@ -612,8 +709,13 @@ class FastPut:
             raise
         conn = _Connection(sock, timeout_s=self.read_timeout_s)
         with self._lock:
+            # Part threads live as long as one file's upload: close what ended threads left.
+            ended = [c for c in self._open if not c.owner.is_alive()]
+            self._open.difference_update(ended)
             self._open.add(conn)
             self.connections_opened += 1
+        for old in ended:
+            old.close()
         return conn
 
     def _discard(self, conn: _Connection) -> None:

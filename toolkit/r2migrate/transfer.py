@@ -268,31 +268,21 @@ class Sender:
                 sha = hashlib.sha256(data).hexdigest()
                 etag = self._put_small(rec, data, sha)
                 return sha, etag, None, len(data), before.mtime_ns
-            # Large: hash in a first streaming pass (the digest travels in the metadata, which
-            # is sent before the parts), then stream the parts from the same descriptor;
-            # put_multipart re-hashes them and aborts when the two passes disagree.
-            digest = hashlib.sha256()
-            size = 0
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-            after = os.fstat(fh.fileno())
-            if after.st_size != before.size_bytes or after.st_mtime_ns != before.mtime_ns:
-                raise SourceChanged(f"{rec.relative_path} changed while it was hashed")
-            sha = digest.hexdigest()
-            part = part_size_for(size, self.settings.multipart_chunksize_bytes)
-            fh.seek(0)
-            result = self.bucket.put_multipart_checked(
+            # Large: one pass hashes the parts and the whole file, then the parts go from the
+            # file at their offsets (fastput: sendfile), each checked by the server.
+            part = part_size_for(before.size_bytes, self.settings.multipart_chunksize_bytes)
+            sha, result = self.bucket.put_file_multipart(
                 rec.object_key,
                 fh,
-                size_bytes=size,
+                size_bytes=before.size_bytes,
+                mtime_ns=before.mtime_ns,
                 part_size_bytes=part,
-                sha256_hex=sha,
                 content_type=rec.content_type,
                 content_encoding=rec.content_encoding,
                 part_workers=PART_WORKERS,
+                send_part=self.fast.upload_part if self.fast is not None else None,
             )
-            return sha, result.etag, part, size, before.mtime_ns
+            return sha, result.etag, part, before.size_bytes, before.mtime_ns
 
     def _put_http(
         self, rec: FileRecord, server: MediaServer
