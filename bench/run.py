@@ -713,6 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for tool in runnable[shift:] + runnable[:shift]:
                     if tool.sets and set_name not in tool.sets:
                         continue
+                    if tool.most_repeats is not None and repeat > tool.most_repeats:
+                        continue
                     runner = run_r2migrate if tool.is_r2migrate else run_peer
                     record = runner(ctx, tool, dataset, repeat)
                     ctx_runs.append(record)
