@@ -56,6 +56,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "set": set_name,
             "tool": tool,
             "files": mine[0]["files"],
+            "bytes": mine[0]["bytes"],
             "runs": len(mine),
             "valid_runs": len(valid),
             "problems": sorted({r["problem"] for r in mine if r["problem"]}),
@@ -81,6 +82,7 @@ def ratios(
             continue
         metric = ratio_metric(row["set"])
         ours = row["median"][metric]
+        ours_run = _run_only(row, metric)
         for peer in summary:
             if peer["set"] != row["set"] or peer["tool"] in r2migrate_tools:
                 continue
@@ -92,9 +94,19 @@ def ratios(
                     "peer": peer["tool"],
                     "metric": metric,
                     "ratio": ours / theirs if ours and theirs else None,
+                    # The sending command alone, without `plan` (inventory, listing, batches).
+                    "run_only_ratio": ours_run / theirs if ours_run and theirs else None,
                 }
             )
     return out
+
+
+def _run_only(row: dict[str, Any], metric: str) -> float | None:
+    """The set's metric over the median wall time of r2migrate's sending command alone."""
+    wall = row.get("phases", {}).get("run", {}).get("wall_s")
+    if not wall:
+        return None
+    return (row["files"] if metric == "files_per_s" else row["bytes"] / 2**20) / wall
 
 
 def tls_ratios(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,6 +240,19 @@ def markdown(result: dict[str, Any]) -> str:
         out += _table(
             ["set", "r2migrate variant", *(f"vs {p}" for p in peers)],
             ([s, t, *(_ratio(keyed.get((s, t, p))) for p in peers)] for s, t in pairs),
+        )
+        run_only = {(r["set"], r["tool"], r["peer"]): r.get("run_only_ratio") for r in
+                    result["ratios"]}  # fmt: skip
+        out += [
+            "",
+            "The same without `plan`: r2migrate's sending command alone (`run` or `worker`), "
+            "whose wall time still includes starting Python, the database connection and the "
+            "ledger; the peers' wall time is their whole command.",
+            "",
+        ]
+        out += _table(
+            ["set", "r2migrate variant", *(f"vs {p}" for p in peers)],
+            ([s, t, *(_ratio(run_only.get((s, t, p))) for p in peers)] for s, t in pairs),
         )
     if result.get("tls"):
         out += ["", "## HTTPS / HTTP, per tool (the same server, dataset and metric)", ""]

@@ -114,6 +114,7 @@ def test_bench_smoke_run_checks_buckets_and_writes_results(tmp_path: Path) -> No
         for ratio in result["ratios"]:
             assert ratio["metric"] == "files_per_s"
             assert ratio["ratio"] > 0
+            assert ratio["run_only_ratio"] > ratio["ratio"]  # plan's time left out
     else:
         assert result["ratios"] == []
     assert {(r["set"], r["tool"]) for r in result["tls"]} == {

@@ -151,8 +151,9 @@ class Settings:
     multipart_threshold_bytes   bytes from which a file goes multipart (5 MiB-5 GiB); also the
                                 most one thread holds in memory.
     multipart_chunksize_bytes   part size in bytes (5 MiB-5 GiB); one Class A request per part.
-                                Costs no memory: each part is hashed, then streamed from disk;
-                                up to 4 parts of one file are sent at once.
+                                Costs no memory: one pass hashes every part and the whole file,
+                                then each part goes from the file (fast_put: sendfile); up to 4
+                                parts of one file are sent at once.
     connect_timeout_s           seconds to open a connection to the endpoint.
     read_timeout_s              seconds to wait for a response byte before retrying.
     lease_s                     seconds a claimed file stays reserved for one runner before
