@@ -133,3 +133,69 @@ def test_outcomes_from_a_runner_that_lost_its_lease_are_ignored(state):
     )
     assert written == 0
     assert state.batch_files("b4")[0].status is FileStatus.UPLOADING
+
+
+def test_a_group_of_outcomes_is_written_as_given(state):
+    """Every column, NULLs, quoted ETags and event details (non-ASCII, nested) survive the trip."""
+    from r2migrate.state import Outcome
+
+    state.create_batch("b5", _files(3), batch_size=3, bucket_name="b", location="", settings={})
+    owner = new_owner_id()
+    recs = state.claim_files("b5", owner=owner, limit=3, lease_s=60)
+    sha = "ab" * 32
+    outcomes = [
+        Outcome(
+            row_id=recs[0].id,
+            status=FileStatus.UPLOADED,
+            attempts_made=2,
+            source_sha256=sha,
+            object_sha256=sha,
+            etag='"0123abcd"',
+            part_size_bytes=None,
+            size_bytes=0,
+            events=(("put", "ok", {"key": 'ünï/"q" {a,b}', "tries": [1, 2], "none": None}),),
+            mtime_ns=1_700_000_000_123_456_789,
+        ),
+        Outcome(
+            row_id=recs[1].id,
+            status=FileStatus.FAILED,
+            attempts_made=3,
+            error_code="transient:SlowDown",
+            error_message='503 "Slow Down", NULL, {braces}\\backslash',
+        ),
+        Outcome(
+            row_id=recs[2].id,
+            status=FileStatus.UPLOADED,
+            attempts_made=1,
+            etag='"x-2"',
+            part_size_bytes=8 << 20,
+            size_bytes=20 << 20,
+        ),
+    ]
+    assert state.record_outcomes("b5", outcomes, owner=owner) == 3
+    rows = {
+        r["id"]: r
+        for r in state.conn.execute(
+            "SELECT id, status, attempts, source_sha256, object_sha256, etag, part_size_bytes,"
+            " size_bytes, error_code, error_message, mtime_ns, lease_owner FROM r2migrate.files"
+        )
+    }
+    first, failed, big = (rows[r.id] for r in recs)
+    assert (first["status"], first["attempts"], first["etag"]) == ("uploaded", 2, '"0123abcd"')
+    assert first["source_sha256"] == first["object_sha256"] == sha
+    assert (first["size_bytes"], first["part_size_bytes"]) == (0, None)
+    assert first["mtime_ns"] == 1_700_000_000_123_456_789
+    assert failed["error_message"] == '503 "Slow Down", NULL, {braces}\\backslash'
+    assert (failed["status"], failed["error_code"], failed["etag"]) == (
+        "failed",
+        "transient:SlowDown",
+        None,
+    )
+    assert (big["part_size_bytes"], big["size_bytes"]) == (8 << 20, 20 << 20)
+    assert {r["lease_owner"] for r in rows.values()} == {None}
+    (event,) = state.conn.execute(
+        "SELECT kind, outcome, detail, jsonb_typeof(detail) AS type FROM r2migrate.events"
+        " WHERE batch_id = 'b5' AND kind = 'put'"
+    ).fetchall()
+    assert event["type"] == "object"
+    assert event["detail"] == {"key": 'ünï/"q" {a,b}', "tries": [1, 2], "none": None}

@@ -720,6 +720,9 @@ class State:
     def record_outcomes(self, batch_id: str, outcomes: Sequence[Outcome], *, owner: str) -> int:
         """Write a group of outcomes in one transaction and two statements.
 
+        The arrays go in binary (``%b``): psycopg builds text arrays in Python, escaping every
+        quoted ETag, which cost about three times the client CPU per row.
+
         Only rows this owner still holds are updated: if another runner took a lease over, its
         result wins and ours stays history (events).
         """
@@ -765,9 +768,9 @@ class State:
                     " lease_owner = NULL, lease_expires_at = NULL, updated_at = now(),"
                     " uploaded_at = CASE WHEN v.status IN ('uploaded', 'skipped') THEN now()"
                     "   ELSE f.uploaded_at END"
-                    " FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[],"
-                    "   %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[],"
-                    "   %s::bigint[])"
+                    " FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::text[], %b::text[],"
+                    "   %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[],"
+                    "   %b::bigint[])"
                     "   AS v(id, status, attempts, source_sha256, object_sha256, etag, part_size,"
                     "        size_bytes, error_code, error_message, mtime_ns)"
                     " WHERE f.id = v.id AND f.lease_owner = %s"
@@ -782,8 +785,8 @@ class State:
                 self.conn.execute(
                     self._q(
                         "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
-                        " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[],"
-                        "   %s::jsonb[])"
+                        " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[],"
+                        "   %b::text[]::jsonb[])"
                     ),
                     [list(c) for c in zip(*events, strict=True)],
                 )
