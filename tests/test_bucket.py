@@ -420,7 +420,8 @@ def test_file_changed_before_hashing_is_refused_before_any_request(
                 send_part=fast.upload_part if fast is not None else None,
             )
         assert not proxy.requests
-    assert info.value.code == "SourceChanged"
+    # Nothing was sent: retried like a small file that changed, not failed for good.
+    assert (info.value.code, info.value.retryable) == ("source_changed", True)
 
 
 @pytest.mark.parametrize("how", SENDERS)

@@ -32,7 +32,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from r2migrate import bucket as bucket_module
-from r2migrate.bucket import Bucket, FileRegion, SourceShort, sha256_b64, translate_error
+from r2migrate.bucket import (
+    Bucket,
+    FileRegion,
+    SourceShort,
+    SourceUnreadable,
+    sha256_b64,
+    translate_error,
+)
 from r2migrate.config import Settings
 from r2migrate.errors import (
     AccessDenied,
@@ -386,6 +393,39 @@ def test_a_part_sent_from_the_file_lands_and_a_short_file_is_source_short(make_s
         ]},
     )  # fmt: skip
     assert bucket.get_sha256("parts/one") == (_sha(data + data), 2 * len(data))
+
+
+def test_a_file_sendfile_cannot_read_is_copied_and_an_unreadable_one_is_a_source_error(
+    make_settings, tmp_path
+):
+    """/proc/self/cmdline refuses sendfile (EINVAL): the part goes by pread + sendall instead.
+    A directory cannot be read at all (EISDIR): SourceUnreadable, not a network error."""
+    settings = make_settings()
+    bucket = Bucket(settings)
+    upload_id = bucket.client.create_multipart_upload(
+        Bucket=bucket.name, Key="parts/proc", ChecksumAlgorithm="SHA256"
+    )["UploadId"]
+    fd = os.open("/proc/self/cmdline", os.O_RDONLY)
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, 1 << 16, 0)
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        with FastPut(settings) as fp:
+            etag = fp.upload_part("parts/proc", upload_id, 1, FileRegion(fd, 0, len(data)), digest)
+            assert etag.strip('"') == hashlib.md5(data).hexdigest()
+            with pytest.raises(SourceUnreadable):
+                fp.upload_part("parts/proc", upload_id, 2, FileRegion(folder, 0, 10), digest)
+            assert len(fp._open) == 0  # the cut-off connection was dropped
+    finally:
+        os.close(fd)
+        os.close(folder)
+    bucket.client.complete_multipart_upload(
+        Bucket=bucket.name,
+        Key="parts/proc",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag, "ChecksumSHA256": digest}]},
+    )
+    assert bucket.get_sha256("parts/proc") == (_sha(data), len(data))
 
 
 def test_a_part_with_a_wrong_checksum_is_digest_mismatch(make_settings, tmp_path):

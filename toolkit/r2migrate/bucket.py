@@ -100,6 +100,16 @@ class SourceShort(OSError):
     """The file ended before its region did, so the request was cut off: the source shrank."""
 
 
+class SourceUnreadable(OSError):
+    """Reading the file for a part failed (EIO, ...): a source problem, not a network one."""
+
+
+class SourceMoved(DigestMismatch):
+    """The file changed before any byte of it was sent: worth another try, as for small files."""
+
+    retryable = True
+
+
 # Sends one part of a multipart upload and returns its ETag: (key, upload id, part number, the
 # bytes, their SHA-256 in base64). fastput.FastPut.upload_part is one; raises BucketError.
 PartSender = Callable[[str, str, int, FileRegion, str], str]
@@ -463,10 +473,12 @@ class Bucket:
         through ``send_part`` (fastput: sendfile, no copy in Python) when given, else through
         botocore streaming a window of ``fh``. Memory: one 1 MiB buffer and a digest per part.
 
-        A file that changes on the way fails with ``DigestMismatch`` code ``SourceChanged`` and
-        the upload is aborted: a size or mtime other than ``size_bytes``/``mtime_ns`` before
-        hashing, after it or after sending; a part that ends early; a part the server refuses
-        (BadDigest) whose bytes no longer hash the same.
+        A file that changes before anything is sent (a size or mtime other than
+        ``size_bytes``/``mtime_ns`` before or after hashing, or a short read) raises
+        ``SourceMoved``, which is retryable. Once the upload exists, a change fails with
+        ``DigestMismatch`` code ``SourceChanged`` and the upload is aborted: a size or mtime
+        that moved by the end, a part that ends early, a part the server refuses (BadDigest)
+        whose bytes no longer hash the same.
         """
         fd = fh.fileno()
         self._check_unchanged(key, fd, size_bytes, mtime_ns)
@@ -480,7 +492,11 @@ class Bucket:
             part_hash = hashlib.sha256()
             got = window.hash(scratch, part_hash, whole)
             if got < len(window):
-                raise _source_changed(key, offset + got, size_bytes)
+                raise SourceMoved(
+                    f"{key}: the file ended at {offset + got:,} bytes while it was hashed, "
+                    f"{size_bytes:,} expected",
+                    code="source_changed",
+                )
             windows.append((window, base64.b64encode(part_hash.digest()).decode("ascii")))
             offset += got
         self._check_unchanged(key, fd, size_bytes, mtime_ns)
@@ -497,7 +513,7 @@ class Bucket:
                 parts = [f.result() for f in [pool.submit(self._upload_part, *j) for j in jobs]]
             else:
                 parts = [self._upload_part(*job) for job in jobs]
-            self._check_unchanged(key, fd, size_bytes, mtime_ns)
+            self._check_unchanged(key, fd, size_bytes, mtime_ns, started=True)
             etag = self._complete_upload(key, upload_id, parts)
         except BaseException:
             if pool is not None:
@@ -510,14 +526,22 @@ class Bucket:
         return sha256_hex, PutResult(etag=etag, part_size_bytes=part_size_bytes)
 
     @staticmethod
-    def _check_unchanged(key: str, fd: int, size_bytes: int, mtime_ns: int) -> None:
+    def _check_unchanged(
+        key: str, fd: int, size_bytes: int, mtime_ns: int, *, started: bool = False
+    ) -> None:
+        """Raise when the file's size or mtime moved: ``SourceMoved`` (retryable, code
+        ``source_changed`` as transfer gives a small file) while nothing is sent yet, else
+        ``DigestMismatch`` ``SourceChanged`` (the upload is aborted, the file is failed)."""
         now = os.fstat(fd)
-        if now.st_size != size_bytes or now.st_mtime_ns != mtime_ns:
-            raise DigestMismatch(
-                f"{key}: the file changed while it was uploaded (size {now.st_size:,} bytes, "
-                f"was {size_bytes:,}; modified at {now.st_mtime_ns} ns, was {mtime_ns})",
-                code="SourceChanged",
-            )
+        if now.st_size == size_bytes and now.st_mtime_ns == mtime_ns:
+            return
+        message = (
+            f"{key}: the file changed while it was uploaded (size {now.st_size:,} bytes, "
+            f"was {size_bytes:,}; modified at {now.st_mtime_ns} ns, was {mtime_ns})"
+        )
+        if started:
+            raise DigestMismatch(message, code="SourceChanged")
+        raise SourceMoved(message, code="source_changed")
 
     def put_multipart_checked(
         self,
@@ -642,6 +666,11 @@ class Bucket:
                 etag = resp["ETag"]
         except SourceShort as exc:
             raise _source_changed(key, start, size_bytes) from exc
+        except SourceUnreadable as exc:
+            raise BucketError(
+                f"{key}: reading part {number} from the file failed: {exc}",
+                code="source_unreadable",
+            ) from exc
         except Exception as exc:
             if part.shrank:
                 raise _source_changed(key, start + part.tell(), size_bytes) from exc

@@ -28,6 +28,7 @@ after a response byte arrived is never resent here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import html
@@ -53,6 +54,7 @@ from r2migrate.bucket import (
     FileRegion,
     PutResult,
     SourceShort,
+    SourceUnreadable,
     sha256_b64,
     tls_verify,
 )
@@ -84,6 +86,9 @@ _USER_AGENT = "r2migrate-fastput"
 _CONCAT_LIMIT_BYTES = 1 << 20  # above this the body goes in a second write instead of a copy
 _RECV_BYTES = 65536
 _TLS_SEND_BYTES = 256 * 1024  # a part under TLS: read and encrypt this much at a time
+_NO_SENDFILE = frozenset(  # sendfile(2) cannot read this file: copy it in user space instead
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+)
 _MAX_HEAD_BYTES = 64 * 1024
 
 # put_object parameters that are plain header strings: boto3 sends them unchanged.
@@ -313,21 +318,16 @@ class _Connection:
             self.sock.sendall(body)
 
     def _send_region(self, region: FileRegion) -> None:
-        """The region's bytes: sendfile on plain TCP; under TLS, read and sendall (user space).
+        """The region's bytes: sendfile on plain TCP; under TLS, or from a file sendfile cannot
+        read (EINVAL on some /proc or FUSE files), read and sendall in user space.
 
-        Raises ``SourceShort`` when the file ends first: the request is cut off, and the caller
-        must drop this connection.
+        Raises ``SourceShort`` when the file ends first and ``SourceUnreadable`` when reading
+        it fails; either way the request is cut off and the caller must drop this connection.
         """
-        offset, left = region.offset, region.size
         if isinstance(self.sock, ssl.SSLSocket):
-            while left:
-                chunk = os.pread(region.fd, min(left, _TLS_SEND_BYTES), offset)
-                if not chunk:
-                    raise SourceShort(f"the source ended {left} bytes early")
-                self.sock.sendall(chunk)
-                offset += len(chunk)
-                left -= len(chunk)
+            self._copy_region(region.offset, region.size, region.fd)
             return
+        offset, left = region.offset, region.size
         out = self.sock.fileno()
         poller = select.poll()
         poller.register(out, select.POLLOUT)
@@ -338,10 +338,27 @@ class _Connection:
                 if not poller.poll(self.timeout_s * 1000):
                     raise TimeoutError("timed out sending a part") from None
                 continue
+            except OSError as exc:
+                if exc.errno in _NO_SENDFILE and offset == region.offset:
+                    self._copy_region(offset, left, region.fd)
+                    return
+                raise
             if not sent:
                 raise SourceShort(f"the source ended {left} bytes early")
             offset += sent
             left -= sent
+
+    def _copy_region(self, offset: int, left: int, fd: int) -> None:
+        while left:
+            try:
+                chunk = os.pread(fd, min(left, _TLS_SEND_BYTES), offset)
+            except OSError as exc:
+                raise SourceUnreadable(exc.errno, f"reading the file: {exc.strerror}") from exc
+            if not chunk:
+                raise SourceShort(f"the source ended {left} bytes early")
+            self.sock.sendall(chunk)
+            offset += len(chunk)
+            left -= len(chunk)
 
     def _fill(self) -> bool:
         chunk = self.sock.recv(_RECV_BYTES)
@@ -576,7 +593,8 @@ class FastPut:
         """UploadPart of ``region`` (sent from the file) with its SHA-256; returns the ETag.
 
         Same signature as ``bucket.PartSender``. Raises ``SourceShort`` when the file ends
-        before the region does, else only ``BucketError`` subclasses.
+        before the region does, ``SourceUnreadable`` when reading it fails, else only
+        ``BucketError`` subclasses.
         """
         prepared = self.prepare_part(key, upload_id, number, region.size, checksum_b64)
         response = self._exchange(prepared.head, region, key, op="UPLOAD-PART")
@@ -648,7 +666,7 @@ class FastPut:
             conn.requests += 1
             try:
                 response, keep_alive = self._send_and_read(conn, head, body)
-            except SourceShort:
+            except (SourceShort, SourceUnreadable):
                 self._discard(conn)  # the request was cut off mid-body
                 raise
             except _NoResponse as exc:
