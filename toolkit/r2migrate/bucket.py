@@ -7,6 +7,7 @@ and nowhere else, into the error tree with ``retryable`` set.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -504,7 +505,7 @@ class Bucket:
         upload_id = self._create_upload(key, sha256_hex, content_type, content_encoding)
         workers = min(part_workers, len(windows))
         pool = ThreadPoolExecutor(workers, thread_name_prefix="r2m-part") if workers > 1 else None
-        try:
+        with self._aborted_on_failure(key, upload_id, pool):
             jobs = [
                 (key, upload_id, number, window, digest, window.offset, size_bytes, send_part)
                 for number, (window, digest) in enumerate(windows, start=1)
@@ -515,14 +516,6 @@ class Bucket:
                 parts = [self._upload_part(*job) for job in jobs]
             self._check_unchanged(key, fd, size_bytes, mtime_ns, started=True)
             etag = self._complete_upload(key, upload_id, parts)
-        except BaseException:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)  # no part may land after the abort
-            self._abort(key, upload_id)
-            raise
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
         return sha256_hex, PutResult(etag=etag, part_size_bytes=part_size_bytes)
 
     @staticmethod
@@ -579,7 +572,7 @@ class Bucket:
         sending: list[Future[dict[str, Any]]] = []
         parts: list[dict[str, Any]] = []
         sent = 0
-        try:
+        with self._aborted_on_failure(key, upload_id, pool):
             number = 0
             while True:
                 part = _PartWindow(stream, sent, min(part_size_bytes, size_bytes - sent), lock)
@@ -604,15 +597,24 @@ class Bucket:
             if whole.hexdigest() != sha256_hex:
                 raise _source_changed(key, sent, size_bytes)
             etag = self._complete_upload(key, upload_id, parts)
+        return PutResult(etag=etag, part_size_bytes=part_size_bytes)
+
+    @contextlib.contextmanager
+    def _aborted_on_failure(
+        self, key: str, upload_id: str, pool: ThreadPoolExecutor | None
+    ) -> Iterator[None]:
+        """Abort the upload when the block fails, once every part in flight has ended (none may
+        land after the abort); shut the part pool down either way."""
+        try:
+            yield
         except BaseException:
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)  # no part may land after the abort
+                pool.shutdown(wait=True, cancel_futures=True)
             self._abort(key, upload_id)
             raise
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-        return PutResult(etag=etag, part_size_bytes=part_size_bytes)
 
     def _create_upload(
         self, key: str, sha256_hex: str, content_type: str, content_encoding: str | None
