@@ -507,7 +507,7 @@ class Bucket:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="r2m-part") if workers > 1 else None
         with self._aborted_on_failure(key, upload_id, pool):
             jobs = [
-                (key, upload_id, number, window, digest, window.offset, size_bytes, send_part)
+                (key, upload_id, number, window, digest, size_bytes, send_part)
                 for number, (window, digest) in enumerate(windows, start=1)
             ]
             if pool is not None:
@@ -582,7 +582,7 @@ class Bucket:
                     raise _source_changed(key, sent + got, size_bytes)
                 number += 1
                 digest = base64.b64encode(part_hash.digest()).decode("ascii")
-                args = (key, upload_id, number, part, digest, sent, size_bytes)
+                args = (key, upload_id, number, part, digest, size_bytes)
                 if pool is not None:
                     sending.append(pool.submit(self._upload_part, *args))
                 else:
@@ -648,7 +648,6 @@ class Bucket:
         number: int,
         part: _PartWindow,
         digest: str,
-        start: int,
         size_bytes: int,
         send_part: PartSender | None = None,
     ) -> dict[str, Any]:
@@ -667,7 +666,7 @@ class Bucket:
                 )
                 etag = resp["ETag"]
         except SourceShort as exc:
-            raise _source_changed(key, start, size_bytes) from exc
+            raise _source_changed(key, part.offset, size_bytes) from exc
         except SourceUnreadable as exc:
             raise BucketError(
                 f"{key}: reading part {number} from the file failed: {exc}",
@@ -675,7 +674,7 @@ class Bucket:
             ) from exc
         except Exception as exc:
             if part.shrank:
-                raise _source_changed(key, start + part.tell(), size_bytes) from exc
+                raise _source_changed(key, part.offset + part.tell(), size_bytes) from exc
             error = (
                 exc
                 if isinstance(exc, BucketError)
@@ -683,7 +682,7 @@ class Bucket:
             )
             if error.code in DIGEST_CODES and not part.still_hashes_to(digest):
                 # The server saw other bytes than were hashed: the file changed in between.
-                raise _source_changed(key, start, size_bytes) from exc
+                raise _source_changed(key, part.offset, size_bytes) from exc
             if error is exc:
                 raise
             raise error from exc

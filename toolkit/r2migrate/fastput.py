@@ -86,9 +86,8 @@ _USER_AGENT = "r2migrate-fastput"
 _CONCAT_LIMIT_BYTES = 1 << 20  # above this the body goes in a second write instead of a copy
 _RECV_BYTES = 65536
 _TLS_SEND_BYTES = 256 * 1024  # a part under TLS: read and encrypt this much at a time
-_NO_SENDFILE = frozenset(  # sendfile(2) cannot read this file: copy it in user space instead
-    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
-)
+# sendfile(2) cannot read this file: copy it in user space instead.
+_NO_SENDFILE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 _MAX_HEAD_BYTES = 64 * 1024
 
 # put_object parameters that are plain header strings: boto3 sends them unchanged.
