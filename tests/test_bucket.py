@@ -241,6 +241,19 @@ def test_conditional_delete_refuses_a_replaced_object(make_settings):
     assert bucket.head("d.txt") is None
 
 
+@pytest.fixture
+def s3_proxy(stack):
+    """A FaultProxy in front of the stack's S3 server; a test sets its ``rule``."""
+    host, port = stack.endpoint_url.split("//")[1].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        yield proxy
+
+
+def _reset_part_3(request):
+    """A proxy rule: the connection carrying part 3 is reset."""
+    return "reset" if "partNumber=3" in request.query.split("&") else None
+
+
 def _overlap_rule(met: threading.Event, seen: list[str]):
     """A proxy rule holding each UPLOAD-PART until another one arrives (or 10 s pass).
 
@@ -263,52 +276,47 @@ def _overlap_rule(met: threading.Event, seen: list[str]):
 
 @pytest.mark.parametrize("on_disk", [True, False])
 def test_parts_of_a_file_go_in_parallel_only_from_a_regular_file(
-    stack, make_settings, tmp_path, on_disk
+    s3_proxy, make_settings, tmp_path, on_disk
 ):
-    host, port = stack.endpoint_url.split("//")[1].split(":")
     data = os.urandom(3 * 5 * MIB + 7)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     met, seen = threading.Event(), []
-    with FaultProxy(host, int(port), rule=_overlap_rule(met, seen)) as proxy:
-        bucket = Bucket(make_settings(endpoint_url=proxy.url))
-        with open(path, "rb") if on_disk else io.BytesIO(data) as stream:
-            result = bucket.put_multipart_checked(
-                "parallel.bin",
-                stream,
-                size_bytes=len(data),
-                part_size_bytes=5 * MIB,
-                sha256_hex=_sha(data),
-                content_type="application/octet-stream",
-                part_workers=4,
-            )
+    s3_proxy.rule = _overlap_rule(met, seen)
+    bucket = Bucket(make_settings(endpoint_url=s3_proxy.url))
+    with open(path, "rb") if on_disk else io.BytesIO(data) as stream:
+        result = bucket.put_multipart_checked(
+            "parallel.bin",
+            stream,
+            size_bytes=len(data),
+            part_size_bytes=5 * MIB,
+            sha256_hex=_sha(data),
+            content_type="application/octet-stream",
+            part_workers=4,
+        )
     assert result.etag.strip('"').endswith("-4") and len(seen) == 4
     assert met.is_set() is on_disk  # a BytesIO (like an HTTP body) goes one part at a time
     assert Bucket(make_settings()).get_sha256("parallel.bin") == (_sha(data), len(data))
 
 
-def test_a_failing_part_aborts_the_parallel_upload(stack, make_settings, tmp_path):
-    host, port = stack.endpoint_url.split("//")[1].split(":")
+def test_a_failing_part_aborts_the_parallel_upload(s3_proxy, make_settings, tmp_path):
     data = os.urandom(4 * 5 * MIB)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
 
-    def rule(request):
-        return "reset" if "partNumber=3" in request.query.split("&") else None
-
-    with FaultProxy(host, int(port), rule=rule) as proxy:
-        bucket = Bucket(make_settings(endpoint_url=proxy.url))
-        with open(path, "rb") as stream, pytest.raises(BucketError):
-            bucket.put_multipart_checked(
-                "aborted.bin",
-                stream,
-                size_bytes=len(data),
-                part_size_bytes=5 * MIB,
-                sha256_hex=_sha(data),
-                content_type="application/octet-stream",
-                part_workers=4,
-            )
-        assert proxy.count("DELETE", with_query="uploadId")  # the upload was aborted
+    s3_proxy.rule = _reset_part_3
+    bucket = Bucket(make_settings(endpoint_url=s3_proxy.url))
+    with open(path, "rb") as stream, pytest.raises(BucketError):
+        bucket.put_multipart_checked(
+            "aborted.bin",
+            stream,
+            size_bytes=len(data),
+            part_size_bytes=5 * MIB,
+            sha256_hex=_sha(data),
+            content_type="application/octet-stream",
+            part_workers=4,
+        )
+    assert s3_proxy.count("DELETE", with_query="uploadId")  # the upload was aborted
     assert Bucket(make_settings()).head("aborted.bin") is None
 
 
@@ -383,78 +391,70 @@ def _change_when_part_one_arrives(path, change):
 @pytest.mark.parametrize("how", SENDERS)
 @pytest.mark.parametrize("change", ["rewritten", "truncated", "grew"])
 def test_file_changing_while_its_parts_are_sent_is_aborted(
-    stack, make_settings, tmp_path, how, change
+    s3_proxy, make_settings, tmp_path, how, change
 ):
-    host, port = stack.endpoint_url.split("//")[1].split(":")
     path = tmp_path / "moving.bin"
     path.write_bytes(os.urandom(3 * 5 * MIB))
-    with FaultProxy(host, int(port), rule=_change_when_part_one_arrives(path, change)) as proxy:
-        settings = make_settings(endpoint_url=proxy.url, read_timeout_s=20)
-        with pytest.raises(DigestMismatch) as info:
-            _file_put(Bucket(settings), path, "moving.bin", how=how, settings=settings)
-        assert proxy.count("DELETE", with_query="uploadId")  # the upload was aborted
+    s3_proxy.rule = _change_when_part_one_arrives(path, change)
+    settings = make_settings(endpoint_url=s3_proxy.url, read_timeout_s=20)
+    with pytest.raises(DigestMismatch) as info:
+        _file_put(Bucket(settings), path, "moving.bin", how=how, settings=settings)
+    assert s3_proxy.count("DELETE", with_query="uploadId")  # the upload was aborted
     assert info.value.code == "SourceChanged"
     assert Bucket(make_settings()).head("moving.bin") is None
 
 
 @pytest.mark.parametrize("how", SENDERS)
 def test_file_changed_before_hashing_is_refused_before_any_request(
-    stack, make_settings, tmp_path, how
+    s3_proxy, make_settings, tmp_path, how
 ):
-    host, port = stack.endpoint_url.split("//")[1].split(":")
     path = tmp_path / "stale.bin"
     path.write_bytes(os.urandom(6 * MIB))
     st = path.stat()
     path.write_bytes(os.urandom(6 * MIB + 1))  # after the caller's stat
-    with FaultProxy(host, int(port)) as proxy:
-        settings = make_settings(endpoint_url=proxy.url)
-        fast = FastPut(settings) if how == "fastput" else None
-        with path.open("rb") as fh, pytest.raises(DigestMismatch) as info:
-            Bucket(settings).put_file_multipart(
-                "stale.bin",
-                fh,
-                size_bytes=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                part_size_bytes=5 * MIB,
-                content_type="application/octet-stream",
-                send_part=fast.upload_part if fast is not None else None,
-            )
-        assert not proxy.requests
+    settings = make_settings(endpoint_url=s3_proxy.url)
+    fast = FastPut(settings) if how == "fastput" else None
+    with path.open("rb") as fh, pytest.raises(DigestMismatch) as info:
+        Bucket(settings).put_file_multipart(
+            "stale.bin",
+            fh,
+            size_bytes=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            part_size_bytes=5 * MIB,
+            content_type="application/octet-stream",
+            send_part=fast.upload_part if fast is not None else None,
+        )
+    assert not s3_proxy.requests
     # Nothing was sent: retried like a small file that changed, not failed for good.
     assert (info.value.code, info.value.retryable) == ("source_changed", True)
 
 
 @pytest.mark.parametrize("how", SENDERS)
-def test_file_parts_go_in_parallel(stack, make_settings, tmp_path, how):
-    host, port = stack.endpoint_url.split("//")[1].split(":")
+def test_file_parts_go_in_parallel(s3_proxy, make_settings, tmp_path, how):
     data = os.urandom(3 * 5 * MIB + 7)
     path = tmp_path / "big.bin"
     path.write_bytes(data)
     met, seen = threading.Event(), []
-    with FaultProxy(host, int(port), rule=_overlap_rule(met, seen)) as proxy:
-        settings = make_settings(endpoint_url=proxy.url)
-        sha, result = _file_put(
-            Bucket(settings), path, "parallel.bin", how=how, settings=settings, part_workers=4
-        )
+    s3_proxy.rule = _overlap_rule(met, seen)
+    settings = make_settings(endpoint_url=s3_proxy.url)
+    sha, result = _file_put(
+        Bucket(settings), path, "parallel.bin", how=how, settings=settings, part_workers=4
+    )
     assert result.etag.strip('"').endswith("-4") and len(seen) == 4
     assert met.is_set()
     assert Bucket(make_settings()).get_sha256("parallel.bin") == (sha, len(data))
 
 
 @pytest.mark.parametrize("how", SENDERS)
-def test_a_failing_file_part_aborts_the_upload(stack, make_settings, tmp_path, how):
-    host, port = stack.endpoint_url.split("//")[1].split(":")
+def test_a_failing_file_part_aborts_the_upload(s3_proxy, make_settings, tmp_path, how):
     path = tmp_path / "big.bin"
     path.write_bytes(os.urandom(4 * 5 * MIB))
 
-    def rule(request):
-        return "reset" if "partNumber=3" in request.query.split("&") else None
-
-    with FaultProxy(host, int(port), rule=rule) as proxy:
-        settings = make_settings(endpoint_url=proxy.url)
-        with pytest.raises(BucketError) as info:
-            _file_put(Bucket(settings), path, "aborted.bin", how=how, settings=settings,
-                      part_workers=4)  # fmt: skip
-        assert info.value.retryable
-        assert proxy.count("DELETE", with_query="uploadId")
+    s3_proxy.rule = _reset_part_3
+    settings = make_settings(endpoint_url=s3_proxy.url)
+    with pytest.raises(BucketError) as info:
+        _file_put(Bucket(settings), path, "aborted.bin", how=how, settings=settings,
+                  part_workers=4)  # fmt: skip
+    assert info.value.retryable
+    assert s3_proxy.count("DELETE", with_query="uploadId")
     assert Bucket(make_settings()).head("aborted.bin") is None
