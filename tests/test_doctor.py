@@ -269,7 +269,7 @@ def test_job_queue_reports_waiting_and_stalled_jobs_and_refuses_another_version(
         jobs.ensure_queue_schema(state)
         app = jobs.make_app(settings)
         with app.open():
-            assert jobs.enqueue_batches(app, state) == list(batch_ids)
+            assert jobs.enqueue_batches(app, settings, state) == list(batch_ids)
     check = _run(settings).get("job_queue")
     assert check.status is OK, check
     assert f"{len(batch_ids)} waiting, 0 running" in check.detail

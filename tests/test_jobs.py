@@ -250,15 +250,15 @@ def test_enqueue_queues_each_batch_with_work_left_once_and_failed_only_on_retry(
         ensure_queue_schema(state)
         app = make_app(settings)
         with app.open():
-            assert enqueue_batches(app, state) == [waiting]
-            assert enqueue_batches(app, state) == []  # already queued: nothing added
+            assert enqueue_batches(app, settings, state) == [waiting]
+            assert enqueue_batches(app, settings, state) == []  # already queued: nothing added
             assert queued_batches(state) == {waiting}
             assert job_counts(state) == {"todo": 1}
             # the failed batch was left as it was
             assert len(state.batch_files(failing, status=FileStatus.FAILED)) == total_failing
 
-            assert enqueue_batches(app, state, retry_failed=True) == [failing]
-            assert enqueue_batches(app, state, retry_failed=True) == []
+            assert enqueue_batches(app, settings, state, retry_failed=True) == [failing]
+            assert enqueue_batches(app, settings, state, retry_failed=True) == []
         assert queued_batches(state) == {waiting, failing}
         assert job_counts(state) == {"todo": 2}
         assert {f.status for f in state.batch_files(failing)} == {FileStatus.PENDING}
@@ -307,7 +307,7 @@ def test_a_stalled_job_is_queued_again_and_finished(settings, sample):
         ensure_queue_schema(state)
         app = make_app(settings)
         with app.open():
-            assert sorted(enqueue_batches(app, state)) == sorted(batch_ids)
+            assert sorted(enqueue_batches(app, settings, state)) == sorted(batch_ids)
             dead = _fake_worker(state, "1 hour")
             alive = _fake_worker(state, "0 seconds")
             _take_job(state, dead_batch, dead)
@@ -321,7 +321,7 @@ def test_a_stalled_job_is_queued_again_and_finished(settings, sample):
             assert jobs[alive_batch]["worker_id"] == alive
             assert retry_stalled_jobs(app, state, 30) == []  # a fresh heartbeat: left alone
             assert queued_batches(state) == set(batch_ids)
-            assert enqueue_batches(app, state) == []  # both still have their job
+            assert enqueue_batches(app, settings, state) == []  # both still have their job
 
         # the second machine dies too: its heartbeat goes stale; the worker's own check
         # sends its batch back to the queue while the first one runs

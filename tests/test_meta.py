@@ -26,6 +26,7 @@ LAYERS = {
     "httpsource": 2,
     "catalog": 2,
     "state": 2,
+    "binding": 2,
     "bucket": 2,
     "fastput": 2,
     "devstack": 2,

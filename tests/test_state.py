@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from r2migrate.binding import SourceSpec, Target
 from r2migrate.errors import BatchNotFound, DatabaseUnavailable, SchemaTooNew
 from r2migrate.state import (
     SCHEMA_VERSION,
@@ -17,6 +18,9 @@ from r2migrate.state import (
     State,
     new_owner_id,
 )
+
+_T = Target("http://127.0.0.1:9", "b", "")
+_S = SourceSpec("disk", media_root="/srv/media")
 
 
 def _files(n: int) -> list[NewFile]:
@@ -85,7 +89,7 @@ def test_unknown_batch(state):
 
 
 def test_two_owners_never_claim_the_same_file(state, fresh_database_url):
-    state.create_batch("b1", _files(40), batch_size=40, bucket_name="b", location="", settings={})
+    state.create_batch("b1", _files(40), batch_size=40, target=_T, source=_S, settings={})
     with State.open(fresh_database_url) as other:
         a = state.claim_files("b1", owner="host:1:a", limit=25, lease_s=60)
         b = other.claim_files("b1", owner="host:2:b", limit=25, lease_s=60)
@@ -98,7 +102,7 @@ def test_two_owners_never_claim_the_same_file(state, fresh_database_url):
 
 
 def test_live_lease_is_not_taken_but_an_expired_one_is(state):
-    state.create_batch("b2", _files(3), batch_size=3, bucket_name="b", location="", settings={})
+    state.create_batch("b2", _files(3), batch_size=3, target=_T, source=_S, settings={})
     first = state.claim_files("b2", owner="elsewhere:1:x", limit=3, lease_s=60)
     assert len(first) == 3
     assert state.claim_files("b2", owner="me:2:y", limit=3, lease_s=60) == []
@@ -108,7 +112,7 @@ def test_live_lease_is_not_taken_but_an_expired_one_is(state):
 
 
 def test_dead_local_owner_is_released_at_once(state):
-    state.create_batch("b3", _files(2), batch_size=2, bucket_name="b", location="", settings={})
+    state.create_batch("b3", _files(2), batch_size=2, target=_T, source=_S, settings={})
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
@@ -125,7 +129,7 @@ def test_dead_local_owner_is_released_at_once(state):
 def test_outcomes_from_a_runner_that_lost_its_lease_are_ignored(state):
     from r2migrate.state import Outcome
 
-    state.create_batch("b4", _files(1), batch_size=1, bucket_name="b", location="", settings={})
+    state.create_batch("b4", _files(1), batch_size=1, target=_T, source=_S, settings={})
     (rec,) = state.claim_files("b4", owner="old:1:a", limit=1, lease_s=60)
     state.conn.execute("UPDATE r2migrate.files SET lease_owner = 'new:2:b'")
     written = state.record_outcomes(
@@ -139,7 +143,7 @@ def test_a_group_of_outcomes_is_written_as_given(state):
     """Every column, NULLs, quoted ETags and event details (non-ASCII, nested) survive the trip."""
     from r2migrate.state import Outcome
 
-    state.create_batch("b5", _files(3), batch_size=3, bucket_name="b", location="", settings={})
+    state.create_batch("b5", _files(3), batch_size=3, target=_T, source=_S, settings={})
     owner = new_owner_id()
     recs = state.claim_files("b5", owner=owner, limit=3, lease_s=60)
     sha = "ab" * 32

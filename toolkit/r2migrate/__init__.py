@@ -14,6 +14,7 @@ Each stage function has the name of its module (``inventory``, ``plan``, ``verif
 from the module itself: ``from r2migrate.verify import VerifyOutcome``.
 """
 
+from r2migrate.binding import SourceSpec, Target
 from r2migrate.bucket import Bucket, ObjectInfo
 from r2migrate.config import Settings, load_settings
 from r2migrate.doctor import Check, CheckStatus, DoctorReport, doctor
@@ -21,6 +22,7 @@ from r2migrate.errors import (
     AccessDenied,
     BatchBusy,
     BatchNotFound,
+    BatchRolledBack,
     BucketError,
     BucketUnavailable,
     ConfigError,
@@ -37,6 +39,7 @@ from r2migrate.errors import (
     SourceRefused,
     SourceUnavailable,
     StateError,
+    TargetMismatch,
     ToolkitError,
     TransientBucketError,
     UnsafePath,
@@ -64,6 +67,7 @@ __all__ = [
     "BatchBusy",
     "BatchNotFound",
     "BatchResult",
+    "BatchRolledBack",
     "BatchStatus",
     "Bucket",
     "BucketError",
@@ -99,9 +103,12 @@ __all__ = [
     "Settings",
     "SourceError",
     "SourceRefused",
+    "SourceSpec",
     "SourceUnavailable",
     "State",
     "StateError",
+    "Target",
+    "TargetMismatch",
     "ToolkitError",
     "TransientBucketError",
     "UnsafePath",

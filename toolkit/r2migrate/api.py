@@ -6,7 +6,8 @@ arguments, results and ``ToolkitError`` onto HTTP. Never embeds the token in a p
 returns a traceback or a secret.
 
 Errors are JSON ``{code, message, hint}``: ``BatchNotFound`` 404, ``BatchBusy`` and other
-``StateError`` 409, ``ConfigError`` 400, bad request bodies or parameters 422, missing or wrong
+``StateError`` 409, ``TargetMismatch`` (the settings name another target than the batch's) 409,
+``ConfigError`` 400, bad request bodies or parameters 422, missing or wrong
 token 401, ``ServiceUnavailable`` 503, anything else 500 (message generic when unexpected).
 """
 
@@ -34,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from r2migrate import __version__
+from r2migrate import __version__, binding
 from r2migrate.bucket import Bucket
 from r2migrate.config import Settings
 from r2migrate.errors import (
@@ -44,6 +45,7 @@ from r2migrate.errors import (
     Interrupted,
     ServiceUnavailable,
     StateError,
+    TargetMismatch,
     ToolkitError,
 )
 from r2migrate.inventory import inventory as take_inventory
@@ -188,6 +190,10 @@ class BatchOut(_Out):
     uploaded_bytes: int
     bucket_name: str
     location: str
+    endpoint_url: str  # normalised; "" = AWS's own endpoint
+    source_kind: str  # disk | http
+    media_root: str | None
+    media_url: str | None
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -443,7 +449,7 @@ def _code_of(exc: BaseException) -> str:
 def _status_of(exc: ToolkitError) -> int:
     if isinstance(exc, BatchNotFound):
         return 404
-    if isinstance(exc, StateError):  # BatchBusy, SchemaTooNew, "no inventory yet", ...
+    if isinstance(exc, (StateError, TargetMismatch)):  # BatchBusy, SchemaTooNew, ...
         return 409
     if isinstance(exc, ConfigError):
         return 400
@@ -808,9 +814,10 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         Returns at once; 409 while this server already runs it. Failed files get a new round of
         attempts and uploads left in flight by a crash are resolved by HEAD, as with the CLI.
         """
-        settings.require("database_url", *settings.source_settings, "bucket_name")
+        settings.require("database_url")  # the batch brings its own target and source
         with ctx.state() as state:
-            state.get_batch(batch_id)  # 404 now rather than a failed runner later
+            batch = state.get_batch(batch_id)  # 404 now rather than a failed runner later
+        binding.settings_for_batch(settings, batch)  # 409 now when bound to another target
         processes = body.processes if body is not None else None
 
         def work(stop: threading.Event) -> RunSummary:
@@ -852,7 +859,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         match (the CLI's exit 1), and ``problems`` lists those files.
         """
         body = body or VerifyBatch()
-        settings.require("database_url", *settings.source_settings, "bucket_name")
+        settings.require("database_url")  # the batch brings its own target and source
         with ctx.state() as state:
             summary = verify_batches(
                 settings,
@@ -871,7 +878,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
 
         ``r2migrate rollback BATCH [--dry-run]``. 409 while a runner holds the batch's files.
         """
-        settings.require("database_url", "bucket_name")
+        settings.require("database_url")  # the batch brings its own bucket
         if ctx.jobs.running(batch_id):
             raise BatchBusy(
                 f"Batch {batch_id} is being processed by this server; it cannot be rolled back "

@@ -329,8 +329,24 @@ class Bucket:
                 hint="Set bucket_name in r2migrate.toml or R2MIGRATE_BUCKET_NAME.",
             )
         self.name: str = settings.bucket_name
+        self.endpoint_url = settings.effective_endpoint_url
         self.client = client or make_client(settings)
         self.object_parameters = dict(settings.object_parameters)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, given: Bucket | None = None) -> Bucket:
+        """`given` when it is the bucket `settings` name (same name and endpoint), else a new one.
+
+        A caller may hand a stage a bucket made from the configured settings; a stage acting on
+        a batch bound elsewhere must never send to it.
+        """
+        if (
+            given is not None
+            and given.name == settings.bucket_name
+            and given.endpoint_url == settings.effective_endpoint_url
+        ):
+            return given
+        return cls(settings)
 
     # -- whole-bucket ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from r2migrate import __version__, devsample, devstack, text
+from r2migrate import __version__, binding, devsample, devstack, text
 from r2migrate.config import Settings, load_settings
 from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
 from r2migrate.inventory import (
@@ -639,10 +639,16 @@ def run(
     settings = obj.settings(
         workers=workers, processes=processes, source=source, media_url=media_url
     )
-    settings.require("database_url", *settings.source_settings, "bucket_name")
+    target = batch_id or resume_batch
+    # A named batch brings its own target and source; all batches need the settings to name them.
+    settings.require(
+        "database_url", *(() if target else (*settings.source_settings, "bucket_name"))
+    )
     with _open_state(settings) as state:
-        target = batch_id or resume_batch
-        todo = [state.get_batch(target)] if target else state.batches_to_run()
+        if target:
+            todo = [state.get_batch(target)]
+        else:
+            todo, _ = binding.split_by_binding(settings, state.batches_to_run())
         if max_batches is not None:
             todo = todo[:max_batches]
         if not todo:
@@ -707,6 +713,8 @@ def run(
         for b in summary.batches:
             for key, code, message in b.failures[:10]:
                 click.echo(f"  FAILED {key}: {code} {message}", err=True)
+        if summary.left_out_note:
+            click.echo(f"\n{summary.left_out_note}", err=True)
     if summary.failed:
         sys.exit(int(ExitCode.FILES_FAILED))
 
@@ -798,7 +806,10 @@ def verify(
     if bool(batch_id) == all_batches:
         raise click.UsageError("Give a BATCH or --all.")
     settings = obj.settings()
-    settings.require("database_url", *settings.source_settings, "bucket_name")
+    # A named batch brings its own target and source; --all acts on the configured target's.
+    settings.require(
+        "database_url", *(() if batch_id else (*settings.source_settings, "bucket_name"))
+    )
     with _open_state(settings) as state:
         from tqdm import tqdm
 
@@ -843,6 +854,8 @@ def verify(
             )
         if summary.aborted:
             click.secho(f"\nstopped early: {summary.aborted}", fg="red", err=True)
+        if summary.left_out_note:
+            click.echo(f"\n{summary.left_out_note}", err=True)
     sys.exit(int(summary.exit_code))
 
 
@@ -859,7 +872,7 @@ def rollback(obj: _Ctx, batch_id: str, dry_run: bool, as_json: bool) -> None:
     reported, never deleted. Source files are never touched. Safe to run again.
     """
     settings = obj.settings()
-    settings.require("database_url", "bucket_name")
+    settings.require("database_url")  # the bucket is the batch's own
     with _open_state(settings) as state:
         from tqdm import tqdm
 
@@ -963,6 +976,7 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
                 rows = [
                     (
                         p.batch_id,
+                        p.target,
                         p.status,
                         f"{p.files_done}/{p.files_total}",
                         p.files_failed,
@@ -976,8 +990,8 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
                 click.clear() if not once and sys.stdout.isatty() else None
                 click.echo(
                     _table(
-                        ["batch", "status", "files", "failed", "bytes", "rate", "eta"],
-                        rows or [("(no batches)", "", "", "", "", "", "")],
+                        ["batch", "target", "status", "files", "failed", "bytes", "rate", "eta"],
+                        rows or [("(no batches)", "", "", "", "", "", "", "")],
                     )
                 )
                 if total is not None:
@@ -1182,6 +1196,7 @@ def status(obj: _Ctx, batch_id: str, as_json: bool, show_files: bool) -> None:
         _echo_json({"batch": batch, "files": files})
         return
     _render_batches([batch])
+    click.echo(f"\ntarget: {batch.target.describe()}\nsource: {batch.source.describe()}")
     bad = [f for f in files if f.status in (FileStatus.FAILED, FileStatus.CONFLICT)]
     listed = files if show_files else bad
     if listed:

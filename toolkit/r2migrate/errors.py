@@ -7,6 +7,7 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
 
     ToolkitError                      exit 1   root; every error carries .hint and .exit_code
     ├── ConfigError                   exit 2   settings missing, malformed or contradictory
+    │   └── TargetMismatch            exit 2   settings name another target or source than a batch
     ├── ServiceUnavailable            exit 3   a service cannot be reached at all
     │   ├── DatabaseUnavailable       exit 3   PostgreSQL refused, timed out or is not running
     │   ├── BucketUnavailable         exit 3   the S3 endpoint refused or timed out
@@ -14,6 +15,7 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
     ├── StateError                    exit 4   the toolkit's own tables say no
     │   ├── SchemaTooNew              exit 4   the database was migrated by a newer r2migrate
     │   ├── BatchNotFound             exit 4   no batch with that id
+    │   ├── BatchRolledBack           exit 4   the batch was rolled back; plan again instead
     │   └── BatchBusy                 exit 4   another runner holds the batch
     ├── BucketError                   exit 1   one S3 operation failed; .retryable, .code
     │   ├── AccessDenied              exit 2   credentials wrong or lacking permission
@@ -59,6 +61,7 @@ class Problem(StrEnum):
     NORMALIZATION_COLLISION = "normalization_collision"  # two names equal after NFC
     GZIP_ENCODING = "gzip_encoding"  # '.gz' gets Content-Encoding: gzip from django-storages
     SIZE_MISMATCH = "size_mismatch"  # media server: body length, Content-Length, inventory differ
+    SOURCE_CHANGED = "source_changed"  # the file on disk is not the one inventory measured
     ORPHAN = "orphan"  # on disk, but no row points at it
 
     @property
@@ -100,6 +103,10 @@ class ConfigError(ToolkitError):
         super().__init__(message, hint=hint)
 
 
+class TargetMismatch(ConfigError):
+    """The configured bucket/endpoint/location or source differs from what a batch recorded."""
+
+
 class ServiceUnavailable(ToolkitError):
     exit_code = ExitCode.UNREACHABLE
 
@@ -138,6 +145,10 @@ class SchemaTooNew(StateError):
 
 class BatchNotFound(StateError):
     default_hint = "List batches with `r2migrate batches`."
+
+
+class BatchRolledBack(StateError):
+    default_hint = "Plan the files again with `r2migrate plan`; a rolled-back batch stays closed."
 
 
 class BatchBusy(StateError):

@@ -16,11 +16,10 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from r2migrate import catalog, keys, source
 from r2migrate.config import Settings
-from r2migrate.errors import ConfigError, Problem, SourceError, SourceRefused, UnsafePath
+from r2migrate.errors import Problem, SourceError, SourceRefused, UnsafePath
 from r2migrate.httpsource import MediaServer
 from r2migrate.state import MediaFile, State, connect
 
@@ -123,17 +122,7 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     if settings.source == "http":
         yield from _scan_http(settings)
         return
-    if settings.media_root is None:
-        raise ConfigError(
-            "media_root is not set.",
-            hint="Set media_root (Django's MEDIA_ROOT) in r2migrate.toml or R2MIGRATE_MEDIA_ROOT.",
-        )
-    media_root = Path(settings.media_root)
-    if not media_root.is_dir():
-        raise ConfigError(
-            f"media_root {str(media_root)!r} is not a readable directory.",
-            hint="Point media_root at Django's MEDIA_ROOT on this machine.",
-        )
+    media_root = source.check_media_root(settings.media_root)
     refs = [
         catalog.parse_reference(r, id_column=settings.reference_id_column)
         for r in settings.references

@@ -44,17 +44,20 @@ from procrastinate.schema import SchemaManager
 from procrastinate.worker import Worker
 from psycopg import sql
 
+from r2migrate import binding
 from r2migrate.bucket import Bucket
 from r2migrate.config import Settings
 from r2migrate.errors import (
+    BatchRolledBack,
     BucketUnavailable,
     DatabaseUnavailable,
     Interrupted,
     SourceUnavailable,
     StateError,
+    TargetMismatch,
     ToolkitError,
 )
-from r2migrate.state import BatchStatus, State, translate_db_errors
+from r2migrate.state import Batch, BatchStatus, State, translate_db_errors
 from r2migrate.transfer import (
     ErrorPayload,
     Sender,
@@ -187,9 +190,10 @@ def queued_batches(state: State) -> set[str]:
 
 
 def enqueue_batches(
-    app: procrastinate.App, state: State, *, retry_failed: bool = False
+    app: procrastinate.App, settings: Settings, state: State, *, retry_failed: bool = False
 ) -> list[str]:
-    """Queue one job for each batch with files to send that has no job waiting or running.
+    """Queue one job for each batch of the configured target with files to send that has no job
+    waiting or running (batches of other targets are left for workers configured for them).
 
     With `retry_failed` (a worker starting), failed files first get a new round of attempts, as
     `r2migrate run` gives them; otherwise a batch whose only files left have failed is not
@@ -198,7 +202,8 @@ def enqueue_batches(
     added = []
     with queue_lock(state):
         busy = queued_batches(state)
-        for batch in state.batches_to_run():
+        mine, _ = binding.split_by_binding(settings, state.batches_to_run())
+        for batch in mine:
             if retry_failed:  # even for a queued batch: its job takes them when it runs
                 state.requeue_failed(batch.batch_id)
             if batch.batch_id in busy:
@@ -208,7 +213,7 @@ def enqueue_batches(
                 BatchStatus.FAILED,
             ) and not state.open_file_count(batch.batch_id):
                 continue  # only failed files are left: they wait for the next start
-            if _defer(app, batch.batch_id):
+            if _defer(app, batch):
                 added.append(batch.batch_id)
     if added:
         log.info("queued %d batch job(s): %s", len(added), ", ".join(added[:5]))
@@ -227,19 +232,25 @@ def queue_batch(settings: Settings, state: State, batch_id: str) -> bool:
 def enqueue_batch(app: procrastinate.App, state: State, batch_id: str) -> bool:
     """Queue one batch (the API's ``POST /batches/{id}/enqueue``); False when a job for it is
     already waiting or running. Its failed files get a new round of attempts first."""
-    state.get_batch(batch_id)  # BatchNotFound before anything is queued
+    batch = state.get_batch(batch_id)  # BatchNotFound before anything is queued
+    if batch.status is BatchStatus.ROLLED_BACK:
+        raise BatchRolledBack(f"Batch {batch_id} was rolled back; it cannot be queued.")
     state.requeue_failed(batch_id)
     with queue_lock(state):
         if batch_id in queued_batches(state):
             return False
-        return _defer(app, batch_id)
+        return _defer(app, batch)
 
 
-def _defer(app: procrastinate.App, batch_id: str) -> bool:
+def _defer(app: procrastinate.App, batch: Batch) -> bool:
+    # The queue is the batch's target and source: only workers configured for them take it.
+    batch_id = batch.batch_id
     try:
-        app.tasks[TASK_NAME].configure(lock=batch_id, queueing_lock=batch_id).defer(
-            batch_id=batch_id
-        )
+        app.tasks[TASK_NAME].configure(
+            queue=binding.queue_name(batch.target, batch.source),
+            lock=batch_id,
+            queueing_lock=batch_id,
+        ).defer(batch_id=batch_id)
     except pexc.AlreadyEnqueued:
         return False  # another worker queued it a moment ago
     return True
@@ -363,6 +374,14 @@ class _Engine:
         if self.stop.is_set():  # the batch stays queued-able: the next worker takes it
             return {"batch_id": batch_id, "status": "not started: the worker is stopping"}
         with self.state() as st:
+            batch = st.get_batch(batch_id)
+            try:  # the queue name says so already; the ledger has the last word
+                binding.settings_for_batch(self.settings, batch)
+            except TargetMismatch as exc:
+                log.error("batch %s is not this worker's to run: %s", batch_id, exc.message)
+                return {"batch_id": batch_id, "status": "not run: bound to another target"}
+            if batch.status is BatchStatus.ROLLED_BACK:
+                return {"batch_id": batch_id, "status": "not run: rolled back"}
             # A job runs when its batch was queued or its outage retry came due: files that failed
             # meanwhile (an outage marks them failed) get a new round, as `r2migrate run` gives.
             st.requeue_failed(batch_id)
@@ -460,6 +479,12 @@ async def _serve(
         name=name,
         concurrency=JOBS_PER_PROCESS,
         wait=wait,
+        # Its own target's queue, and "default", where r2migrate before version 2 of the ledger
+        # queued every batch (run_batch turns away one bound elsewhere; its worker re-queues it).
+        queues=[
+            binding.queue_name(binding.target_of(settings), binding.source_of(settings)),
+            "default",
+        ],
         install_signal_handlers=False,
         update_heartbeat_interval=settings.stalled_worker_s / 3,
         stalled_worker_timeout=settings.stalled_worker_s,
@@ -600,7 +625,7 @@ def run_workers(
     with State.open(settings.database_url, schema=settings.state_schema) as state:
         ensure_queue_schema(state)
         with translate_queue_errors("queueing batches"), app.open():
-            enqueue_batches(app, state, retry_failed=True)
+            enqueue_batches(app, settings, state, retry_failed=True)
         ctx = multiprocessing.get_context("spawn")  # no fork: this process holds sockets
         halt = ctx.Event()
         inbox: Any = ctx.Queue()
@@ -651,7 +676,7 @@ def run_workers(
                     continue
                 next_poll = time.monotonic() + min(poll_s, settings.stalled_worker_s / 3)
                 with translate_queue_errors("queueing batches"), app.open():
-                    enqueue_batches(app, state)
+                    enqueue_batches(app, settings, state)
                     retry_stalled_jobs(app, state, settings.stalled_worker_s)
                 waiting = job_counts(state).get("todo", 0)
                 for i, child in enumerate(children):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from r2migrate import source
+from r2migrate import binding, source
 from r2migrate.bucket import Bucket, ObjectInfo
 from r2migrate.config import Settings
 from r2migrate.errors import BucketError, Problem, SourceError, StateError
@@ -145,7 +145,8 @@ def plan(
     bucket = bucket or Bucket(settings)
     bucket.check()
     hash_source = _SourceHasher(settings)  # opens no connection until it is called
-    planned = state.live_object_keys()
+    target = binding.target_of(settings)
+    planned = state.live_object_keys(target)  # of this target only: another target plans apart
 
     decided: list[PlanItem] = []
     by_key: dict[str, list[MediaFile]] = {}
@@ -225,8 +226,8 @@ def plan(
                 batch_id,
                 [_new_file(item, digest, group) for item, digest, group in chunk],
                 batch_size=size,
-                bucket_name=bucket.name,
-                location=settings.location,
+                target=target,
+                source=binding.source_of(settings),
                 settings=settings.redacted(),
             )
             batch_ids.append(batch_id)

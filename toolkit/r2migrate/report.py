@@ -44,6 +44,7 @@ from r2migrate.state import (
     MediaFile,
     State,
 )
+from r2migrate.text import target_label
 from r2migrate.transfer import RunSummary
 
 if TYPE_CHECKING:
@@ -778,6 +779,7 @@ class BatchProgress:
     started_at: datetime | None
     completed_at: datetime | None
     recent_failures: tuple[FailureNote, ...] = field(default=())
+    target: str = ""  # the batch's bucket (and location): where its objects go
 
     @property
     def files_left(self) -> int:
@@ -852,6 +854,7 @@ def progress_snapshot(
                 started_at=b.started_at,
                 completed_at=b.completed_at,
                 recent_failures=tuple(notes),
+                target=target_label(b),
             )
         )
     return out

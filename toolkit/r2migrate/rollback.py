@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from r2migrate import catalog, source
+from r2migrate import binding, catalog, source
 from r2migrate.bucket import Bucket, ObjectInfo
 from r2migrate.config import Settings
 from r2migrate.errors import (
@@ -329,7 +329,9 @@ def rollback(
     ``error``), and an endpoint that keeps failing stops the run with ``aborted`` set.
     """
     started = time.monotonic()
-    state.get_batch(batch_id)  # BatchNotFound before anything else
+    batch = state.get_batch(batch_id)  # BatchNotFound before anything else
+    # Deletions happen only in the batch's own bucket; a configured other target is refused.
+    settings = binding.settings_for_batch(settings, batch, need_source=False)
     if state.live_lease_count(batch_id):
         raise BatchBusy(
             f"Batch {batch_id} is being uploaded right now; it cannot be rolled back meanwhile.",
@@ -347,7 +349,7 @@ def rollback(
             tally.add(_Done(decided), rec)
     stop = threading.Event()  # set on an outage or Ctrl-C: removals waiting to retry give up
     if to_ask:
-        bucket = bucket or Bucket(settings)
+        bucket = Bucket.for_settings(settings, bucket)
         # One 503 must not stop the whole rollback.
         Requests(settings, stop, random.Random())("HEAD bucket", bucket.check)
     if settings.write_back and not dry_run:

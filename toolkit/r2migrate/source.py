@@ -32,11 +32,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from r2migrate.errors import Problem, SourceError, UnsafePath
+from r2migrate.errors import ConfigError, Problem, SourceError, UnsafePath
 
 __all__ = [
     "HashingReader",
     "SourceStat",
+    "check_media_root",
     "files_identical_stat",
     "iter_media_files",
     "open_media_file",
@@ -84,6 +85,25 @@ def files_identical_stat(a: SourceStat, b: SourceStat) -> bool:
         b.inode,
         b.device,
     )
+
+
+def check_media_root(media_root: Path | None) -> Path:
+    """``media_root`` when it is a directory this process can list; else a ConfigError (exit 2).
+
+    Checked before a stage touches anything, so a missing mount fails the command, not every
+    file in the ledger.
+    """
+    if media_root is None:
+        raise ConfigError(
+            "media_root is not set.",
+            hint="Set media_root (Django's MEDIA_ROOT) in r2migrate.toml or R2MIGRATE_MEDIA_ROOT.",
+        )
+    if not media_root.is_dir() or not os.access(media_root, os.R_OK | os.X_OK):
+        raise ConfigError(
+            f"media_root {str(media_root)!r} is not a readable directory.",
+            hint="Point media_root at Django's MEDIA_ROOT on this machine (is it mounted?).",
+        )
+    return media_root
 
 
 def resolve_media_path(media_root: Path, name: str | None) -> Path:

@@ -24,6 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from r2migrate.binding import SourceSpec, Target
 from r2migrate.errors import (
     BatchNotFound,
     ConfigError,
@@ -100,6 +101,19 @@ class Batch:
     started_at: datetime | None
     completed_at: datetime | None
     last_error: str | None
+    # What the batch is bound to, recorded at plan time (see binding.py).
+    endpoint_url: str = ""
+    source_kind: str = "disk"
+    media_root: str | None = None
+    media_url: str | None = None
+
+    @property
+    def target(self) -> Target:
+        return Target(self.endpoint_url, self.bucket_name, self.location)
+
+    @property
+    def source(self) -> SourceSpec:
+        return SourceSpec(self.source_kind, self.media_root, self.media_url)
 
 
 @dataclass(frozen=True)
@@ -442,13 +456,17 @@ class State:
 
     # -- batches --------------------------------------------------------------------------------
 
-    def live_object_keys(self) -> set[str]:
-        """Keys already queued or done in some batch (rolled-back ones excluded)."""
+    def live_object_keys(self, target: Target) -> set[str]:
+        """Keys of `target` already queued or done in some batch (rolled-back ones excluded)."""
         if self.schema_version() == 0:  # a dry run on a database never migrated
             return set()
         with translate_db_errors("reading planned keys"):
             rows = self.conn.execute(
-                self._q("SELECT object_key FROM {s}.files WHERE status <> 'rolled_back'")
+                self._q(
+                    "SELECT object_key FROM {s}.files"
+                    " WHERE target_id = %s AND status <> 'rolled_back'"
+                ),
+                (target.target_id,),
             ).fetchall()
         return {r["object_key"] for r in rows}
 
@@ -466,30 +484,43 @@ class State:
         files: Sequence[NewFile],
         *,
         batch_size: int,
-        bucket_name: str,
-        location: str,
+        target: Target,
+        source: SourceSpec,
         settings: Mapping[str, Any],
     ) -> Batch:
+        """Store a batch bound to `target` and `source`; every later command acts on those."""
         with translate_db_errors(f"creating batch {batch_id}"), self.conn.transaction():
             self.conn.execute(
                 self._q(
                     "INSERT INTO {s}.batches"
-                    " (batch_id, batch_size, bucket_name, location, settings)"
-                    " VALUES (%s, %s, %s, %s, %s)"
+                    " (batch_id, batch_size, bucket_name, location, endpoint_url, source_kind,"
+                    "  media_root, media_url, settings)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 ),
-                (batch_id, batch_size, bucket_name, location, json.dumps(settings, default=str)),
+                (
+                    batch_id,
+                    batch_size,
+                    target.bucket_name,
+                    target.location,
+                    target.endpoint_url,
+                    source.kind,
+                    source.media_root,
+                    source.media_url,
+                    json.dumps(settings, default=str),
+                ),
             )
             with self.conn.cursor() as cur:
                 cur.executemany(
                     self._q(
-                        "INSERT INTO {s}.files (batch_id, file_id, source_refs, relative_path,"
-                        " object_key, size_bytes, mtime_ns, content_type, content_encoding, status,"
-                        " source_sha256, error_code, error_message)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        "INSERT INTO {s}.files (batch_id, target_id, file_id, source_refs,"
+                        " relative_path, object_key, size_bytes, mtime_ns, content_type,"
+                        " content_encoding, status, source_sha256, error_code, error_message)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                     ),
                     [
                         (
                             batch_id,
+                            target.target_id,
                             f.file_id,
                             json.dumps(list(f.source_refs)),
                             f.relative_path,
@@ -854,17 +885,17 @@ class State:
             ).fetchone()
         return int(row["n"]) if row else 0
 
-    def known_object_keys(self, keys: Sequence[str]) -> set[str]:
-        """Which of `keys` some live (not rolled back) ledger row names; one indexed query."""
+    def known_object_keys(self, target: Target, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` some live (not rolled back) row of `target` names; one indexed query."""
         if not keys:
             return set()
         with translate_db_errors("looking up object keys"):
             rows = self.conn.execute(
                 self._q(
-                    "SELECT object_key FROM {s}.files"
-                    " WHERE object_key = ANY(%s) AND status <> 'rolled_back'"
+                    "SELECT object_key FROM {s}.files WHERE target_id = %s"
+                    " AND object_key = ANY(%s) AND status <> 'rolled_back'"
                 ),
-                (list(keys),),
+                (target.target_id, list(keys)),
             ).fetchall()
         return {r["object_key"] for r in rows}
 
@@ -1041,7 +1072,8 @@ _CLAIM_COLUMNS = ", ".join(
 _BATCH_COLUMNS = (
     "batch_id, status, dry_run, batch_size, total_files, uploaded_files, verified_files,"
     " failed_files, skipped_files, conflict_files, total_bytes, uploaded_bytes, bucket_name,"
-    " location, created_at, started_at, completed_at, last_error"
+    " location, created_at, started_at, completed_at, last_error, endpoint_url, source_kind,"
+    " media_root, media_url"
 )
 
 
@@ -1065,6 +1097,10 @@ def _batch_from_row(r: Mapping[str, Any]) -> Batch:
         started_at=r["started_at"],
         completed_at=r["completed_at"],
         last_error=r["last_error"],
+        endpoint_url=r["endpoint_url"],
+        source_kind=r["source_kind"],
+        media_root=r["media_root"],
+        media_url=r["media_url"],
     )
 
 

@@ -33,6 +33,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
     return lines
 
 
+def target_label(batch: Batch) -> str:
+    """A batch's bucket and location in one short cell: ``media`` or ``media/uploads``."""
+    return f"{batch.bucket_name}/{batch.location}" if batch.location else batch.bucket_name
+
+
 def batch_table(batches: Sequence[Batch]) -> list[str]:
     """The batches listing (the original --list-batches): counts, bytes and upload rate."""
     rows = []
@@ -46,6 +51,7 @@ def batch_table(batches: Sequence[Batch]) -> list[str]:
         rows.append(
             (
                 b.batch_id,
+                target_label(b),
                 b.status.value,
                 b.total_files,
                 b.uploaded_files,
@@ -56,5 +62,15 @@ def batch_table(batches: Sequence[Batch]) -> list[str]:
                 rate,
             )
         )
-    headers = ["batch", "status", "files", "uploaded", "skipped", "failed", "conflict", "bytes"]
+    headers = [
+        "batch",
+        "target",
+        "status",
+        "files",
+        "uploaded",
+        "skipped",
+        "failed",
+        "conflict",
+        "bytes",
+    ]
     return table([*headers, "rate"], rows)

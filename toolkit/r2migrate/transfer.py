@@ -7,6 +7,7 @@ holds, writing the intent (`uploading`) before each PUT and the outcome after it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import multiprocessing
@@ -25,12 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
-from r2migrate import catalog, source
+from r2migrate import binding, catalog, source
 from r2migrate.bucket import Bucket, ObjectInfo, part_size_for
 from r2migrate.config import Settings
 from r2migrate.errors import (
     AccessDenied,
     BatchNotFound,
+    BatchRolledBack,
     BucketError,
     BucketUnavailable,
     ConfigError,
@@ -68,6 +70,20 @@ FLUSH_EVERY_FILES = 64
 # Parts of one large file sent at once, so a batch holding one big file still uses several
 # connections; they stream from the file (no part is held in memory).
 PART_WORKERS = 4
+
+
+def _check_against_ledger(rec: FileRecord, found: source.SourceStat) -> None:
+    """Send only the file inventory measured: another size (or mtime, where recorded) is a
+    ``source_changed`` failure, never an upload of other bytes under the planned key."""
+    if found.size_bytes == rec.size_bytes and rec.mtime_ns in (None, found.mtime_ns):
+        return
+    now = f"{found.size_bytes} bytes, mtime_ns {found.mtime_ns}"
+    raise SourceError(
+        f"{rec.relative_path} is now {now}; inventory measured {rec.size_bytes} bytes, "
+        f"mtime_ns {rec.mtime_ns}. Nothing was sent.",
+        problem=Problem.SOURCE_CHANGED,
+        hint="Take the inventory and plan again for the changed file.",
+    )
 
 
 class SourceChanged(Exception):
@@ -112,6 +128,7 @@ class BatchResult:
 class RunSummary:
     batches: tuple[BatchResult, ...]
     interrupted: bool = False
+    left_out_note: str = ""  # batches of another target or source that this run did not touch
 
     @property
     def failed(self) -> int:
@@ -256,6 +273,7 @@ class Sender:
         # (fstat), which is what was read, so a rename or swap afterwards cannot fool them.
         fh, before = source.open_media_file_with_stat(self.media_root, rec.relative_path)
         with fh:
+            _check_against_ledger(rec, before)
             if before.size_bytes <= self.settings.multipart_threshold_bytes:
                 data = fh.read()
                 after = os.fstat(fh.fileno())
@@ -506,15 +524,27 @@ def run(
     BucketUnavailable when the endpoint fails every request in a row.
     """
     del resume
-    bucket = bucket or Bucket(settings)
-    stop = stop or threading.Event()
-    check_bucket(bucket, settings, stop)
+    # The batches' own target and source decide where bytes go and come from; settings that
+    # name another are refused (one batch) or leave those batches out (all of them).
+    left_out: Sequence[Batch] = ()
     if batch_id is not None:
         batches: Sequence[Batch] = [state.get_batch(batch_id)]
+        if batches[0].status is BatchStatus.ROLLED_BACK:
+            raise BatchRolledBack(
+                f"Batch {batch_id} was rolled back; its files are no longer in the bucket and "
+                "running it again would not bring them back under this batch."
+            )
+        settings = binding.settings_for_batch(settings, batches[0])
     else:
-        batches = state.batches_to_run()
+        batches, left_out = binding.split_by_binding(settings, state.batches_to_run())
         if max_batches is not None:
             batches = batches[:max_batches]
+        if left_out:
+            log.warning("%s", binding.left_out_note(left_out))
+    check_source_reachable(settings)  # before the ledger is touched: a missing MEDIA_ROOT is exit 2
+    bucket = Bucket.for_settings(settings, bucket)
+    stop = stop or threading.Event()
+    check_bucket(bucket, settings, stop)
     if settings.write_back:
         for label in settings.references:
             ref = catalog.parse_reference(label, id_column=settings.reference_id_column)
@@ -526,9 +556,10 @@ def run(
     open_files = sum(state.open_file_count(b.batch_id) for b in batches)
     count = process_count(settings, open_files, requested=processes)
     if count > 1:
-        return _run_processes(
+        summary = _run_processes(
             settings, state, [b.batch_id for b in batches], count, stop, on_progress
         )
+        return dataclasses.replace(summary, left_out_note=binding.left_out_note(left_out))
     sender = Sender(settings, bucket, stop)
     try:
         results = send_batches(
@@ -543,7 +574,13 @@ def run(
             f"Interrupted during batch {where}; finished work is recorded.",
             hint=f"Resume with `r2migrate run --resume-batch {where}`.",
         )
-    return RunSummary(tuple(results))
+    return RunSummary(tuple(results), left_out_note=binding.left_out_note(left_out))
+
+
+def check_source_reachable(settings: Settings) -> None:
+    """A disk source must be a readable MEDIA_ROOT before any file is claimed (exit 2)."""
+    if settings.source != "http":
+        source.check_media_root(settings.media_root)
 
 
 def check_bucket(bucket: Bucket, settings: Settings, stop: threading.Event) -> None:

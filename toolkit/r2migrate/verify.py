@@ -42,7 +42,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from r2migrate import catalog, source
+from r2migrate import binding, catalog, source
 from r2migrate.bucket import Bucket, ObjectInfo, sha256_b64
 from r2migrate.config import Settings
 from r2migrate.errors import (
@@ -124,6 +124,8 @@ class VerifySummary:
     elapsed_s: float
     problems: tuple[FileCheck, ...] = field(default=())
     aborted: str | None = None  # set when the endpoint failed so often that checking stopped
+    left_out_batches: int = 0  # --all: batches of another target or source, not touched
+    left_out_note: str = ""  # one sentence saying which, for every front end
 
     @property
     def ok(self) -> bool:
@@ -385,12 +387,16 @@ def verify(
             " (deep already reads back every file).",
             hint="Use `--deep` for every file or `--sample N` for N of them.",
         )
+    started = time.monotonic()
+    # Verify acts on the batches' own target and source (even a cheap check stats the source).
+    left_out: list[Batch] = []
+    if batch_id is not None:
+        batches: list[Batch] = [state.get_batch(batch_id)]
+        settings = binding.settings_for_batch(settings, batches[0])
+    else:
+        batches, left_out = binding.split_by_binding(settings, state.list_batches())
     if settings.source != "http" and settings.media_root is None:
         raise ConfigError("media_root is not set.", hint="Set media_root (Django's MEDIA_ROOT).")
-    started = time.monotonic()
-    batches: list[Batch] = (
-        [state.get_batch(batch_id)] if batch_id is not None else state.list_batches()
-    )
     rows = [
         rec
         for b in batches
@@ -404,7 +410,7 @@ def verify(
         sample_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
         picked = random.Random(sample_seed).sample(checkable, min(sample, len(checkable)))
         deep_ids = {rec.id for rec in picked}
-    bucket = bucket or Bucket(settings)
+    bucket = Bucket.for_settings(settings, bucket)
     stop = threading.Event()  # set on an outage or Ctrl-C: checks waiting to retry give up
     ask = Requests(settings, stop, random.Random())  # this thread's own requests
     ask("HEAD bucket", bucket.check)  # one 503 must not stop the whole verify
@@ -458,7 +464,9 @@ def verify(
 
     prefixes: list[str] = []
     if tally.aborted is None:
-        prefixes = _find_extras(state, bucket, batches, by_id, tally, ask)
+        prefixes = _find_extras(
+            state, binding.target_of(settings), bucket, batches, by_id, tally, ask
+        )
         tally.flush()
     counts = {o.value: tally.counts.get(o.value, 0) for o in VerifyOutcome}
     log.info(
@@ -485,6 +493,8 @@ def verify(
         elapsed_s=time.monotonic() - started,
         problems=tuple(tally.problems),
         aborted=tally.aborted,
+        left_out_batches=len(left_out),
+        left_out_note=binding.left_out_note(left_out),
     )
 
 
@@ -595,6 +605,7 @@ def _event_detail(check: FileCheck) -> dict[str, Any]:
 
 def _find_extras(
     state: State,
+    target: binding.Target,
     bucket: Bucket,
     batches: Sequence[Batch],
     rows_by_id: Mapping[int, FileRecord],
@@ -623,7 +634,7 @@ def _find_extras(
         try:
             while True:
                 page, token = ask("LIST", functools.partial(bucket.list_page, prefix, token))
-                known = state.known_object_keys([key for key, _ in page])
+                known = state.known_object_keys(target, [key for key, _ in page])
                 for key, size in page:
                     if key not in known:
                         tally.add(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from r2migrate import catalog
+from r2migrate import binding, catalog
 from r2migrate.bucket import translate_error
 from r2migrate.config import Settings
 from r2migrate.django.render import table
@@ -184,11 +184,16 @@ def cutover_check(
     if batch_id is not None:
         batches = [state.get_batch(batch_id)]
     else:
-        batches = [
-            b
-            for b in state.list_batches()
-            if not b.dry_run and b.status is not BatchStatus.ROLLED_BACK
-        ]
+        # The storage's own target only: batches migrated to another bucket prove nothing here.
+        batches, _ = binding.split_by_binding(
+            settings,
+            [
+                b
+                for b in state.list_batches()
+                if not b.dry_run and b.status is not BatchStatus.ROLLED_BACK
+            ],
+            need_source=False,
+        )
     records = [
         rec
         for b in batches
