@@ -229,13 +229,26 @@ def test_watch_once_and_audit_report(settings, sample, tmp_path):
     assert "all: 120/120 files" in watched.stdout
     out = tmp_path / "audit"
     made = _invoke(["report", "--all", "--out", str(out)], env)
-    assert made.exit_code == 0, made.output
+    assert made.exit_code == 1, made.output  # written, but nothing is proven yet
+    assert "Not all proven: 0 of 120 file(s)" in made.stdout
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["ok"] is False
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest
     lines = (out / "files.csv").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 + 120
     again = _invoke(["report", "--all", "--out", str(out)], env)
     assert again.exit_code == 2  # never overwrites a report
+    assert _invoke(["verify", "--all"], env).exit_code == 0
+    proven = _invoke(["report", "--all", "--out", str(tmp_path / "proven")], env)
+    assert proven.exit_code == 0, proven.output
+    assert "All 120 file(s) are proven identical" in proven.stdout
+    batch = json.loads(_invoke(["batches", "--json"], env).stdout)[0]["batch_id"]
+    assert _invoke(["rollback", batch], env).exit_code == 0
+    rolled = _invoke(["report", "--all", "--out", str(tmp_path / "rolled")], env)
+    assert rolled.exit_code == 0, rolled.output  # the rest is proven; the rolled back not counted
+    assert "All 60 file(s) are proven identical to the originals; 60 of rolled" in rolled.stdout
+    summary = json.loads((tmp_path / "rolled" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["files_proven"] == 60 and summary["files_rolled_back"] == 60
 
 
 # -- settings precedence: flag > --set > environment > r2migrate.toml > embedded stack > default

@@ -1102,11 +1102,17 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
 def report(obj: _Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) -> None:
     """Write the audit report: files.csv, summary.json and a manifest.json with SHA-256s.
 
-    One CSV row per file: key, size, SHA-256, status, the outcome of its last verification,
-    attempts, error, when it was last proven intact. The manifest lists each report file with
-    its SHA-256 and size, like S3 Batch Operations completion reports.
+    One CSV row per file: key, size, SHA-256, status, the outcome of its last verification
+    (`rolled_back` once its batch is), attempts, error, when it was last proven intact. The
+    manifest lists each report file with its SHA-256 and size, like S3 Batch Operations
+    completion reports. summary.json's `ok` is the verdict printed at the end.
+
+    \b
+    Exit 0 when every file in scope is proven (files of rolled-back batches are never proven
+    and not counted), 1 when any is not (needs attention, never verified, not uploaded); the
+    report is written either way. Run `r2migrate verify` first to prove them.
     """
-    from r2migrate.report import write_audit_report
+    from r2migrate.report import verdict_text, write_audit_report
 
     if bool(batch_id) == all_batches:
         raise click.UsageError("Give a BATCH or --all.")
@@ -1118,6 +1124,9 @@ def report(obj: _Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) ->
     click.echo(f"{written.rows} file row(s) written to {written.out_dir}")
     for path in (written.csv_path, written.summary_path, written.manifest_path):
         click.echo(f"  {path}")
+    click.echo(verdict_text(written.summary))
+    if not written.summary["ok"]:
+        sys.exit(int(ExitCode.FILES_FAILED))
 
 
 @main.group()
@@ -1153,7 +1162,15 @@ def notebook_run(obj: _Ctx, name: str, params: tuple[tuple[str, str], ...], runs
     """Execute a notebook with papermill; write the .ipynb, report.html and results.json.
 
     Unknown parameter names are refused before anything runs. A failing cell still leaves the
-    executed notebook and its HTML, and the command says which cell failed.
+    executed notebook and its HTML, and the command says which cell failed. The kernel sees
+    the same settings as this command (--config, --set and flags included).
+
+    \b
+    Exit codes:
+      0  the notebook ran and its verdict holds
+      1  its results.json says "ok": false (04_verification_report: not every file in
+         scope is proven); the notebook, report.html and results.json are written first
+      2+ a cell raised: the exit code of its error (2 settings, 3 unreachable, 4 state)
     """
     from r2migrate.notebooks import run_notebook
 
@@ -1164,6 +1181,14 @@ def notebook_run(obj: _Ctx, name: str, params: tuple[tuple[str, str], ...], runs
     click.echo(f"  notebook: {done.notebook_path}")
     click.echo(f"  report:   {done.html_path}")
     click.echo(f"  results:  {done.results_path}")
+    verdict = (done.results or {}).get("verdict")
+    if verdict:
+        click.echo(str(verdict))
+    if not done.verdict_ok:
+        click.secho(
+            f'{done.name}: results.json says "ok": false; see {done.html_path}', fg="red", err=True
+        )
+        sys.exit(int(ExitCode.FILES_FAILED))
 
 
 @main.command()
