@@ -261,6 +261,7 @@ def test_rolled_back_files_are_never_proven_and_every_table_agrees(
     assert report.outcome_counts(rows) == summary["verify_outcomes"]
     assert report.failures_frame(rows).empty
     assert report.progress_frame(rows)["files_proven"].iloc[-1] == live
+    assert report.batches_frame(migrated)["verified"].sum() == live
     assert {r.verify_outcome for r in rows if r.batch_id == batch.batch_id} == {"rolled_back"}
     audit = report.write_audit_report(migrated, tmp_path / "audit")
     assert audit.summary["files_proven"] == live

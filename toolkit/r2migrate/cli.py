@@ -51,8 +51,9 @@ EXIT_CODES_HELP = """
 \b
 Exit codes:
   0    everything asked for succeeded
-  1    some files failed (see `r2migrate status BATCH`)
-  2    configuration problem (settings, credentials, missing bucket)
+  1    some files failed (see `r2migrate status BATCH`); for verify, report and
+       notebook run: not every file in scope is proven (the report is still written)
+  2    configuration problem (settings, credentials, missing bucket, an invalid value)
   3    a service is unreachable (PostgreSQL or the S3 endpoint)
   4    the state says no (unknown batch, schema from a newer version)
   130  interrupted (Ctrl-C); nothing is lost, resume with `run --resume-batch`
