@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -227,10 +229,214 @@ def test_watch_once_and_audit_report(settings, sample, tmp_path):
     assert "all: 120/120 files" in watched.stdout
     out = tmp_path / "audit"
     made = _invoke(["report", "--all", "--out", str(out)], env)
-    assert made.exit_code == 0, made.output
+    assert made.exit_code == 1, made.output  # written, but nothing is proven yet
+    assert "Not all proven: 0 of 120 file(s)" in made.stdout
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["ok"] is False
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest
     lines = (out / "files.csv").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 + 120
     again = _invoke(["report", "--all", "--out", str(out)], env)
     assert again.exit_code == 2  # never overwrites a report
+    assert _invoke(["verify", "--all"], env).exit_code == 0
+    proven = _invoke(["report", "--all", "--out", str(tmp_path / "proven")], env)
+    assert proven.exit_code == 0, proven.output
+    assert "All 120 file(s) are proven identical" in proven.stdout
+    batch = json.loads(_invoke(["batches", "--json"], env).stdout)[0]["batch_id"]
+    assert _invoke(["rollback", batch], env).exit_code == 0
+    rolled = _invoke(["report", "--all", "--out", str(tmp_path / "rolled")], env)
+    assert rolled.exit_code == 0, rolled.output  # the rest is proven; the rolled back not counted
+    assert "All 60 file(s) are proven identical to the originals; 60 of rolled" in rolled.stdout
+    summary = json.loads((tmp_path / "rolled" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["files_proven"] == 60 and summary["files_rolled_back"] == 60
+
+
+# -- settings precedence: flag > --set > environment > r2migrate.toml > embedded stack > default
+
+
+LAYERS = ("stack", "toml", "env", "set", "flag")
+# Five distinct values per setting, one per layer; a flag exists for some settings only.
+LAYER_VALUES = {
+    "batch_size": (11, 12, 13, 14, None),
+    "workers": (3, 4, 5, 6, None),
+    "processes": (2, 3, 4, 5, None),
+    "media_url": (*(f"http://127.0.0.1:9/{n}/" for n in LAYERS[:4]), None),
+    "bucket_name": ("from-stack", "from-toml", "from-env", "from-set", "from-flag"),
+    "location": ("stack", "toml", "env", "set", "flag"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "DEBUG"),
+}
+FLAGS = {"bucket_name": "--bucket", "location": "--location", "log_level": "--log-level"}
+
+
+def _apply_layers(tmp_path: Path, setting: str, layers: Sequence[str]) -> tuple[list[str], dict]:
+    """Put this setting's value of each named layer in place; returns (CLI args, env)."""
+    values = dict(zip(LAYERS, LAYER_VALUES[setting], strict=True))
+    args: list[str] = []
+    env: dict[str, str] = {}
+    for layer in layers:
+        value = values[layer]
+        if layer == "stack":
+            stack_dir = tmp_path / ".r2migrate"
+            stack_dir.mkdir(exist_ok=True)
+            (stack_dir / "stack.json").write_text(json.dumps({setting: value}))
+        elif layer == "toml":
+            (tmp_path / "r2migrate.toml").write_text(f"{setting} = {json.dumps(value)}\n")
+        elif layer == "env":
+            env[f"R2MIGRATE_{setting.upper()}"] = str(value)
+        elif layer == "set":
+            args += ["--set", f"{setting}={value}"]
+        else:
+            args += [FLAGS[setting], str(value)]
+    return args, env
+
+
+def _source_label(layer: str, setting: str) -> str:
+    return {
+        "stack": "embedded stack (",
+        "toml": "r2migrate.toml (",
+        "env": f"env R2MIGRATE_{setting.upper()}",
+        "set": "--set",
+        "flag": f"option {FLAGS.get(setting)}",
+    }[layer]
+
+
+PRECEDENCE_CASES = [
+    (setting, lower, higher)
+    for setting, values in LAYER_VALUES.items()
+    for lower, higher in itertools.pairwise(LAYERS)
+    if values[LAYERS.index(higher)] is not None
+]
+
+
+@pytest.mark.parametrize(
+    ("setting", "lower", "higher"), PRECEDENCE_CASES, ids=lambda v: str(v) if v else ""
+)
+def test_each_layer_beats_the_one_below_in_config_show(tmp_path, setting, lower, higher):
+    args, env = _apply_layers(tmp_path, setting, [lower, higher])
+    result = _invoke([*args, "config", "show", "--json"], env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)[setting]
+    expected = LAYER_VALUES[setting][LAYERS.index(higher)]
+    assert shown["value"] == str(expected)
+    assert shown["source"].startswith(_source_label(higher, setting))
+    # and alone, the lower layer is what counts
+    for leftover in (tmp_path / ".r2migrate" / "stack.json", tmp_path / "r2migrate.toml"):
+        leftover.unlink(missing_ok=True)
+    args, env = _apply_layers(tmp_path, setting, [lower])
+    alone = json.loads(_invoke([*args, "config", "show", "--json"], env).stdout)[setting]
+    assert alone["value"] == str(LAYER_VALUES[setting][LAYERS.index(lower)])
+    assert alone["source"].startswith(_source_label(lower, setting))
+
+
+@pytest.mark.parametrize(
+    ("env_value", "set_value", "flag_value", "expected"),
+    [
+        (None, None, None, 50),
+        ("5", None, None, 5),
+        ("5", "7", None, 7),
+        (None, "7", None, 7),
+        ("5", "7", "9", 9),
+        (None, "7", "9", 9),
+    ],
+)
+def test_plan_batch_size_precedence(settings, sample, env_value, set_value, flag_value, expected):
+    env = _env(settings)
+    if env_value is not None:
+        env["R2MIGRATE_BATCH_SIZE"] = env_value
+    args = ["--set", f"batch_size={set_value}"] if set_value is not None else []
+    args += ["plan", "--dry-run", "--json"]
+    args += ["--batch-size", flag_value] if flag_value is not None else []
+    result = _invoke(args, env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["batch_size"] == expected
+    assert summary["batches_needed"] == -(-sample.referenced_files // expected)
+
+
+def test_set_source_http_is_obeyed_unless_a_flag_says_disk(settings, sample, media_root):
+    from tests.mediaserver import MediaHTTPServer
+
+    env = _env(settings)
+    with MediaHTTPServer(media_root) as server:
+        over_http = ["--set", "source=http", "--set", f"media_url={server.url}"]
+        result = _invoke([*over_http, "inventory", "--no-save", "--json"], env)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["orphans"] == 0  # http looks for no orphans
+        asked = len(server.seen)
+        assert asked >= sample.referenced_files - sample.missing
+        flagged = _invoke([*over_http, "inventory", "--no-save", "--json", "--source", "disk"], env)
+        assert flagged.exit_code == 0, flagged.output
+        assert json.loads(flagged.stdout)["orphans"] == sample.orphans
+        assert len(server.seen) == asked  # the disk was read, not the server
+    result = _invoke(["--set", "source=http", "inventory", "--no-save"], env)
+    assert result.exit_code == 2  # http needs a media_url, and --set source=http was taken
+    assert "media_url" in result.output
+
+
+def test_set_processes_reaches_run(settings, sample, tmp_path):
+    env = _env(settings)
+    assert _invoke(["plan"], env).exit_code == 0
+    log_file = tmp_path / "run.log"
+    result = _invoke(["--set", "processes=2", "--log-file", str(log_file), "run"], env)
+    assert result.exit_code == 0, result.output
+    assert "in 2 processes" in log_file.read_text(encoding="utf-8")
+
+
+# Every subcommand flag that maps to a setting, with a value the setting refuses.
+INVALID_SETS = [
+    ("inventory", "source=ftp"),
+    ("inventory", "media_url=not-a-url"),
+    ("plan", "batch_size=abc"),
+    ("plan", "source=ftp"),
+    ("plan", "media_url=not-a-url"),
+    ("run", "workers=abc"),
+    ("run", "processes=abc"),
+    ("run", "source=ftp"),
+    ("run", "media_url=not-a-url"),
+    ("worker", "workers=abc"),
+    ("worker", "processes=abc"),
+    ("worker", "source=ftp"),
+    ("worker", "media_url=not-a-url"),
+]
+COMMAND_ARGS = {
+    "inventory": ["inventory", "--no-save"],
+    "plan": ["plan", "--dry-run"],
+    "run": ["run"],
+    "worker": ["worker", "--once", "--poll-s", "0.1", "--processes", "1"],
+}
+
+
+@pytest.mark.parametrize(("command", "value"), INVALID_SETS)
+def test_invalid_set_value_beside_an_unset_flag_is_rejected(settings, sample, command, value):
+    result = _invoke(["--set", value, *COMMAND_ARGS[command]], _env(settings))
+    assert result.exit_code == 2, result.output
+    name = value.partition("=")[0]
+    assert f"{name} (--set)" in result.output
+
+
+# Every command that loads settings, with arguments that would otherwise get it working.
+LOADING_COMMANDS = [
+    ["config", "show"],
+    ["dev", "status"],
+    ["dev", "down"],
+    ["inventory"],
+    ["plan", "--dry-run"],
+    ["run"],
+    ["worker", "--once"],
+    ["verify", "--all"],
+    ["rollback", "some-batch"],
+    ["doctor"],
+    ["watch", "--once"],
+    ["report", "--all", "--out", "audit"],
+    ["batches"],
+    ["status", "some-batch"],
+    ["cutover-check"],
+    ["notebook", "run", "04_verification_report"],
+]
+
+
+@pytest.mark.parametrize("command", LOADING_COMMANDS, ids=" ".join)
+def test_invalid_set_value_is_rejected_by_every_command(settings, command):
+    result = _invoke(["--set", "batch_size=abc", *command], _env(settings))
+    assert result.exit_code == 2, result.output
+    assert "batch_size (--set): expected an integer, got 'abc'" in result.output

@@ -265,6 +265,7 @@ def test_execute_then_verification_report(nb_settings, sample, media_root, tmp_p
     assert report["failures"] == 0
     assert [c["deep_checked"] for c in report["checks"]] == [5]
     assert report["checks"][0]["ok"] is True
+    assert report["ok"] is True and report["verdict"].startswith("All 120 file(s)")
     with State.open(nb_settings.database_url) as state:
         files = [f for b in state.list_batches() for f in state.batch_files(b.batch_id)]
         checks = state.events(kind="verify")
@@ -280,6 +281,37 @@ def test_execute_then_verification_report(nb_settings, sample, media_root, tmp_p
     assert (audit / "files.csv").read_text().count("\n") == sample.referenced_files + 1
     html = full.html_path.read_text()
     assert "proven identical" in html and "files.csv" in html
+
+
+def test_notebook_run_exits_1_when_the_report_is_not_all_proven(nb_settings, monkeypatch, tmp_path):
+    """Through the CLI, the bucket given only as a flag: it must reach the notebook's kernel."""
+    from click.testing import CliRunner
+
+    from r2migrate.cli import main
+
+    monkeypatch.delenv("R2MIGRATE_BUCKET_NAME")
+    flag = ["--bucket", nb_settings.bucket_name]
+    runner = CliRunner()
+    for command in (["plan"], ["run"]):
+        assert runner.invoke(main, [*flag, *command]).exit_code == 0
+    runs = tmp_path / "runs"
+    report_04 = ["notebook", "run", "04", "-p", "deep_sample", "0", "--runs-dir", str(runs)]
+    good = runner.invoke(main, [*flag, *report_04])
+    assert good.exit_code == 0, good.output
+    assert "All 120 file(s) are proven identical" in good.output
+
+    bucket = Bucket(nb_settings)
+    victim = next(key for key, _ in bucket.iter_objects())
+    bucket.client.delete_object(Bucket=bucket.name, Key=victim)
+    bad = runner.invoke(main, [*flag, *report_04])
+    assert bad.exit_code == 1, bad.output
+    assert '"ok": false' in bad.output and "Not all proven: 119 of 120" in bad.output
+    latest = sorted(runs.iterdir())[-1]  # still written: the notebook, its report, its results
+    assert (latest / "04_verification_report.ipynb").is_file()
+    assert "Not all proven" in (latest / "report.html").read_text()
+    results = json.loads((latest / "results.json").read_text())
+    assert results["ok"] is False and results["failures"] == 1
+    assert results["verify_outcomes"] == {"match": 119, "missing": 1}
 
 
 def test_rollback_notebook_is_a_dry_run_unless_told(nb_settings, sample, tmp_path):

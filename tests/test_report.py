@@ -13,9 +13,10 @@ from r2migrate import inventory, plan, report
 from r2migrate import run as run_batches
 from r2migrate.bucket import Bucket
 from r2migrate.errors import BatchNotFound, ConfigError
+from r2migrate.rollback import rollback
 from r2migrate.state import BatchStatus, FileStatus, MediaFile, State
 from r2migrate.transfer import Progress
-from r2migrate.verify import verify
+from r2migrate.verify import key_space, verify
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -235,3 +236,58 @@ def test_statuses_come_from_the_ledger(migrated):
     cost = report.cost_so_far(rows)
     assert cost.stored_bytes == batch.total_bytes
     assert cost.operations_usd == pytest.approx(cost.class_a_usd + cost.class_b_usd)
+
+
+def test_rolled_back_files_are_never_proven_and_every_table_agrees(
+    migrated, settings, sample, tmp_path
+):
+    first = verify(settings, migrated, all_batches=True)
+    assert first.counts["match"] == sample.referenced_files
+    batch = migrated.list_batches()[0]
+    assert rollback(settings, migrated, batch.batch_id).batch_status is BatchStatus.ROLLED_BACK
+    live = sample.referenced_files - batch.total_files
+
+    check = verify(settings, migrated, all_batches=True)  # what a report's "check made" shows
+    rows = list(report.audit_rows(migrated))
+    summary = report.summary_dict(migrated, rows=rows)
+    assert summary["files_proven"] == live == check.counts["match"]
+    assert summary["bytes_proven"] == check.bytes_proven
+    assert summary["files_rolled_back"] == batch.total_files
+    assert summary["verify_outcomes"] == {"match": live, "rolled_back": batch.total_files}
+    assert summary["verdicts"]["proven"] == live
+    assert summary["failures"] == 0 and summary["ok"] is True
+    assert "not counted" in report.verdict_text(summary)
+    # the answer table, the failures table, the progress figure and the audit files agree
+    assert report.outcome_counts(rows) == summary["verify_outcomes"]
+    assert report.failures_frame(rows).empty
+    assert report.progress_frame(rows)["files_proven"].iloc[-1] == live
+    assert report.batches_frame(migrated)["verified"].sum() == live
+    assert {r.verify_outcome for r in rows if r.batch_id == batch.batch_id} == {"rolled_back"}
+    audit = report.write_audit_report(migrated, tmp_path / "audit")
+    assert audit.summary["files_proven"] == live
+    with audit.csv_path.open(newline="", encoding="utf-8") as fh:
+        csv_rows = list(csv.DictReader(fh))
+    proven = [r for r in csv_rows if r["verify_outcome"] == "match"]
+    assert len(proven) == live
+    assert all(r["batch_id"] != batch.batch_id for r in proven)
+    # a report on the rolled-back batch alone proves nothing, and says so
+    alone = report.summary_dict(migrated, [batch.batch_id])
+    assert alone["files_proven"] == 0 and alone["bytes_proven"] == 0
+    assert report.verdict_text(alone).startswith("Nothing to prove")
+
+
+def test_a_report_counts_the_extras_of_the_last_check_only(migrated, settings):
+    bucket = Bucket(settings)
+    batch = migrated.list_batches()[0]
+    keys = [f.object_key for f in migrated.batch_files(batch.batch_id)]
+    stray = key_space(keys) + "not-from-any-batch.txt"
+    bucket.client.put_object(Bucket=bucket.name, Key=stray, Body=b"stray")
+    for _ in range(2):
+        check = verify(settings, migrated, batch_id=batch.batch_id)
+        assert check.counts["extra"] == 1
+        summary = report.summary_dict(migrated, [batch.batch_id])
+        assert summary["extra_objects"] == 1 == summary["failures"]
+    bucket.client.delete_object(Bucket=bucket.name, Key=stray)
+    assert verify(settings, migrated, batch_id=batch.batch_id).ok
+    summary = report.summary_dict(migrated, [batch.batch_id])
+    assert summary["extra_objects"] == 0 and summary["ok"] is True

@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from r2migrate import __version__, binding, devsample, devstack, text
-from r2migrate.config import Settings, load_settings
+from r2migrate.config import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
 from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
 from r2migrate.inventory import (
     DEFAULT_FILES_PER_S,
@@ -51,8 +51,9 @@ EXIT_CODES_HELP = """
 \b
 Exit codes:
   0    everything asked for succeeded
-  1    some files failed (see `r2migrate status BATCH`)
-  2    configuration problem (settings, credentials, missing bucket)
+  1    some files failed (see `r2migrate status BATCH`); for verify, report and
+       notebook run: not every file in scope is proven (the report is still written)
+  2    configuration problem (settings, credentials, missing bucket, an invalid value)
   3    a service is unreachable (PostgreSQL or the S3 endpoint)
   4    the state says no (unknown batch, schema from a newer version)
   130  interrupted (Ctrl-C); nothing is lost, resume with `run --resume-batch`
@@ -79,17 +80,36 @@ def _fail(exc: ToolkitError) -> NoReturn:
 
 
 class _Ctx:
+    """What the group parsed: the settings file, ``--set`` values and the flags given.
+
+    Precedence, highest first: a flag given on the command line (the group's or a
+    subcommand's) > ``--set`` > environment > settings file > embedded stack > default. A flag
+    left out is None and overrides nothing.
+    """
+
     def __init__(
-        self, config_file: Path | None, overrides: dict[str, object], *, verbose: bool
+        self,
+        config_file: Path | None,
+        set_values: dict[str, object],
+        flags: dict[str, object],
+        *,
+        verbose: bool,
     ) -> None:
         self.config_file = config_file
-        self.overrides = overrides
+        self.set_values = set_values
+        self.flags = {k: v for k, v in flags.items() if v is not None}
         self.verbose = verbose
         self._settings: Settings | None = None
 
     def settings(self, **more: object) -> Settings:
-        given = {k: v for k, v in {**self.overrides, **more}.items() if v is not None}
-        settings = load_settings(config_file=self.config_file, overrides=given)
+        """Load the settings; ``more`` are a subcommand's setting flags (None = not given)."""
+        given = {**self.flags, **{k: v for k, v in more.items() if v is not None}}
+        settings = load_settings(
+            config_file=self.config_file,
+            set_values=self.set_values,
+            overrides=given,
+            override_labels={name: f"option {_flag_name(name)}" for name in given},
+        )
         configure_logging(
             level=settings.log_level,
             log_file=settings.effective_log_file,
@@ -101,6 +121,23 @@ class _Ctx:
         )
         return settings
 
+    def kernel_environ(self) -> dict[str, str]:
+        """The settings file, ``--set`` values and flags as the variables a notebook kernel
+        reads, so ``load_settings()`` there sees what this command saw (all of them beat the
+        kernel's environment, as they beat this process's)."""
+        out = {f"{ENV_PREFIX}{k.upper()}": str(v) for k, v in self.set_values.items()}
+        out.update({f"{ENV_PREFIX}{k.upper()}": str(v) for k, v in self.flags.items()})
+        if self.config_file is not None:
+            out[CONFIG_ENV] = str(self.config_file.absolute())
+        return out
+
+
+_FLAG_NAMES = {"bucket_name": "--bucket"}
+
+
+def _flag_name(setting: str) -> str:
+    return _FLAG_NAMES.get(setting, "--" + setting.replace("_", "-"))
+
 
 pass_ctx = click.make_pass_decorator(_Ctx)
 
@@ -110,6 +147,7 @@ def _source_options(command: F) -> F:
     command = click.option(
         "--media-url",
         metavar="URL",
+        show_default="setting media_url",
         help="The application's MEDIA_URL as an absolute URL (https://app.example.com/media/); "
         "each file is GET media_url + its percent-encoded name. An auth header comes only from "
         "R2MIGRATE_MEDIA_AUTH_HEADER='Authorization: Bearer ...' (never a flag: it is a secret).",
@@ -117,7 +155,8 @@ def _source_options(command: F) -> F:
     return click.option(
         "--source",
         type=click.Choice(["disk", "http"], case_sensitive=False),
-        help="Where the bytes come from: disk (media_root, the default) or http (media_url, for "
+        show_default="setting source",
+        help="Where the bytes come from: disk (media_root) or http (media_url, for "
         "a worker that cannot see the disk; 404 = a missing row, same SHA-256 and size checks).",
     )(command)
 
@@ -165,7 +204,8 @@ def _parse_set(values: Sequence[str]) -> dict[str, object]:
     "set_values",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override any setting (repeatable); see `r2migrate config show` for the names.",
+    help="Set any setting (repeatable); beats the environment and the settings file, and is "
+    "beaten by a flag that sets the same thing. `r2migrate config show` lists the names.",
 )
 @click.option(
     "-v", "--verbose", is_flag=True, help="Show every log line (one per file) on the terminal too."
@@ -197,11 +237,17 @@ def main(
 
     \b
     Settings come from defaults < the embedded stack < r2migrate.toml < environment
-    (R2MIGRATE_*, DATABASE_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) < these flags.
+    (R2MIGRATE_*, DATABASE_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) < --set < a flag
+    given on the command line (here or to a subcommand, such as plan --batch-size). Every
+    command rejects an invalid value (exit 2); `r2migrate config show` names each one's source.
     Try it without any servers: `r2migrate dev up && r2migrate dev sample-data`.
     """
-    overrides = {**_parse_set(set_values), **{k: v for k, v in flags.items() if v is not None}}
-    ctx.obj = _Ctx(config_file, overrides, verbose=verbose or flags.get("log_level") is not None)
+    ctx.obj = _Ctx(
+        config_file,
+        _parse_set(set_values),
+        flags,
+        verbose=verbose or flags.get("log_level") is not None,
+    )
 
 
 # -- output helpers ---------------------------------------------------------------------------
@@ -281,6 +327,21 @@ def _open_state(settings: Settings, *, migrate: bool = True) -> Iterator[State]:
         yield state
     finally:
         state.close()
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in os.environ while the block runs (a notebook kernel inherits them)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # -- config -----------------------------------------------------------------------------------
@@ -519,7 +580,12 @@ def _render_inventory(s: InventorySummary, show: int) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would happen; write nothing anywhere.")
-@click.option("--batch-size", type=click.IntRange(1, 10000), help="Files per batch (default 50).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10000),
+    show_default="setting batch_size",
+    help="Files per batch.",
+)
 @click.option("--max-files", type=click.IntRange(1), help="Plan at most this many files.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan summary as JSON.")
 @click.option(
@@ -603,10 +669,16 @@ def plan(
     help="Resume this batch: abandoned uploads resolved by HEAD, failed files retried.",
 )
 @click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches.")
-@click.option("--workers", type=click.IntRange(1, 1024), help="Upload threads per process.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    show_default="setting workers",
+    help="Upload threads per process.",
+)
 @click.option(
     "--processes",
     type=click.IntRange(0, 256),
+    show_default="setting processes",
     help="Upload processes (0 = one per core for 500+ files).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
@@ -720,9 +792,17 @@ def run(
 
 
 @main.command()
-@click.option("--workers", type=click.IntRange(1, 1024), help="Upload threads per process.")
 @click.option(
-    "--processes", type=click.IntRange(0, 256), help="Worker processes (0 = one per core)."
+    "--workers",
+    type=click.IntRange(1, 1024),
+    show_default="setting workers",
+    help="Upload threads per process.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(0, 256),
+    show_default="setting processes",
+    help="Worker processes (0 = one per core).",
 )
 @click.option(
     "--poll-s",
@@ -918,7 +998,8 @@ def doctor(obj: _Ctx, as_json: bool) -> None:
 
     Also probes the server with a scratch object under `.r2migrate-doctor/` (always cleaned up):
     create-only PUT, SHA-256 enforcement, conditional delete, and clock skew. Exit 0 only when
-    no check failed.
+    no check failed; exit 2 when the settings themselves are invalid (the checks that need
+    no settings still run and are shown).
     """
     from r2migrate.doctor import Check
     from r2migrate.doctor import doctor as run_doctor
@@ -943,6 +1024,8 @@ def doctor(obj: _Ctx, as_json: bool) -> None:
     else:
         counts = ", ".join(f"{n} {k}" for k, n in report.counts.items() if n)
         click.echo(f"\n{'All checks passed' if report.ok else 'Some checks failed'} ({counts}).")
+    if isinstance(settings, ConfigError):  # every check ran that could; the cause is config
+        sys.exit(int(settings.exit_code))
     sys.exit(0 if report.ok else int(ExitCode.FILES_FAILED))
 
 
@@ -1034,11 +1117,17 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
 def report(obj: _Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) -> None:
     """Write the audit report: files.csv, summary.json and a manifest.json with SHA-256s.
 
-    One CSV row per file: key, size, SHA-256, status, the outcome of its last verification,
-    attempts, error, when it was last proven intact. The manifest lists each report file with
-    its SHA-256 and size, like S3 Batch Operations completion reports.
+    One CSV row per file: key, size, SHA-256, status, the outcome of its last verification
+    (`rolled_back` once its batch is), attempts, error, when it was last proven intact. The
+    manifest lists each report file with its SHA-256 and size, like S3 Batch Operations
+    completion reports. summary.json's `ok` is the verdict printed at the end.
+
+    \b
+    Exit 0 when every file in scope is proven (files of rolled-back batches are never proven
+    and not counted), 1 when any is not (needs attention, never verified, not uploaded); the
+    report is written either way. Run `r2migrate verify` first to prove them.
     """
-    from r2migrate.report import write_audit_report
+    from r2migrate.report import verdict_text, write_audit_report
 
     if bool(batch_id) == all_batches:
         raise click.UsageError("Give a BATCH or --all.")
@@ -1050,6 +1139,9 @@ def report(obj: _Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) ->
     click.echo(f"{written.rows} file row(s) written to {written.out_dir}")
     for path in (written.csv_path, written.summary_path, written.manifest_path):
         click.echo(f"  {path}")
+    click.echo(verdict_text(written.summary))
+    if not written.summary["ok"]:
+        sys.exit(int(ExitCode.FILES_FAILED))
 
 
 @main.group()
@@ -1085,16 +1177,33 @@ def notebook_run(obj: _Ctx, name: str, params: tuple[tuple[str, str], ...], runs
     """Execute a notebook with papermill; write the .ipynb, report.html and results.json.
 
     Unknown parameter names are refused before anything runs. A failing cell still leaves the
-    executed notebook and its HTML, and the command says which cell failed.
+    executed notebook and its HTML, and the command says which cell failed. The kernel sees
+    the same settings as this command (--config, --set and flags included).
+
+    \b
+    Exit codes:
+      0  the notebook ran and its verdict holds
+      1  its results.json says "ok": false (04_verification_report: not every file in
+         scope is proven); the notebook, report.html and results.json are written first
+      2+ a cell raised: the exit code of its error (2 settings, 3 unreachable, 4 state)
     """
     from r2migrate.notebooks import run_notebook
 
     obj.settings()  # settings errors surface here, before a kernel starts
-    done = run_notebook(name, dict(params), runs_dir=runs_dir)
+    with _environ(obj.kernel_environ()):
+        done = run_notebook(name, dict(params), runs_dir=runs_dir)
     click.echo(f"{done.name} ran in {done.elapsed_s:.1f} s")
     click.echo(f"  notebook: {done.notebook_path}")
     click.echo(f"  report:   {done.html_path}")
     click.echo(f"  results:  {done.results_path}")
+    verdict = (done.results or {}).get("verdict")
+    if verdict:
+        click.echo(str(verdict))
+    if not done.verdict_ok:
+        click.secho(
+            f'{done.name}: results.json says "ok": false; see {done.html_path}', fg="red", err=True
+        )
+        sys.exit(int(ExitCode.FILES_FAILED))
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""One frozen ``Settings``: defaults < embedded stack < ``r2migrate.toml`` < env < overrides.
+"""One frozen ``Settings``: defaults < embedded stack < ``r2migrate.toml`` < env < --set < flags.
 
 Never opens connections or touches the network; it only reads ``r2migrate.toml`` and the embedded
 stack's ``stack.json``. Every problem is collected and raised at once as one ``ConfigError``, and a
@@ -172,7 +172,8 @@ class Settings:
     ==========================  =================================================================
 
     ``sources`` maps each field to where its value came from: ``default``,
-    ``embedded stack (<path>)``, ``r2migrate.toml (<path>)``, ``env <NAME>`` or ``override``.
+    ``embedded stack (<path>)``, ``r2migrate.toml (<path>)``, ``env <NAME>``, ``--set`` or
+    ``override`` (or the label the caller gave an override, such as ``option --bucket``).
     """
 
     database_url: str | None = None
@@ -382,13 +383,18 @@ def load_settings(
     *,
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
+    set_values: Mapping[str, object] | None = None,
     overrides: Mapping[str, object] | None = None,
+    override_labels: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> Settings:
-    """Merge defaults < embedded stack < toml < env < overrides, validate, return ``Settings``.
+    """Merge defaults < embedded stack < toml < env < set_values < overrides; validate; return.
 
-    ``env=None`` reads ``os.environ``; an override whose value is None counts as not given.
-    Raises one ``ConfigError`` listing every problem found.
+    ``env=None`` reads ``os.environ``. ``set_values`` are the CLI's ``--set KEY=VALUE`` (text,
+    parsed like the environment's); ``overrides`` are explicit values that beat everything, such
+    as a command's flags, each shown as coming from ``override_labels[name]`` (default
+    ``override``). An override or --set value of None counts as not given. Raises one
+    ``ConfigError`` listing every problem found.
     """
     cwd = (cwd or Path.cwd()).absolute()
     env = os.environ if env is None else env
@@ -397,8 +403,9 @@ def load_settings(
     # Each layer: source label per field, raw value per field, folder relative paths start from.
     toml_layer = _read_toml_layer(config_file, env, cwd, problems)
     env_layer = _read_env_layer(env, cwd, problems)
-    override_layer = _read_override_layer(overrides or {}, cwd, problems)
-    upper_layers = [override_layer, env_layer, toml_layer]  # highest first
+    set_layer = _read_override_layer(set_values or {}, cwd, problems, {}, default_label="--set")
+    override_layer = _read_override_layer(overrides or {}, cwd, problems, override_labels or {})
+    upper_layers = [override_layer, set_layer, env_layer, toml_layer]  # highest first
 
     # The stack file lives in state_dir, which any higher layer may move.
     state_dir = cwd / Settings.state_dir
@@ -412,7 +419,7 @@ def load_settings(
     values: dict[str, object] = {}
     sources: dict[str, str] = {}
     failed: set[str] = set()
-    for layer in (stack_layer, toml_layer, env_layer, override_layer):  # lowest first
+    for layer in (stack_layer, toml_layer, env_layer, set_layer, override_layer):  # lowest first
         for name, raw in layer.values.items():
             try:
                 values[name] = _parse(name, raw, layer.base_dir)
@@ -512,14 +519,21 @@ def _read_env_layer(env: Mapping[str, str], cwd: Path, problems: list[str]) -> _
     return layer
 
 
-def _read_override_layer(overrides: Mapping[str, object], cwd: Path, problems: list[str]) -> _Layer:
+def _read_override_layer(
+    overrides: Mapping[str, object],
+    cwd: Path,
+    problems: list[str],
+    labels: Mapping[str, str],
+    *,
+    default_label: str = "override",
+) -> _Layer:
     layer = _Layer(base_dir=cwd)
     for key, value in overrides.items():
         if key not in _FIELDS:
-            problems.append(f"override {key!r}: unknown setting{_did_you_mean(key)}")
+            problems.append(f"{default_label} {key!r}: unknown setting{_did_you_mean(key)}")
         elif value is not None:
             layer.values[key] = value
-            layer.sources[key] = "override"
+            layer.sources[key] = labels.get(key, default_label)
     return layer
 
 

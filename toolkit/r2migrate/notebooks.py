@@ -390,7 +390,13 @@ class NotebookRun:
     results: Mapping[str, Any] | None
     elapsed_s: float
     redactions: int = 0  # secret values found in the outputs and replaced (should stay 0)
-    ok: bool = True
+    ok: bool = True  # every cell ran
+
+    @property
+    def verdict_ok(self) -> bool:
+        """False when a cell failed or results.json says ``"ok": false`` (for
+        04_verification_report: not every file in scope is proven)."""
+        return self.ok and (self.results or {}).get("ok") is not False
 
 
 class NotebookFailed(ToolkitError):

@@ -56,6 +56,7 @@ __all__ = [
     "AUDIT_FORMAT",
     "OUTCOME_MEANINGS",
     "PROBLEM_MEANINGS",
+    "VERDICTS",
     "AuditReport",
     "AuditRow",
     "BatchProgress",
@@ -67,6 +68,7 @@ __all__ = [
     "cost_so_far",
     "failures_frame",
     "figure_png",
+    "file_verdict",
     "files_frame",
     "inventory_frame",
     "outcome_counts",
@@ -82,6 +84,7 @@ __all__ = [
     "status_counts",
     "summary_dict",
     "total_progress",
+    "verdict_text",
     "write_audit_report",
 ]
 
@@ -113,6 +116,11 @@ AUDIT_CSV_COLUMNS = (
 VERIFY_OUTCOMES = ("match", "differ", "missing", "extra", "source_changed", "not_uploaded", "error")
 NOT_CHECKED = "not_checked"
 NOT_UPLOADED = "not_uploaded"
+# Shown instead of a file's last check once its row or batch is rolled back: whatever a check
+# proved before, the object is no longer the migration's (deleted, or left as not ours).
+ROLLED_BACK = "rolled_back"
+# What a report concludes per file (``file_verdict``); every count of a report derives from it.
+VERDICTS = ("proven", "needs_attention", "not_checked", "not_uploaded", "rolled_back")
 _BAD_STATUSES = frozenset({FileStatus.FAILED, FileStatus.CONFLICT})
 
 # Plain-language meanings, for reports read by people who never saw the tool.
@@ -146,6 +154,7 @@ OUTCOME_MEANINGS: Mapping[str, str] = {
     "source_changed": "the object is intact, but the file on disk changed after the upload",
     "not_uploaded": "the file has not been uploaded (pending, failed or conflict)",
     "error": "the check could not be made (see the reason)",
+    ROLLED_BACK: "the batch was rolled back: its object was taken out of the bucket; not proven",
     NOT_CHECKED: "never verified yet (uploads are still checked by the server's SHA-256)",
 }
 
@@ -196,7 +205,30 @@ class AuditRow:
         """Needs a person: the upload failed, the key is taken, or the last check did not match."""
         if self.status in _BAD_STATUSES:
             return True
-        return self.verify_outcome not in (NOT_CHECKED, NOT_UPLOADED, "match")
+        return self.verify_outcome not in (NOT_CHECKED, NOT_UPLOADED, "match", ROLLED_BACK)
+
+    @property
+    def verdict(self) -> str:
+        return file_verdict(self)
+
+
+def file_verdict(r: AuditRow) -> str:
+    """What a report concludes about one file (one of ``VERDICTS``); the only place it is decided.
+
+    ``proven``: its last check matched and it is still uploaded. ``needs_attention``: failed,
+    conflict, a check that did not match, or an extra object. ``not_uploaded``: not sent yet.
+    ``not_checked``: uploaded, never verified. ``rolled_back``: never proven, whatever an
+    earlier check said, and not a failure either (the rollback was asked for).
+    """
+    if r.verify_outcome == ROLLED_BACK:
+        return "rolled_back"
+    if r.failed:
+        return "needs_attention"
+    if r.verify_outcome == "match" and r.done:
+        return "proven"
+    if r.status and not r.done:
+        return "not_uploaded"
+    return "not_checked"
 
 
 def resolve_scope(state: State, batch_ids: Sequence[str] | None = None) -> list[Batch]:
@@ -219,21 +251,31 @@ def resolve_scope(state: State, batch_ids: Sequence[str] | None = None) -> list[
 def audit_rows(state: State, batch_ids: Sequence[str] | None = None) -> Iterator[AuditRow]:
     """Stream the ledger batch by batch (memory: one batch), each file with its last check."""
     for batch in resolve_scope(state, batch_ids):
-        yield from _batch_audit_rows(state, batch.batch_id)
+        yield from _batch_audit_rows(state, batch)
 
 
-def _batch_audit_rows(state: State, batch_id: str) -> Iterator[AuditRow]:
+def _batch_audit_rows(state: State, batch: Batch) -> Iterator[AuditRow]:
+    batch_id = batch.batch_id
     files = state.batch_files(batch_id)
     checks: dict[int, list[Mapping[str, Any]]] = {}
-    extras: list[Mapping[str, Any]] = []
-    for event in state.events(batch_id, kind="verify"):
+    extras: dict[str, Mapping[str, Any]] = {}
+    last_file_check: datetime | None = None
+    for event in state.events(batch_id, kind="verify"):  # oldest first
         if event["file_row_id"] is None:
-            extras.append(event)  # an extra object, or a listing that failed (error)
+            # An extra object, or a listing that failed (error): the latest word per key.
+            detail = event["detail"] or {}
+            extras[str(detail.get("object_key") or detail.get("key") or "")] = event
             continue
         checks.setdefault(int(event["file_row_id"]), []).append(event)
+        last_file_check = event["at"]
+    rolled_back = batch.status is BatchStatus.ROLLED_BACK
     for f in files:
-        yield _row_from_file(f, checks.get(f.id, []))
-    for extra in extras:
+        yield _row_from_file(f, checks.get(f.id, []), rolled_back=rolled_back)
+    for extra in extras.values():
+        # verify lists extras after it has checked the batch's files, so an extra recorded
+        # before the batch's last file check belongs to an earlier pass that a later one redid.
+        if last_file_check is not None and extra["at"] < last_file_check:
+            continue
         detail = extra["detail"] or {}
         key = str(detail.get("object_key") or detail.get("key") or "")
         yield AuditRow(
@@ -267,7 +309,9 @@ def _is_deep(detail: Mapping[str, Any]) -> bool:
     return detail.get("mode") == "deep" or bool(detail.get("deep"))
 
 
-def _row_from_file(f: FileRecord, checks: Sequence[Mapping[str, Any]]) -> AuditRow:
+def _row_from_file(
+    f: FileRecord, checks: Sequence[Mapping[str, Any]], *, rolled_back: bool = False
+) -> AuditRow:
     outcome = NOT_CHECKED
     reason: str | None = None
     checked_at: datetime | None = None
@@ -284,6 +328,8 @@ def _row_from_file(f: FileRecord, checks: Sequence[Mapping[str, Any]]) -> AuditR
             deep += 1 if _is_deep(detail) else 0
     if f.status is FileStatus.VERIFIED and outcome == NOT_CHECKED:
         outcome = "match"  # verified by a stage that left no event: trust the ledger's status
+    if rolled_back or f.status is FileStatus.ROLLED_BACK:
+        outcome, reason = ROLLED_BACK, "rolled back: no longer in the bucket as this migration's"
     return AuditRow(
         batch_id=f.batch_id,
         row_id=f.id,
@@ -379,16 +425,17 @@ class _Tally:
     def __init__(self) -> None:
         self.status: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
+        self.verdicts: Counter[str] = Counter()
         self.t: Counter[str] = Counter()
 
     def add(self, r: AuditRow) -> None:
+        verdict = file_verdict(r)
         self.t["rows"] += 1
         self.outcomes[r.verify_outcome] += 1
+        self.verdicts[verdict] += 1
         class_a, class_b = _operations(r)
         self.t["class_a_ops"] += class_a
         self.t["class_b_ops"] += class_b
-        if r.failed:
-            self.t["failures"] += 1
         if r.row_id is None:
             self.t["extra_objects"] += 1
             return
@@ -398,27 +445,51 @@ class _Tally:
         if r.done:
             self.t["files_done"] += 1
             self.t["bytes_done"] += r.size_bytes
-        if r.verify_outcome == "match":
-            self.t["files_proven"] += 1
+        if verdict == "proven":
             self.t["bytes_proven"] += r.size_bytes
 
     def as_dict(self) -> dict[str, Any]:
-        t = self.t
+        """The report's numbers; ``ok`` is its verdict: every file that is not rolled back is
+        proven and nothing needs attention (so an empty scope is ok, with nothing to prove)."""
+        t, v = self.t, self.verdicts
         cost = _cost(t["class_a_ops"], t["class_b_ops"], t["bytes_done"])
         return {
+            "ok": all(v[k] == 0 for k in ("needs_attention", "not_checked", "not_uploaded")),
             "files": t["files"],
             "bytes": t["bytes"],
             "files_done": t["files_done"],
             "bytes_done": t["bytes_done"],
-            "files_proven": t["files_proven"],
+            "files_proven": v["proven"],
             "bytes_proven": t["bytes_proven"],
             "files_not_checked": self.outcomes.get(NOT_CHECKED, 0),
+            "files_rolled_back": v["rolled_back"],
             "extra_objects": t["extra_objects"],
-            "failures": t["failures"],
+            "failures": v["needs_attention"],
+            "verdicts": {k: v[k] for k in VERDICTS},
             "status_counts": dict(sorted(self.status.items())),
             "verify_outcomes": dict(sorted(self.outcomes.items())),
             "cost_so_far": {**asdict(cost), "operations_usd": cost.operations_usd},
         }
+
+
+def verdict_text(summary: Mapping[str, Any]) -> str:
+    """One sentence with the verdict of a ``summary_dict`` (or audit summary), for people."""
+    v = summary.get("verdicts") or {}
+    rolled = (
+        f"; {v['rolled_back']:,} of rolled-back batches are not counted"
+        if v.get("rolled_back")
+        else ""
+    )
+    live = summary.get("files", 0) - v.get("rolled_back", 0)
+    if summary.get("ok"):
+        if live == 0:
+            return f"Nothing to prove: no file is in the bucket for these batches{rolled}."
+        return f"All {live:,} file(s) are proven identical to the originals{rolled}."
+    return (
+        f"Not all proven: {v.get('proven', 0):,} of {live:,} file(s) are proven identical; "
+        f"{v.get('needs_attention', 0):,} need attention, {v.get('not_checked', 0):,} have not "
+        f"been verified, {v.get('not_uploaded', 0):,} are not uploaded{rolled}."
+    )
 
 
 def summary_dict(
@@ -430,7 +501,7 @@ def summary_dict(
     """
     batches = resolve_scope(state, batch_ids)
     if rows is None:
-        rows = (r for b in batches for r in _batch_audit_rows(state, b.batch_id))
+        rows = (r for b in batches for r in _batch_audit_rows(state, b))
     tally = _Tally()
     for r in rows:
         tally.add(r)
@@ -518,7 +589,7 @@ def progress_frame(rows: Iterable[AuditRow]) -> DataFrame:
     for r in rows:
         if r.uploaded_at is not None and r.done:
             points.append((r.uploaded_at, 1, r.size_bytes, 0))
-        if r.last_verified_at is not None and r.verify_outcome == "match":
+        if r.last_verified_at is not None and r.verdict == "proven":
             points.append((r.last_verified_at, 0, 0, 1))
     points.sort(key=lambda p: p[0])
     frame = pd.DataFrame(points, columns=["at", "files", "bytes", "proven"])
@@ -978,7 +1049,7 @@ def write_audit_report(
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(AUDIT_CSV_COLUMNS)
         for b in batches:
-            for r in _batch_audit_rows(state, b.batch_id):
+            for r in _batch_audit_rows(state, b):
                 tally.add(r)
                 writer.writerow(
                     (
