@@ -20,7 +20,7 @@ from r2migrate import binding, devstack
 from r2migrate.binding import normalize_endpoint
 from r2migrate.bucket import Bucket
 from r2migrate.cli import main
-from r2migrate.errors import BatchRolledBack, ConfigError, TargetMismatch
+from r2migrate.errors import BatchRolledBack, ConfigError, StateError, TargetMismatch
 from r2migrate.inventory import inventory
 from r2migrate.plan import Action, plan
 from r2migrate.rollback import rollback
@@ -377,3 +377,17 @@ def test_verify_outcomes_unchanged_for_a_bound_batch(settings, sample):
         summary = verify(settings, state, batch_id=batch_id)
     assert summary.counts[VerifyOutcome.MATCH.value] == summary.files_checked > 0
     assert summary.left_out_batches == 0 and summary.left_out_note == ""
+
+
+def test_plan_uses_only_an_inventory_of_its_own_source_and_location(make_settings, sample):
+    plain = make_settings()
+    prefixed = make_settings(location="media")
+    with State.open(plain.database_url) as state:
+        inventory(plain, state)
+        with pytest.raises(StateError, match="location 'media'") as info:
+            plan(prefixed, state)
+        assert "r2migrate inventory" in info.value.hint
+        inventory(prefixed, state)
+        (batch_id, *_) = plan(prefixed, state).batch_ids
+        keys = {f.object_key for f in state.batch_files(batch_id)}
+    assert keys and all(k.startswith("media/") for k in keys)

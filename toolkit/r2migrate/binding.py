@@ -80,6 +80,11 @@ class SourceSpec:
     media_root: str | None = None  # absolute, resolved
     media_url: str | None = None  # normalised, ends with '/'
 
+    @property
+    def where(self) -> str:
+        """The folder or URL alone, as an inventory snapshot records its source."""
+        return (self.media_url if self.kind == "http" else self.media_root) or ""
+
     def describe(self) -> str:
         if self.kind == "http":
             return f"media URL {redact_url(self.media_url or '')}"

@@ -697,6 +697,10 @@ def run(
 ) -> None:
     """Upload planned batches: create-only PUT with SHA-256, retries, every step recorded.
 
+    Each batch goes to the target and is read from the source it was planned for: a batch named
+    under settings for another bucket, endpoint, location or MEDIA_ROOT is refused (exit 2), and
+    without --batch only the configured target's batches run (others are counted, not touched).
+
     Without --batch, runs every batch that has work left, oldest first. Ctrl-C stops cleanly
     (exit 130); a killed run loses nothing: the next run HEADs files that were in flight and
     never sends a file the bucket already holds with its SHA-256.
@@ -882,6 +886,9 @@ def verify(
     source_changed (the file changed after upload), not_uploaded, error. Files that match
     become `verified`, and every check is kept in the history. Exit 1 when anything is not
     `match`. Cheap checks cost one Class B request per file on R2.
+
+    A batch is checked in the bucket it was planned for; settings naming another target are
+    refused (exit 2). --all checks the configured target's batches and counts the others.
     """
     if bool(batch_id) == all_batches:
         raise click.UsageError("Give a BATCH or --all.")
@@ -949,7 +956,8 @@ def rollback(obj: _Ctx, batch_id: str, dry_run: bool, as_json: bool) -> None:
 
     Each object is checked first (HEAD: our sha256 metadata) and deleted on condition that it is
     still the same object (If-Match on its ETag). A foreign or changed object is refused and
-    reported, never deleted. Source files are never touched. Safe to run again.
+    reported, never deleted. Source files are never touched. Safe to run again. Deletions happen
+    only in the bucket the batch was planned for: settings naming another are refused (exit 2).
     """
     settings = obj.settings()
     settings.require("database_url")  # the bucket is the batch's own

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from r2migrate import catalog, keys, source
+from r2migrate import binding, catalog, keys, source
 from r2migrate.config import Settings
 from r2migrate.errors import Problem, SourceError, SourceRefused, UnsafePath
 from r2migrate.httpsource import MediaServer
@@ -358,7 +358,7 @@ def inventory(
     if save:
         run_id = state.save_inventory(
             scanned,
-            media_root=str(settings.media_root),
+            media_root=binding.source_of(settings).where,  # the source it measured
             references=settings.references,
             location=settings.location,
         )

@@ -135,11 +135,18 @@ def plan(
     """Decide what to do with each object key and, unless dry_run, store the batches."""
     size = batch_size or settings.batch_size
     if items is None:
-        run_id = state.latest_inventory_run()
+        # Only a snapshot of this source and location: its keys and sizes are the ones to send.
+        where = binding.source_of(settings).where
+        run_id = state.latest_inventory_run(source=where, location=settings.location)
         if run_id is None:
+            other = state.latest_inventory_run()
             raise StateError(
-                "No inventory has been taken yet.",
-                hint="Run `r2migrate inventory` first (or `r2migrate plan --dry-run`).",
+                "No inventory has been taken yet."
+                if other is None
+                else f"No inventory has been taken of {where} with location "
+                f"{settings.location!r}; the latest one is of another source or location.",
+                hint="Run `r2migrate inventory` first with these settings "
+                "(or `r2migrate plan --dry-run`).",
             )
         items = state.iter_inventory(run_id)
     bucket = bucket or Bucket(settings)

@@ -522,6 +522,7 @@ def batches_frame(state: State, batch_ids: Sequence[str] | None = None) -> DataF
     rows = [
         {
             "batch_id": b.batch_id,
+            "target": target_label(b),
             "status": b.status.value,
             "files": b.total_files,
             "uploaded": b.uploaded_files,
@@ -539,8 +540,9 @@ def batches_frame(state: State, batch_ids: Sequence[str] | None = None) -> DataF
         for b in resolve_scope(state, batch_ids)
     ]
     columns = [
-        "batch_id", "status", "files", "uploaded", "verified", "skipped", "failed", "conflict",
-        "bytes", "uploaded_bytes", "created_at", "started_at", "completed_at", "last_error",
+        "batch_id", "target", "status", "files", "uploaded", "verified", "skipped", "failed",
+        "conflict", "bytes", "uploaded_bytes", "created_at", "started_at", "completed_at",
+        "last_error",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
@@ -1073,7 +1075,17 @@ def write_audit_report(
         "format": AUDIT_FORMAT,
         "created_at": _iso(created),
         "scope": "all" if batch_ids is None else [b.batch_id for b in batches],
-        "batches": [{"batch_id": b.batch_id, "status": b.status.value} for b in batches],
+        "batches": [
+            {
+                "batch_id": b.batch_id,
+                "status": b.status.value,
+                "endpoint_url": b.endpoint_url,
+                "bucket_name": b.bucket_name,
+                "location": b.location,
+                "source": b.source.describe(),
+            }
+            for b in batches
+        ],
         **tally.as_dict(),
     }
     summary_path = out / AUDIT_SUMMARY_NAME

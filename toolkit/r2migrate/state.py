@@ -416,13 +416,23 @@ class State:
                 (json.dumps(summary), run_id),
             )
 
-    def latest_inventory_run(self) -> int | None:
+    def latest_inventory_run(
+        self, *, source: str | None = None, location: str | None = None
+    ) -> int | None:
+        """The newest snapshot, or the newest taken of `source` (MEDIA_ROOT or media URL) with
+        `location`: keys and sizes are only valid for the source and prefix they came from."""
         if self.schema_version() == 0:
             return None
+        query = "SELECT max(run_id) AS r FROM {s}.inventory_runs WHERE true"
+        params: list[Any] = []
+        if source is not None:
+            query += " AND media_root = %s"
+            params.append(source)
+        if location is not None:
+            query += " AND location = %s"
+            params.append(location)
         with translate_db_errors("reading the inventory"):
-            row = self.conn.execute(
-                self._q("SELECT max(run_id) AS r FROM {s}.inventory_runs")
-            ).fetchone()
+            row = self.conn.execute(self._q(query), params).fetchone()
         return int(row["r"]) if row and row["r"] is not None else None
 
     def iter_inventory(self, run_id: int) -> Iterator[MediaFile]:

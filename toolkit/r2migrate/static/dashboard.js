@@ -120,6 +120,7 @@
     const tr = el("tr");
     tr.dataset.batchId = b.batch_id;
     tr.append(el("td", b.batch_id, "key"));
+    tr.append(el("td", b.location ? b.bucket_name + "/" + b.location : b.bucket_name, "key"));
     const status = el("td");
     status.append(el("span", b.status, "status " + b.status));
     tr.append(status);
