@@ -530,3 +530,43 @@ def test_enqueue_hands_the_batch_to_the_workers_once(client, api_settings, sampl
     done = client.get(f"/batches/{batch_ids[0]}").json()
     assert done["status"] == "completed"
     assert done["uploaded_bytes"] == done["total_bytes"]
+
+
+def test_a_batch_of_another_target_is_refused_with_409_and_nothing_is_deleted(
+    make_settings, sample, stack
+):
+    """The server's settings name one bucket; a batch planned for another is left alone."""
+    import uuid
+
+    from r2migrate import devstack
+    from r2migrate.bucket import Bucket
+    from r2migrate.inventory import inventory
+    from r2migrate.plan import plan
+    from r2migrate.state import State
+    from r2migrate.transfer import run as run_batches
+
+    planned_for = make_settings()
+    other = f"t3-{uuid.uuid4().hex[:14]}"
+    devstack.create_bucket(stack, other)
+    with State.open(planned_for.database_url) as state:
+        inventory(planned_for, state)
+        (batch_id, *_) = plan(planned_for, state, batch_size=500).batch_ids
+        run_batches(planned_for, state)
+    before = set(Bucket(planned_for).iter_objects())
+    served = make_settings(bucket_name=other, api_token=TOKEN)
+    with (
+        running(create_app(served)) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=60) as c,
+    ):
+        listed = c.get(f"/batches/{batch_id}").json()
+        assert listed["bucket_name"] == planned_for.bucket_name
+        for path, body in (
+            ("/rollback", {"dry_run": False}),
+            ("/verify", {}),
+            ("/process", {}),
+        ):
+            body_out = _error(
+                c.post(f"/batches/{batch_id}{path}", json=body), 409, "target_mismatch"
+            )
+            assert other in body_out["message"] and planned_for.bucket_name in body_out["message"]
+    assert set(Bucket(planned_for).iter_objects()) == before
