@@ -391,3 +391,23 @@ def test_plan_uses_only_an_inventory_of_its_own_source_and_location(make_setting
         (batch_id, *_) = plan(prefixed, state).batch_ids
         keys = {f.object_key for f in state.batch_files(batch_id)}
     assert keys and all(k.startswith("media/") for k in keys)
+
+
+def test_report_all_covers_the_configured_target_as_verify_all_does(
+    make_settings, sample, second_bucket, tmp_path
+):
+    a = make_settings()
+    b = make_settings(bucket_name=second_bucket)
+    with State.open(a.database_url) as state:
+        a_batches = _migrate(a, state, batch_size=60)
+        b_batches = _migrate(b, state, batch_size=60)
+        assert verify(b, state, all_batches=True).ok  # A's files are never verified
+    result = _cli(["report", "--all", "--out", str(tmp_path / "audit-b")], _env(b))
+    assert result.exit_code == 0, result.output
+    assert f"{len(a_batches)} batch(es) of another target" in result.output
+    summary = json.loads((tmp_path / "audit-b" / "summary.json").read_text())
+    assert {x["batch_id"] for x in summary["batches"]} == set(b_batches)
+    assert {x["bucket_name"] for x in summary["batches"]} == {second_bucket}
+    # A's report says plainly that nothing of A is proven yet
+    result = _cli(["report", "--all", "--out", str(tmp_path / "audit-a")], _env(a))
+    assert result.exit_code == 1, result.output

@@ -1135,19 +1135,23 @@ def report(obj: _Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) ->
     and not counted), 1 when any is not (needs attention, never verified, not uploaded); the
     report is written either way. Run `r2migrate verify` first to prove them.
     """
-    from r2migrate.report import verdict_text, write_audit_report
+    from r2migrate.report import target_scope, verdict_text, write_audit_report
 
     if bool(batch_id) == all_batches:
         raise click.UsageError("Give a BATCH or --all.")
     settings = obj.settings()
+    left_out = ""
     with _open_state(settings, migrate=False) as state:
-        written = write_audit_report(
-            state, out_dir, batch_ids=None if all_batches else [batch_id or ""]
-        )
+        scope = [batch_id or ""]
+        if all_batches:  # the configured target's batches, as `verify --all` checks them
+            scope, left_out = target_scope(settings, state)
+        written = write_audit_report(state, out_dir, batch_ids=scope)
     click.echo(f"{written.rows} file row(s) written to {written.out_dir}")
     for path in (written.csv_path, written.summary_path, written.manifest_path):
         click.echo(f"  {path}")
     click.echo(verdict_text(written.summary))
+    if left_out:
+        click.echo(left_out, err=True)
     if not written.summary["ok"]:
         sys.exit(int(ExitCode.FILES_FAILED))
 

@@ -27,6 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from r2migrate import binding
+from r2migrate.config import Settings
 from r2migrate.errors import BatchNotFound, ConfigError, Problem
 from r2migrate.inventory import (
     CLASS_A_USD_PER_MILLION,
@@ -83,6 +85,7 @@ __all__ = [
     "size_histogram_figure",
     "status_counts",
     "summary_dict",
+    "target_scope",
     "total_progress",
     "verdict_text",
     "write_audit_report",
@@ -229,6 +232,17 @@ def file_verdict(r: AuditRow) -> str:
     if r.status and not r.done:
         return "not_uploaded"
     return "not_checked"
+
+
+def target_scope(settings: Settings, state: State) -> tuple[list[str], str]:
+    """"Every batch" for a report: the configured target's (and source's) batches, as
+    ``verify --all`` checks them, and a sentence naming what was left out. With no bucket
+    configured, every batch."""
+    batches = resolve_scope(state)
+    if settings.bucket_name is None:
+        return [b.batch_id for b in batches], ""
+    mine, others = binding.split_by_binding(settings, batches)
+    return [b.batch_id for b in mine], binding.left_out_note(others)
 
 
 def resolve_scope(state: State, batch_ids: Sequence[str] | None = None) -> list[Batch]:
