@@ -653,13 +653,14 @@ def _run_processes(
 
 
 def init_child_process(settings: Settings) -> None:
-    """Set up a spawned upload or worker process: signals and logging.
+    """Set up a spawned upload or worker process: signals, death with its parent, logging.
 
     Ctrl-C reaches the parent, which tells its children to stop; a child must finish its
     in-flight PUTs, so it ignores SIGINT and SIGTERM. Its console shows warnings only.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
     configure_logging(
         level=settings.log_level,
         log_file=settings.effective_log_file,
@@ -667,6 +668,42 @@ def init_child_process(settings: Settings) -> None:
         console_level="WARNING",
         secrets=settings.secret_values(),
     )
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.2
+
+
+def die_with_parent() -> None:
+    """End this spawned process as soon as the process that started it dies (kill -9 included).
+
+    Without this, upload processes outlive a killed `run` and go on sending its batches. The
+    child ignores SIGTERM (see init_child_process), so it gets SIGKILL: what it had in flight is
+    settled by HEAD at the next start, as after any crash. Linux delivers the parent-death
+    signal when the *thread* that started the child ends; the run's and the worker's calling
+    thread waits for its children, so that is when the process ends too. The parent may already
+    be gone before prctl takes effect, so its pid is checked right after; a thread polling the
+    parent pid covers systems without prctl.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    expected = parent.pid
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != expected:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch_parent() -> None:
+        while os.getppid() == expected:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch_parent, name="r2m-parent-watch", daemon=True).start()
 
 
 def _child_main(
