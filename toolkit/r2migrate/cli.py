@@ -691,19 +691,18 @@ def run(
         batches = [state.get_batch(b.batch_id) for b in summary.batches]
     if as_json:
         _echo_json(
-            {"batches": summary.batches, "failed": summary.failed, "uploaded": summary.uploaded}
+            {
+                "batches": summary.batches,
+                "failed": summary.failed,
+                "uploaded": summary.uploaded,
+                "resolved_by_head": summary.resolved_by_head,
+                "bytes_sent": summary.bytes_sent,
+                "elapsed_s": round(summary.elapsed_s, 3),
+            }
         )
     else:
         _render_batches(batches)
-        click.echo(
-            f"\nUploaded {summary.uploaded} file(s), {_human_bytes(summary.bytes_sent)} in "
-            f"{summary.elapsed_s:.1f} s"
-            + (
-                f" ({summary.uploaded / summary.elapsed_s:.0f} files/s)"
-                if summary.elapsed_s > 0
-                else ""
-            )
-        )
+        click.echo("\n" + text.run_summary_line(summary))
         for b in summary.batches:
             for key, code, message in b.failures[:10]:
                 click.echo(f"  FAILED {key}: {code} {message}", err=True)
@@ -759,6 +758,11 @@ def worker(
     click.echo(
         f"uploaded {summary.uploaded} file(s) in {len(summary.results)} batch job(s), "
         f"{summary.failed} failed"
+        + (
+            f"; {summary.resolved_by_head} already in the bucket (settled by HEAD)"
+            if summary.resolved_by_head
+            else ""
+        )
         + (f"; {summary.restarts} worker process(es) restarted" if summary.restarts else "")
     )
     if summary.failed:

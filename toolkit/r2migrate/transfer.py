@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
@@ -87,6 +87,10 @@ class Progress:
 
 @dataclass(frozen=True)
 class BatchResult:
+    """What one runner did for one batch. ``uploaded`` files had their bytes sent;
+    ``resolved_by_head`` files were found by HEAD already in the bucket with their SHA-256 and
+    recorded as uploaded without sending anything; the two never overlap."""
+
     batch_id: str
     status: BatchStatus
     uploaded: int
@@ -96,12 +100,13 @@ class BatchResult:
     resolved_by_head: int
     bytes_sent: int
     attempts: int
-    elapsed_s: float
+    elapsed_s: float  # from this batch's first claim to its final status
     failures: tuple[tuple[str, str, str], ...] = field(default=())  # (key, code, message)
 
     @property
     def files_per_s(self) -> float:
-        return (self.uploaded + self.skipped) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        done = self.uploaded + self.resolved_by_head + self.skipped
+        return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def mib_per_s(self) -> float:
@@ -110,8 +115,12 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class RunSummary:
+    """One run. ``elapsed_s`` is its wall-clock time: batches run side by side (pipelined, or
+    in several processes), so their own times add up to more than the run took."""
+
     batches: tuple[BatchResult, ...]
     interrupted: bool = False
+    elapsed_s: float = 0.0  # wall clock, from the start of `run` to its summary
 
     @property
     def failed(self) -> int:
@@ -119,15 +128,22 @@ class RunSummary:
 
     @property
     def uploaded(self) -> int:
+        """Files whose bytes this run sent."""
         return sum(b.uploaded for b in self.batches)
+
+    @property
+    def resolved_by_head(self) -> int:
+        """Files found already in the bucket with their SHA-256: recorded, not sent again."""
+        return sum(b.resolved_by_head for b in self.batches)
 
     @property
     def bytes_sent(self) -> int:
         return sum(b.bytes_sent for b in self.batches)
 
     @property
-    def elapsed_s(self) -> float:
-        return sum(b.elapsed_s for b in self.batches)
+    def files_per_s(self) -> float:
+        """Files uploaded per second of wall-clock time."""
+        return self.uploaded / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 class Sender:
@@ -506,6 +522,7 @@ def run(
     BucketUnavailable when the endpoint fails every request in a row.
     """
     del resume
+    started = time.monotonic()
     bucket = bucket or Bucket(settings)
     stop = stop or threading.Event()
     check_bucket(bucket, settings, stop)
@@ -526,9 +543,10 @@ def run(
     open_files = sum(state.open_file_count(b.batch_id) for b in batches)
     count = process_count(settings, open_files, requested=processes)
     if count > 1:
-        return _run_processes(
+        summary = _run_processes(
             settings, state, [b.batch_id for b in batches], count, stop, on_progress
         )
+        return replace(summary, elapsed_s=time.monotonic() - started)
     sender = Sender(settings, bucket, stop)
     try:
         results = send_batches(
@@ -543,7 +561,7 @@ def run(
             f"Interrupted during batch {where}; finished work is recorded.",
             hint=f"Resume with `r2migrate run --resume-batch {where}`.",
         )
-    return RunSummary(tuple(results))
+    return RunSummary(tuple(results), elapsed_s=time.monotonic() - started)
 
 
 def check_bucket(bucket: Bucket, settings: Settings, stop: threading.Event) -> None:
@@ -990,11 +1008,11 @@ def send_batches(
                 unflushed.append(outcome)
                 run.tally["attempts"] += outcome.attempts_made
                 if outcome.status is FileStatus.UPLOADED:
-                    run.tally["uploaded"] += 1
                     transient_streak = 0
                     if outcome.error_code == "resolved_by_head":
-                        run.tally["resolved"] += 1
+                        run.tally["resolved"] += 1  # nothing sent: not an upload
                     else:
+                        run.tally["uploaded"] += 1
                         run.tally["bytes"] += outcome.size_bytes or 0
                     run.done_files += 1
                     run.done_bytes += outcome.size_bytes or 0
