@@ -376,3 +376,31 @@ def test_stack_files_stay_inside_root(stack):
     for sock in ("s3.sock", "filer.sock"):
         assert (stack.root / "weed" / "run" / sock).exists()
     assert os.path.commonpath([stack.root, stack.media_root]) == str(stack.root)
+
+
+def test_dev_up_with_another_bucket_creates_it_but_keeps_the_stacks_bucket(tmp_path):
+    from click.testing import CliRunner
+
+    from r2migrate.cli import main
+
+    root = tmp_path / "own-stack"
+    env = {"R2MIGRATE_STATE_DIR": str(root)}
+    try:
+        first = CliRunner().invoke(main, ["dev", "up", "--bucket", "first-bucket"], env=env)
+        assert first.exit_code == 0, first.output
+        assert devstack.read_stack_info(root).bucket_name == "first-bucket"  # a new stack's
+
+        again = CliRunner().invoke(main, ["dev", "up", "--bucket", "other-bucket"], env=env)
+        assert again.exit_code == 0, again.output
+        info = devstack.read_stack_info(root)
+        assert info.bucket_name == "first-bucket"  # not retargeted
+        assert json.loads((root / "stack.json").read_text())["bucket_name"] == "first-bucket"
+        assert "bucket first-bucket" in again.output
+        assert "The stack's default bucket stays first-bucket" in again.output
+        assert "--bucket other-bucket" in again.output
+        s3 = _s3(info)
+        s3.head_bucket(Bucket="other-bucket")  # created all the same
+        s3.head_bucket(Bucket="first-bucket")
+        assert devstack.start_stack(root) == info  # the library call keeps it too
+    finally:
+        devstack.stop_stack(root)

