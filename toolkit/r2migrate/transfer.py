@@ -7,6 +7,7 @@ holds, writing the intent (`uploading`) before each PUT and the outcome after it
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
 import multiprocessing
@@ -697,22 +698,18 @@ def die_with_parent() -> None:
 
     Without this, upload processes outlive a killed `run` and go on sending its batches. The
     child ignores SIGTERM (see init_child_process), so it gets SIGKILL: what it had in flight is
-    settled by HEAD at the next start, as after any crash. Linux delivers the parent-death
-    signal when the *thread* that started the child ends; the run's and the worker's calling
-    thread waits for its children, so that is when the process ends too. The parent may already
-    be gone before prctl takes effect, so its pid is checked right after; a thread polling the
-    parent pid covers systems without prctl.
+    settled by HEAD at the next start, as after any crash. Linux sends the parent-death signal
+    when the *thread* that started the child ends: the thread that calls `run` (or
+    `run_workers`, or the API's runner) waits for its children, so in practice that is the
+    death of the process. The parent may be gone before prctl takes effect, so its pid is
+    checked right after; a thread polling the parent pid covers systems without prctl.
     """
     parent = multiprocessing.parent_process()
     if parent is None or parent.pid is None:
         return
     expected = parent.pid
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the thread below only
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != expected:
         os.kill(os.getpid(), signal.SIGKILL)
 
