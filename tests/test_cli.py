@@ -440,3 +440,43 @@ def test_invalid_set_value_is_rejected_by_every_command(settings, command):
     result = _invoke(["--set", "batch_size=abc", *command], _env(settings))
     assert result.exit_code == 2, result.output
     assert "batch_size (--set): expected an integer, got 'abc'" in result.output
+
+
+def test_run_prints_wall_time_and_head_settlements_apart(settings, sample, stack):
+    import hashlib
+    import re
+    import time
+
+    from r2migrate.bucket import Bucket
+    from r2migrate.state import State
+    from tests.proxy import FaultProxy
+
+    env = _env(settings, R2MIGRATE_WORKERS="8", R2MIGRATE_PROCESSES="1")
+    assert _invoke(["plan", "--batch-size", "10"], env).exit_code == 0
+    # Five files already in the bucket with their SHA-256, as a killed run leaves them.
+    with State.open(settings.database_url) as state:
+        batches = state.list_batches()
+        rows = [f for b in batches for f in state.batch_files(b.batch_id)][:5]
+    total = sum(b.total_files for b in batches)
+    for rec in rows:
+        data = (settings.media_root / rec.relative_path).read_bytes()
+        Bucket(settings).put_object_checked(
+            rec.object_key,
+            data,
+            sha256_hex=hashlib.sha256(data).hexdigest(),
+            content_type=rec.content_type,
+            content_encoding=rec.content_encoding,
+        )
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    with FaultProxy(host, int(port)) as proxy:
+        # slow PUTs, batches of ten: they run side by side, so their times add up to more
+        proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
+        started = time.monotonic()
+        ran = _invoke(["run"], {**env, "R2MIGRATE_ENDPOINT_URL": proxy.url})
+        wall = time.monotonic() - started
+    assert ran.exit_code == 0, ran.output
+    found = re.search(r"Uploaded (\d+) file\(s\), .* in ([\d.]+) s", ran.stdout)
+    assert found, ran.stdout
+    assert int(found[1]) == total - 5
+    assert float(found[2]) <= wall + 0.05  # printed with one decimal
+    assert "; 5 already in the bucket with their SHA-256 (settled by HEAD" in ran.stdout

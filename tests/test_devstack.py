@@ -9,6 +9,8 @@ import stat
 import statistics
 import subprocess
 import unicodedata
+import urllib.error
+import urllib.request
 
 import boto3
 import psutil
@@ -100,6 +102,51 @@ def test_stack_json_is_private_and_holds_only_settings(stack):
     assert set(data) == STACK_KEYS
     assert data["region_name"] == "us-east-1"
     assert devstack.read_stack_info(stack.root) == stack
+
+
+def _private(mode: int) -> bool:
+    """0700, or 0710 when PostgreSQL runs as its own user (tests as root): its group may pass
+    through to its data folder, but nobody but the owner reads or lists the folder."""
+    return mode == 0o700 or (os.geteuid() == 0 and mode == 0o710)
+
+
+def test_the_state_folder_is_the_owners_alone_even_after_an_older_release(stack):
+    assert _private(stat.S_IMODE(stack.root.stat().st_mode))
+    stack.root.chmod(0o755)  # as an older release left it
+    assert devstack.start_stack(stack.root) == stack
+    assert _private(stat.S_IMODE(stack.root.stat().st_mode))
+    assert stat.S_IMODE((stack.root / "weed" / "security.toml").stat().st_mode) == 0o600
+
+
+def _http(method: str, url: str, body: bytes | None = None) -> int | str:
+    """The status of one request without credentials, or the connection error's name."""
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError as exc:
+        return type(exc.reason if isinstance(exc, urllib.error.URLError) else exc).__name__
+
+
+def test_only_the_s3_port_serves_bucket_objects(stack, fresh_bucket):
+    # weed mini always opens a filer, a volume server and a master on 127.0.0.1; none of them
+    # may read or write a bucket's objects without credentials.
+    s3 = _s3(stack)
+    s3.put_object(Bucket=fresh_bucket, Key="secret/a.txt", Body=b"private bytes")
+    ports = json.loads((stack.root / "runtime.json").read_text(encoding="utf-8"))["weed_ports"]
+    for name in ("filer", "volume", "master", "admin"):
+        base = f"http://127.0.0.1:{ports[name]}"
+        for path in (f"/buckets/{fresh_bucket}/secret/a.txt", f"/buckets/{fresh_bucket}/"):
+            got = _http("GET", base + path)
+            assert got in (401, 403, 404, "ConnectionRefusedError"), (name, path, got)
+        put = _http("PUT", f"{base}/buckets/{fresh_bucket}/planted.txt", b"planted")
+        assert put in (400, 401, 403, 404, 405, "ConnectionRefusedError"), (name, put)
+    assert _http("GET", f"http://127.0.0.1:{ports['filer']}/") == 401  # not even a listing
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=fresh_bucket).get("Contents", [])]
+    assert listed == ["secret/a.txt"]
+    assert s3.get_object(Bucket=fresh_bucket, Key="secret/a.txt")["Body"].read() == b"private bytes"
 
 
 def test_read_stack_info_without_a_stack_is_none(tmp_path):
@@ -329,3 +376,31 @@ def test_stack_files_stay_inside_root(stack):
     for sock in ("s3.sock", "filer.sock"):
         assert (stack.root / "weed" / "run" / sock).exists()
     assert os.path.commonpath([stack.root, stack.media_root]) == str(stack.root)
+
+
+def test_dev_up_with_another_bucket_creates_it_but_keeps_the_stacks_bucket(tmp_path):
+    from click.testing import CliRunner
+
+    from r2migrate.cli import main
+
+    root = tmp_path / "own-stack"
+    env = {"R2MIGRATE_STATE_DIR": str(root)}
+    try:
+        first = CliRunner().invoke(main, ["dev", "up", "--bucket", "first-bucket"], env=env)
+        assert first.exit_code == 0, first.output
+        assert devstack.read_stack_info(root).bucket_name == "first-bucket"  # a new stack's
+
+        again = CliRunner().invoke(main, ["dev", "up", "--bucket", "other-bucket"], env=env)
+        assert again.exit_code == 0, again.output
+        info = devstack.read_stack_info(root)
+        assert info.bucket_name == "first-bucket"  # not retargeted
+        assert json.loads((root / "stack.json").read_text())["bucket_name"] == "first-bucket"
+        assert "bucket first-bucket" in again.output
+        assert "The stack's default bucket stays first-bucket" in again.output
+        assert "--bucket other-bucket" in again.output
+        s3 = _s3(info)
+        s3.head_bucket(Bucket="other-bucket")  # created all the same
+        s3.head_bucket(Bucket="first-bucket")
+        assert devstack.start_stack(root) == info  # the library call keeps it too
+    finally:
+        devstack.stop_stack(root)

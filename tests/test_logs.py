@@ -185,3 +185,20 @@ def test_json_formatter_without_the_filter_keeps_shape() -> None:
     assert entry["file_id"] == 9
     assert entry["path"] == "/srv/media/a.pdf"
     assert list(entry)[:4] == ["ts", "level", "logger", "message"]
+
+
+def test_the_log_file_and_a_folder_made_for_it_are_the_owners_alone(tmp_path):
+    import stat
+
+    state_dir = tmp_path / "new" / ".r2migrate"
+    log_file = state_dir / "r2migrate.log"
+    configure_logging(log_file=log_file, console=False)
+    logging.getLogger("r2migrate").warning("access key AKIDEXAMPLE")
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+    # a log an older release left readable by everyone is made private when next opened
+    log_file.chmod(0o644)
+    configure_logging(log_file=log_file, console=False)
+    logging.getLogger("r2migrate").warning("again")
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
+    configure_logging(console=False)  # close the file handler

@@ -293,3 +293,48 @@ def test_a_killed_upload_process_is_finished_by_the_parent(proxied, media_root, 
     assert {f.status for f in final} == {FileStatus.UPLOADED}
     assert len(dict(Bucket(settings).iter_objects())) == total
     assert all(n <= 2 for n in proxy.count("PUT").values())
+
+
+def _place_ours(settings, media_root: Path, count: int) -> set[str]:
+    """Put ``count`` planned files in the bucket as a killed run would have left them (with their
+    SHA-256) while the ledger still has them to send: the run settles them by HEAD."""
+    import hashlib
+
+    bucket = Bucket(settings)
+    with State.open(settings.database_url) as state:
+        rows = [f for b in state.list_batches() for f in state.batch_files(b.batch_id)][:count]
+    for rec in rows:
+        data = (media_root / rec.relative_path).read_bytes()
+        bucket.put_object_checked(
+            rec.object_key,
+            data,
+            sha256_hex=hashlib.sha256(data).hexdigest(),
+            content_type=rec.content_type,
+            content_encoding=rec.content_encoding,
+        )
+    return {rec.object_key for rec in rows}
+
+
+def test_run_summary_reports_wall_time_and_counts_head_settlements_apart(
+    proxied, media_root, fresh_database_url
+):
+    proxy, settings = proxied
+    _make_files(media_root, 40, size=1000)
+    total = _seed_rows(fresh_database_url, media_root)
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        assert len(plan(settings, state, batch_size=4).batch_ids) == 10
+    there = _place_ours(settings, media_root, 5)
+    # Slow PUTs and small batches: the batches are pipelined, so they run side by side.
+    proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
+    with State.open(settings.database_url) as state:
+        started = time.monotonic()
+        summary = run_batches(settings, state, processes=1)
+        wall = time.monotonic() - started
+    assert summary.failed == 0
+    assert sum(b.elapsed_s for b in summary.batches) > wall  # they did overlap
+    assert max(b.elapsed_s for b in summary.batches) <= summary.elapsed_s <= wall
+    assert summary.resolved_by_head == len(there)
+    assert summary.uploaded == total - len(there)
+    assert summary.bytes_sent == (total - len(there)) * 1000
+    assert summary.files_per_s == pytest.approx(summary.uploaded / summary.elapsed_s)

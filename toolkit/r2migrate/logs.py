@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -152,6 +153,16 @@ class _UtcFormatter(logging.Formatter):
         return datetime.fromtimestamp(record.created, UTC).strftime(datefmt or _DATE_FORMAT)
 
 
+class _PrivateFileHandler(RotatingFileHandler):
+    """Log files readable by the owner only (0600, also an older one and each new file after a
+    rollover): lines name the access key id, buckets and paths."""
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def configure_logging(
     *,
     level: str = "INFO",
@@ -193,9 +204,11 @@ def configure_logging(
             stream.setLevel(console_level.upper())
         handlers.append(stream)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        # A folder made here (state_dir, by default) is the owner's alone; an existing one,
+        # which may be shared (/var/log), is left as it is.
+        log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         handlers.append(
-            RotatingFileHandler(
+            _PrivateFileHandler(
                 log_file,
                 maxBytes=LOG_FILE_MAX_BYTES,
                 backupCount=LOG_FILE_BACKUPS,

@@ -235,7 +235,7 @@ def file_verdict(r: AuditRow) -> str:
 
 
 def target_scope(settings: Settings, state: State) -> tuple[list[str], str]:
-    """"Every batch" for a report: the configured target's (and source's) batches, as
+    """ "Every batch" for a report: the configured target's (and source's) batches, as
     ``verify --all`` checks them, and a sentence naming what was left out. With no bucket
     configured, every batch."""
     batches = resolve_scope(state)

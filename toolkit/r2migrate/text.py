@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from r2migrate.state import Batch
+from r2migrate.transfer import RunSummary
 
 
 def human_bytes(n: float | None) -> str:
@@ -74,3 +75,20 @@ def batch_table(batches: Sequence[Batch]) -> list[str]:
         "bytes",
     ]
     return table([*headers, "rate"], rows)
+
+
+def run_summary_line(summary: RunSummary) -> str:
+    """'Uploaded 40 file(s), 1.2 MiB in 3.1 s (13 files/s); 5 already in the bucket ...':
+    wall-clock time, and files settled by HEAD counted apart from those sent."""
+    line = (
+        f"Uploaded {summary.uploaded} file(s), {human_bytes(summary.bytes_sent)} in "
+        f"{summary.elapsed_s:.1f} s"
+    )
+    if summary.elapsed_s > 0 and summary.uploaded:
+        line += f" ({summary.files_per_s:.0f} files/s)"
+    if summary.resolved_by_head:
+        line += (
+            f"; {summary.resolved_by_head} already in the bucket with their SHA-256"
+            " (settled by HEAD, not sent again)"
+        )
+    return line

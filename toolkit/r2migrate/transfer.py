@@ -7,7 +7,7 @@ holds, writing the intent (`uploading`) before each PUT and the outcome after it
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import ctypes
 import hashlib
 import logging
 import multiprocessing
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
@@ -103,6 +103,10 @@ class Progress:
 
 @dataclass(frozen=True)
 class BatchResult:
+    """What one runner did for one batch. ``uploaded`` files had their bytes sent;
+    ``resolved_by_head`` files were found by HEAD already in the bucket with their SHA-256 and
+    recorded as uploaded without sending anything; the two never overlap."""
+
     batch_id: str
     status: BatchStatus
     uploaded: int
@@ -112,12 +116,13 @@ class BatchResult:
     resolved_by_head: int
     bytes_sent: int
     attempts: int
-    elapsed_s: float
+    elapsed_s: float  # from this batch's first claim to its final status
     failures: tuple[tuple[str, str, str], ...] = field(default=())  # (key, code, message)
 
     @property
     def files_per_s(self) -> float:
-        return (self.uploaded + self.skipped) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        done = self.uploaded + self.resolved_by_head + self.skipped
+        return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def mib_per_s(self) -> float:
@@ -126,8 +131,12 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class RunSummary:
+    """One run. ``elapsed_s`` is its wall-clock time: batches run side by side (pipelined, or
+    in several processes), so their own times add up to more than the run took."""
+
     batches: tuple[BatchResult, ...]
     interrupted: bool = False
+    elapsed_s: float = 0.0  # wall clock, from the start of `run` to its summary
     left_out_note: str = ""  # batches of another target or source that this run did not touch
 
     @property
@@ -136,15 +145,22 @@ class RunSummary:
 
     @property
     def uploaded(self) -> int:
+        """Files whose bytes this run sent."""
         return sum(b.uploaded for b in self.batches)
+
+    @property
+    def resolved_by_head(self) -> int:
+        """Files found already in the bucket with their SHA-256: recorded, not sent again."""
+        return sum(b.resolved_by_head for b in self.batches)
 
     @property
     def bytes_sent(self) -> int:
         return sum(b.bytes_sent for b in self.batches)
 
     @property
-    def elapsed_s(self) -> float:
-        return sum(b.elapsed_s for b in self.batches)
+    def files_per_s(self) -> float:
+        """Files uploaded per second of wall-clock time."""
+        return self.uploaded / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 class Sender:
@@ -524,6 +540,7 @@ def run(
     BucketUnavailable when the endpoint fails every request in a row.
     """
     del resume
+    started = time.monotonic()
     # The batches' own target and source decide where bytes go and come from; settings that
     # name another are refused (one batch) or leave those batches out (all of them).
     left_out: Sequence[Batch] = ()
@@ -559,7 +576,11 @@ def run(
         summary = _run_processes(
             settings, state, [b.batch_id for b in batches], count, stop, on_progress
         )
-        return dataclasses.replace(summary, left_out_note=binding.left_out_note(left_out))
+        return replace(
+            summary,
+            elapsed_s=time.monotonic() - started,
+            left_out_note=binding.left_out_note(left_out),
+        )
     sender = Sender(settings, bucket, stop)
     try:
         results = send_batches(
@@ -574,7 +595,11 @@ def run(
             f"Interrupted during batch {where}; finished work is recorded.",
             hint=f"Resume with `r2migrate run --resume-batch {where}`.",
         )
-    return RunSummary(tuple(results), left_out_note=binding.left_out_note(left_out))
+    return RunSummary(
+        tuple(results),
+        elapsed_s=time.monotonic() - started,
+        left_out_note=binding.left_out_note(left_out),
+    )
 
 
 def check_source_reachable(settings: Settings) -> None:
@@ -690,13 +715,14 @@ def _run_processes(
 
 
 def init_child_process(settings: Settings) -> None:
-    """Set up a spawned upload or worker process: signals and logging.
+    """Set up a spawned upload or worker process: signals, death with its parent, logging.
 
     Ctrl-C reaches the parent, which tells its children to stop; a child must finish its
     in-flight PUTs, so it ignores SIGINT and SIGTERM. Its console shows warnings only.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    die_with_parent()
     configure_logging(
         level=settings.log_level,
         log_file=settings.effective_log_file,
@@ -704,6 +730,38 @@ def init_child_process(settings: Settings) -> None:
         console_level="WARNING",
         secrets=settings.secret_values(),
     )
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.2
+
+
+def die_with_parent() -> None:
+    """End this spawned process as soon as the process that started it dies (kill -9 included).
+
+    Without this, upload processes outlive a killed `run` and go on sending its batches. The
+    child ignores SIGTERM (see init_child_process), so it gets SIGKILL: what it had in flight is
+    settled by HEAD at the next start, as after any crash. Linux sends the parent-death signal
+    when the *thread* that started the child ends: the thread that calls `run` (or
+    `run_workers`, or the API's runner) waits for its children, so in practice that is the
+    death of the process. The parent may be gone before prctl takes effect, so its pid is
+    checked right after; a thread polling the parent pid covers systems without prctl.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:
+        return
+    expected = parent.pid
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the thread below only
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != expected:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch_parent() -> None:
+        while os.getppid() == expected:
+            time.sleep(PARENT_POLL_S)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch_parent, name="r2m-parent-watch", daemon=True).start()
 
 
 def _child_main(
@@ -990,11 +1048,11 @@ def send_batches(
                 unflushed.append(outcome)
                 run.tally["attempts"] += outcome.attempts_made
                 if outcome.status is FileStatus.UPLOADED:
-                    run.tally["uploaded"] += 1
                     transient_streak = 0
                     if outcome.error_code == "resolved_by_head":
-                        run.tally["resolved"] += 1
+                        run.tally["resolved"] += 1  # nothing sent: not an upload
                     else:
+                        run.tally["uploaded"] += 1
                         run.tally["bytes"] += outcome.size_bytes or 0
                     run.done_files += 1
                     run.done_bytes += outcome.size_bytes or 0

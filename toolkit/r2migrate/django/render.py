@@ -16,7 +16,7 @@ from r2migrate.inventory import InventorySummary
 from r2migrate.plan import Action, PlanSummary
 from r2migrate.rollback import RollbackSummary
 from r2migrate.state import Batch, FileRecord, FileStatus
-from r2migrate.text import batch_table, human_bytes, table
+from r2migrate.text import batch_table, human_bytes, run_summary_line, table
 from r2migrate.transfer import RunSummary
 from r2migrate.verify import VerifySummary
 
@@ -110,13 +110,7 @@ def plan_lines(s: PlanSummary, *, show: int = 20) -> list[str]:
 
 
 def run_lines(summary: RunSummary, batches: Sequence[Batch]) -> list[str]:
-    rate = f" ({summary.uploaded / summary.elapsed_s:.0f} files/s)" if summary.elapsed_s > 0 else ""
-    lines = [
-        *batch_table(batches),
-        "",
-        f"Uploaded {summary.uploaded} file(s), {human_bytes(summary.bytes_sent)} in "
-        f"{summary.elapsed_s:.1f} s{rate}",
-    ]
+    lines = [*batch_table(batches), "", run_summary_line(summary)]
     for b in summary.batches:
         for key, code, message in b.failures[:10]:
             lines.append(f"  FAILED {key}: {code} {message}")
