@@ -451,7 +451,15 @@ def test_run_prints_wall_time_and_head_settlements_apart(settings, sample, stack
     from r2migrate.state import State
     from tests.proxy import FaultProxy
 
-    env = _env(settings, R2MIGRATE_WORKERS="8", R2MIGRATE_PROCESSES="1")
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    proxy = FaultProxy(host, int(port))
+    # planned through the proxy: a batch runs at the endpoint it was planned for
+    env = _env(
+        settings,
+        R2MIGRATE_WORKERS="8",
+        R2MIGRATE_PROCESSES="1",
+        R2MIGRATE_ENDPOINT_URL=proxy.url,
+    )
     assert _invoke(["plan", "--batch-size", "10"], env).exit_code == 0
     # Five files already in the bucket with their SHA-256, as a killed run leaves them.
     with State.open(settings.database_url) as state:
@@ -467,12 +475,11 @@ def test_run_prints_wall_time_and_head_settlements_apart(settings, sample, stack
             content_type=rec.content_type,
             content_encoding=rec.content_encoding,
         )
-    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
-    with FaultProxy(host, int(port)) as proxy:
+    with proxy:
         # slow PUTs, batches of ten: they run side by side, so their times add up to more
         proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
         started = time.monotonic()
-        ran = _invoke(["run"], {**env, "R2MIGRATE_ENDPOINT_URL": proxy.url})
+        ran = _invoke(["run"], env)
         wall = time.monotonic() - started
     assert ran.exit_code == 0, ran.output
     found = re.search(r"Uploaded (\d+) file\(s\), .* in ([\d.]+) s", ran.stdout)

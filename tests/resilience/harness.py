@@ -434,7 +434,8 @@ def audit(
     """Deep-verify everything and count what the promise forbids (see the module docstring)."""
     world.proxy.rule = None
     with State.open(world.database_url) as state:
-        summary = verify(world.direct, state, all_batches=True, deep=True)
+        # through the proxy, faults off: a batch is checked at the endpoint it was planned for
+        summary = verify(world.settings, state, all_batches=True, deep=True)
     rows = ledger(world)
     verified = {k for k, r in rows.items() if r["status"] == "verified"}
     # intact in the bucket, but the source was edited after its upload: not the tool's loss

@@ -21,6 +21,11 @@ BLOCKED = {
     "symlink_out": "unsafe_path",
     "fifo": "not_regular_file",
     "directory": "not_regular_file",
+    # not the file inventory measured (another size or mtime): never sent under its key
+    "modified": "source_changed",
+    "truncated": "source_changed",
+    "grown": "source_changed",
+    "symlink_in": "source_changed",
 }
 
 
@@ -29,30 +34,19 @@ def _sha(path: Path) -> tuple[str, int]:
     return hashlib.sha256(data).hexdigest(), len(data)
 
 
-def test_each_change_after_planning_is_detected_or_uploaded_as_it_is_now(world: World) -> None:
+def test_each_change_after_planning_is_detected_and_never_sent(world: World) -> None:
     out = scenarios.disk_changes(world, files=40, seed=SEED)
     audit, d = out.audit, out.details
     assert d["rc"] == 1, d["output"]  # some files failed, with reasons
     assert "Traceback" not in d["output"]
     rows = ledger(world)
+    assert set(d["changed"].values()) == set(BLOCKED)
     for key, kind in d["changed"].items():
         row = rows[key]
-        if kind in BLOCKED:
-            # detected: failed with the reason, and never sent anywhere
-            assert (row["status"], row["error_code"]) == ("failed", BLOCKED[kind]), (key, kind)
-            assert key not in d["objects"]
-            assert world.proxy.upload_starts()[key] == 0
-        else:
-            # modified, truncated, grown, or a symlink to another file inside MEDIA_ROOT:
-            # uploaded with the bytes there now, and the ledger holds exactly their SHA-256
-            sha, size = _sha(world.media_root / key)
-            assert row["status"] == "verified", (key, kind, row["status"])
-            assert (row["source_sha256"], row["object_sha256"], row["size_bytes"]) == (
-                sha,
-                sha,
-                size,
-            ), (key, kind)
-            assert d["objects"][key] == size
+        # detected: failed with the reason, and never sent anywhere
+        assert (row["status"], row["error_code"]) == ("failed", BLOCKED[kind]), (key, kind)
+        assert key not in d["objects"]
+        assert world.proxy.upload_starts()[key] == 0
     # deep verify (GET + re-hash of object and source) proves every uploaded file
     assert audit.verify_counts["differ"] == audit.verify_counts["missing"] == 0
     assert audit.verify_counts["not_uploaded"] == 2 * len(BLOCKED)
@@ -63,22 +57,27 @@ def test_each_change_after_planning_is_detected_or_uploaded_as_it_is_now(world: 
 def test_files_rewritten_while_being_sent_are_never_stored_with_another_sha(world: World) -> None:
     out = scenarios.mutating_during_run(world, files=300, seed=SEED)
     audit, d = out.audit, out.details
-    assert d["rc"] == 0, d["output"]
+    # exit 1 when a file edited before its send was refused (source_changed, nothing sent)
+    assert d["rc"] == (1 if d["refused"] else 0), d["output"]
     assert d["edits"] > 100
     counts = audit.verify_counts
     # every object holds exactly the bytes its row's SHA-256 names; edits after an upload are
     # reported as the source having moved on, never as a damaged object
     assert counts["differ"] == counts["missing"] == counts["error"] == 0
-    assert counts["match"] + counts["source_changed"] == 300
+    assert counts["not_uploaded"] == d["refused"]
+    assert counts["match"] + counts["source_changed"] + d["refused"] == 300
     assert audit.losses == audit.duplicates == audit.unknown_objects == audit.secret_leaks == 0
 
 
-def test_cheap_verify_trusts_a_file_uploaded_after_it_changed(world: World) -> None:
+def test_a_file_edited_after_planning_is_not_sent_and_the_rest_verify(world: World) -> None:
     names = make_tree(world, 3, seed=SEED)
     seed_rows(world, names)
     plan_batches(world)
     (world.media_root / names[0]).write_bytes(b"edited after planning, before the run")
     with State.open(world.database_url) as state:
-        assert run(world.direct, state).failed == 0
-        summary = verify(world.direct, state, all_batches=True)
-    assert summary.counts["match"] == 3, [(p.object_key, p.reason) for p in summary.problems]
+        assert run(world.settings, state).failed == 1
+        summary = verify(world.settings, state, all_batches=True)
+    assert summary.counts["match"] == 2, [(p.object_key, p.reason) for p in summary.problems]
+    assert summary.counts["not_uploaded"] == 1
+    (problem,) = summary.problems
+    assert "source_changed" in problem.reason
