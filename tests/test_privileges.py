@@ -164,6 +164,19 @@ def test_a_missing_grant_is_named_with_the_grant_that_fixes_it(settings, fresh_d
         in no_sequence.output
     )
 
+    # procrastinate's functions: PUBLIC may EXECUTE them unless a DBA revoked that
+    _grant(fresh_database_url, settings, app.name)
+    _ok(["plan", "--batch-size", "200"], app_env)
+    with _admin(fresh_database_url) as conn:
+        conn.execute("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA r2migrate FROM PUBLIC")
+        conn.execute(f"REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA r2migrate FROM {app.name}")
+    no_execute = _cli(["worker", "--once", "--processes", "1"], app_env)
+    assert no_execute.exit_code == 4, no_execute.output  # not "unreachable" (3)
+    assert "permission denied for function procrastinate_" in no_execute.output
+    assert f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA r2migrate TO {app.name};" in (
+        no_execute.output
+    )
+
 
 READERS = [
     ["batches"],
@@ -273,16 +286,20 @@ def test_doctor_fails_without_grants_and_passes_with_them(
     assert report.get("schema").status is CheckStatus.OK
     privileges = report.get("privileges")
     assert privileges.status is CheckStatus.FAIL, privileges
-    assert "SELECT/INSERT/UPDATE/DELETE on batches" in privileges.detail
+    assert "SELECT/INSERT/UPDATE on batches" in privileges.detail
+    assert "SELECT/INSERT/UPDATE/DELETE on procrastinate_events" in privileges.detail
     assert f'GRANT USAGE ON SCHEMA "r2migrate" TO {app.name};' in privileges.hint
     assert not report.ok
 
     _grant(fresh_database_url, settings, app.name)
     with _admin(fresh_database_url) as conn:
-        conn.execute(f"REVOKE DELETE ON r2migrate.files FROM {app.name}")
+        conn.execute(f"REVOKE DELETE ON r2migrate.files FROM {app.name}")  # never needed
+        conn.execute(f"REVOKE DELETE ON r2migrate.procrastinate_workers FROM {app.name}")
     privileges = doctor_as(app).get("privileges")
     assert privileges.status is CheckStatus.FAIL
-    assert "DELETE on files" in privileges.detail
+    assert privileges.detail.startswith(
+        f"role {app.name} lacks DELETE on procrastinate_workers in schema"
+    )
 
     _grant(fresh_database_url, settings, app.name)
     report = doctor_as(app)
@@ -307,3 +324,13 @@ def test_doctor_sees_an_empty_schema_a_dba_made(settings, fresh_database_url, ro
     assert report.ok, report.failed
     # ... and it can: the app role creates the ledger in the schema the DBA made.
     _ok(["plan", "--batch-size", "200"], _env(settings, app.url))
+
+
+def test_doctor_warns_about_a_short_statement_timeout(fresh_database_url, roles, doctor_as):
+    app = roles["app"]
+    assert doctor_as(app).get("postgres").status is CheckStatus.OK
+    with _admin(fresh_database_url) as conn:
+        conn.execute(f"ALTER ROLE {app.name} SET statement_timeout = '5s'")
+    check = doctor_as(app).get("postgres")
+    assert check.status is CheckStatus.WARN, check
+    assert "statement_timeout is 5s" in check.detail

@@ -320,8 +320,9 @@ def db() -> None:
     \b
     Two phases, two sets of privileges:
       db upgrade / the first plan   CREATE on the database (or on an existing schema)
-      every other command           USAGE on the schema; SELECT, INSERT, UPDATE, DELETE on its
-                                    tables; USAGE on its sequences; EXECUTE on its functions
+      every other command           USAGE on the schema; SELECT, INSERT, UPDATE on its tables
+                                    (DELETE too on procrastinate's); USAGE on its sequences;
+                                    EXECUTE on its functions
     No other command ever creates anything: a missing or older ledger is exit 4.
     """
 

@@ -81,6 +81,7 @@ MEDIA_SAMPLE_FILES = 5
 MIN_BOTOCORE = (1, 36)  # request_checksum_calculation / response_checksum_validation
 PACKAGES = ("boto3", "botocore", "psycopg", "click", "r2migrate")
 POSTGRES_SUPPORTED = (13, 18)  # majors tested; procrastinate needs 13 or later
+STATEMENT_TIMEOUT_WARN_MS = 60_000  # below this, long reports may be cut off
 _WRONG_ETAG = '"00000000000000000000000000000000"'  # no object has this ETag (MD5 of nothing ≠ 0)
 
 # The report's order; a reference check appears once per configured reference in its place.
@@ -289,6 +290,9 @@ class _Doctor:
             try:
                 result = fn()
             except ToolkitError as exc:
+                if isinstance(exc, PrivilegeMissing) and self.conn is not None:
+                    schema = self._settings().state_schema
+                    complete_privilege_error(exc, schema=schema, role=self.conn.info.user)
                 result = (_FAIL, exc.message, exc.hint or _fallback_hint(exc))
             except Exception as exc:  # a check must never stop the others
                 result = (
@@ -371,6 +375,20 @@ class _Doctor:
         )
         major = info.server_version // 10000
         low, high = POSTGRES_SUPPORTED
+        timeouts = self.conn.execute(
+            "SELECT current_setting('statement_timeout') AS st,"
+            " current_setting('lock_timeout') AS lt,"
+            " (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout') AS st_ms"
+        ).fetchone()
+        if timeouts and 0 < int(timeouts["st_ms"]) < STATEMENT_TIMEOUT_WARN_MS:
+            return (
+                _WARN,
+                f"{detail}; statement_timeout is {timeouts['st']} (lock_timeout "
+                f"{timeouts['lt']}) for this role",
+                "Long reads (report, verify --all over millions of rows) and the wait for the "
+                "ledger's lock may be cut off: set it to 0 or minutes for this role, or add "
+                "options=-c statement_timeout=0 to DATABASE_URL.",
+            )
         if major < low:
             return (
                 _WARN,
@@ -388,11 +406,8 @@ class _Doctor:
 
     def _ledger(self) -> LedgerStatus:
         assert self.conn is not None
-        schema = self._settings().state_schema
-        try:
-            return State(self.conn, schema).ledger_status()  # SELECTs only
-        except PrivilegeMissing as exc:  # no USAGE on the schema: name the GRANT
-            raise complete_privilege_error(exc, schema=schema, role=self.conn.info.user) from None
+        # SELECTs only; a PrivilegeMissing (no USAGE, say) gets this role's GRANT in _record
+        return State(self.conn, self._settings().state_schema).ledger_status()
 
     def _can(self, query: str, *args: object) -> bool:
         assert self.conn is not None
@@ -505,7 +520,11 @@ class _Doctor:
         for r in rows:
             wanted = {"SELECT": r["s"]}
             if r["name"] not in select_only:
-                wanted.update({"INSERT": r["i"], "UPDATE": r["u"], "DELETE": r["d"]})
+                wanted.update({"INSERT": r["i"], "UPDATE": r["u"]})
+            # Measured: r2migrate never deletes a ledger row; procrastinate deletes its stale
+            # workers and finished jobs, so only its tables need DELETE.
+            if r["name"].startswith("procrastinate_"):
+                wanted["DELETE"] = r["d"]
             lacking = [p for p, ok in wanted.items() if not ok]
             if lacking:
                 missing.append(f"{'/'.join(lacking)} on {r['name']}")

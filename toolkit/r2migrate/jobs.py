@@ -42,6 +42,7 @@ from procrastinate import exceptions as pexc
 from procrastinate.job_context import JobContext
 from procrastinate.worker import Worker
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from r2migrate.bucket import Bucket
 from r2migrate.config import Settings
@@ -56,6 +57,7 @@ from r2migrate.errors import (
 from r2migrate.state import (
     BatchStatus,
     State,
+    privilege_error,
     procrastinate_version,
     same_minor,
     translate_db_errors,
@@ -78,12 +80,19 @@ OUTAGE_RETRIES = 4  # an endpoint outage: the batch job is retried this often, w
 
 
 @contextlib.contextmanager
-def translate_queue_errors(doing: str) -> Iterator[None]:
-    """The one place procrastinate's connection errors become the toolkit's."""
+def translate_queue_errors(doing: str, settings: Settings | None = None) -> Iterator[None]:
+    """The one place procrastinate's connection errors become the toolkit's; a missing
+    privilege is PrivilegeMissing (exit 4) with the GRANT for the role in ``settings``."""
     try:
         yield
     except (pexc.ConnectorException, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         cause = exc.__cause__ or exc
+        if isinstance(cause, psycopg.errors.InsufficientPrivilege):
+            schema, role = "<state_schema>", "<role>"
+            if settings is not None and settings.database_url:
+                schema = settings.state_schema
+                role = str(conninfo_to_dict(settings.database_url).get("user") or role)
+            raise privilege_error(cause, doing, schema=schema, role=role) from exc
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise DatabaseUnavailable(f"PostgreSQL failed while {doing}: {first}") from exc
 
@@ -201,7 +210,7 @@ def queue_batch(settings: Settings, state: State, batch_id: str) -> bool:
     a job for it already waits or runs."""
     require_queue_schema(state)
     app = make_app(settings)
-    with translate_queue_errors(f"queueing batch {batch_id}"), app.open():
+    with translate_queue_errors(f"queueing batch {batch_id}", settings), app.open():
         return enqueue_batch(app, state, batch_id)
 
 
@@ -505,7 +514,7 @@ def serve(settings: Settings, *, wait: bool, halt: Any = None, inbox: Any = None
             )
 
     try:
-        with translate_queue_errors("running batch jobs"):
+        with translate_queue_errors("running batch jobs", settings):
             asyncio.run(main())
     finally:
         engine.close()
@@ -581,7 +590,7 @@ def run_workers(
         settings.database_url, schema=settings.state_schema, migrate=False, require_ledger=True
     ) as state:
         require_queue_schema(state)
-        with translate_queue_errors("queueing batches"), app.open():
+        with translate_queue_errors("queueing batches", settings), app.open():
             enqueue_batches(app, state, retry_failed=True)
         ctx = multiprocessing.get_context("spawn")  # no fork: this process holds sockets
         halt = ctx.Event()
@@ -632,7 +641,7 @@ def run_workers(
                 if time.monotonic() < next_poll:
                     continue
                 next_poll = time.monotonic() + min(poll_s, settings.stalled_worker_s / 3)
-                with translate_queue_errors("queueing batches"), app.open():
+                with translate_queue_errors("queueing batches", settings), app.open():
                     enqueue_batches(app, state)
                     retry_stalled_jobs(app, state, settings.stalled_worker_s)
                 waiting = job_counts(state).get("todo", 0)
