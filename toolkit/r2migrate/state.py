@@ -2,6 +2,10 @@
 
 Must not touch source files or the bucket; it is the only module that speaks SQL to schema
 ``state_schema`` and the one place psycopg exceptions are translated into the error tree.
+
+The ledger (the numbered migrations, then procrastinate's objects for the job queue) is made
+or upgraded only by ``State.migrate``; every other path reads its version with SELECTs
+(``ledger_status`` / ``require_ledger``) and never issues DDL.
 """
 
 from __future__ import annotations
