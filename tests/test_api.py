@@ -24,6 +24,7 @@ import uvicorn
 from r2migrate.api import check_exposure, create_app, serve
 from r2migrate.config import Settings
 from r2migrate.errors import ConfigError
+from r2migrate.state import State
 from tests.proxy import FaultProxy
 
 TOKEN = "test-token-0123456789abcdef"
@@ -69,6 +70,7 @@ def api_settings(make_settings, proxy) -> Settings:
 
 @pytest.fixture
 def base_url(api_settings, sample) -> Iterator[str]:
+    State.open(api_settings.database_url).close()  # `r2migrate db upgrade`: the API makes none
     with running(create_app(api_settings)) as url:
         yield url
 
@@ -144,7 +146,12 @@ def test_the_token_is_a_secret_setting(make_settings):
 
 def test_no_auth_on_loopback_serves_without_a_token(make_settings, sample):
     with running(create_app(make_settings(), no_auth=True)) as url:
+        missing = httpx.get(f"{url}/batches")  # no ledger yet: said so (409), never made
+        State.open(make_settings().database_url).close()
         response = httpx.get(f"{url}/batches")
+    assert missing.status_code == 409, missing.text
+    assert missing.json()["code"] == "schema_not_ready"
+    assert "r2migrate db upgrade" in missing.json()["hint"]
     assert response.status_code == 200, response.text
     assert response.json() == {"batches": []}
 

@@ -44,6 +44,10 @@ COMMANDS = [
     ["dev", "down"],
     ["dev", "status"],
     ["dev", "sample-data"],
+    ["db"],
+    ["db", "upgrade"],
+    ["db", "sql"],
+    ["db", "grants"],
     ["inventory"],
     ["plan"],
     ["run"],
@@ -143,6 +147,7 @@ def test_wrong_credentials_exit_2(settings, sample):
 
 
 def test_unknown_batch_exit_4(settings):
+    assert _invoke(["db", "upgrade"], _env(settings)).exit_code == 0
     result = _invoke(["status", "nope"], _env(settings))
     assert result.exit_code == 4
     assert "r2migrate batches" in result.output

@@ -581,24 +581,22 @@ class _Api:
         self.token = token.encode() if token is not None else None
         self.scrub = _scrubber(settings)
         self.jobs = JobRegistry(self.scrub)
-        self._migrated = False
         self._lock = threading.Lock()
         self._bucket: Bucket | None = None
 
     @contextmanager
-    def state(self) -> Iterator[State]:
-        """One connection per request (State is not shared between threads)."""
+    def state(self, *, migrate: bool = False, require_ledger: bool = True) -> Iterator[State]:
+        """One connection per request (State is not shared between threads). As in the CLI,
+        only a plan that stores batches may create the ledger; the rest reads it (409 when it
+        is missing or older) and never issues DDL."""
         self.settings.require("database_url")
-        state = State.open(
+        with State.open(
             self.settings.database_url,
             schema=self.settings.state_schema,
-            migrate=not self._migrated,
-        )
-        self._migrated = True
-        try:
+            migrate=migrate,
+            require_ledger=require_ledger,
+        ) as state:
             yield state
-        finally:
-            state.close()
 
     def bucket(self) -> Bucket:
         with self._lock:
@@ -758,7 +756,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         The same calls as ``r2migrate plan [--dry-run] [--batch-size N] [--max-files N]``.
         """
         settings.require("database_url", *settings.source_settings, "bucket_name")
-        with ctx.state() as state:
+        with ctx.state(migrate=not body.dry_run, require_ledger=False) as state:
             collected: list[MediaFile] = []
             if body.dry_run:
                 take_inventory(settings, state, save=False, on_file=collected.append)

@@ -55,7 +55,8 @@ Exit codes:
        notebook run: not every file in scope is proven (the report is still written)
   2    configuration problem (settings, credentials, missing bucket, an invalid value)
   3    a service is unreachable (PostgreSQL or the S3 endpoint)
-  4    the state says no (unknown batch, schema from a newer version)
+  4    the state says no (unknown batch, ledger missing, older or newer than
+       this r2migrate, a database privilege missing)
   130  interrupted (Ctrl-C); nothing is lost, resume with `run --resume-batch`
 """
 
@@ -320,13 +321,19 @@ def _graceful_stop() -> Iterator[threading.Event]:
 
 
 @contextmanager
-def _open_state(settings: Settings, *, migrate: bool = True) -> Iterator[State]:
+def _open_state(
+    settings: Settings, *, migrate: bool = False, require_ledger: bool = True
+) -> Iterator[State]:
+    """``migrate`` only for the commands that create the ledger (plan, inventory, db upgrade);
+    every other command reads it and gets exit 4 when it is missing or older."""
     settings.require("database_url")
-    state = State.open(settings.database_url, schema=settings.state_schema, migrate=migrate)
-    try:
+    with State.open(
+        settings.database_url,
+        schema=settings.state_schema,
+        migrate=migrate,
+        require_ledger=require_ledger,
+    ) as state:
         yield state
-    finally:
-        state.close()
 
 
 @contextmanager
@@ -362,6 +369,65 @@ def config_show(obj: _Ctx, as_json: bool) -> None:
         _echo_json({name: {"value": v, "source": src} for name, v, src in settings.describe()})
         return
     click.echo(_table(["setting", "value", "from"], settings.describe()))
+
+
+# -- the ledger -----------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The ledger (r2migrate's tables and job queue in state_schema): create, upgrade, print.
+
+    \b
+    Two phases, two sets of privileges:
+      db upgrade / the first plan   CREATE on the database (or on an existing schema)
+      every other command           USAGE on the schema; SELECT, INSERT, UPDATE on its tables
+                                    (DELETE too on procrastinate's); USAGE on its sequences;
+                                    EXECUTE on its functions
+    No other command ever creates anything: a missing or older ledger is exit 4.
+    """
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(obj: _Ctx) -> None:
+    """Create the ledger, or bring it up to this r2migrate; idempotent, safe to run again."""
+    settings = obj.settings()
+    with _open_state(settings, require_ledger=False) as state:
+        before = state.ledger_status()
+        version = state.migrate()
+        after = state.ledger_status()
+    if before == after:
+        click.echo(f"Ledger in schema {after.schema!r} is current (version {version}).")
+    else:
+        click.echo(
+            f"Ledger in schema {after.schema!r} is now at version {version} with the job queue "
+            f"of procrastinate {after.queue_version} (was {before.state.value})."
+        )
+
+
+@db.command("sql")
+@pass_ctx
+def db_sql(obj: _Ctx) -> None:
+    """Print the SQL that creates the ledger, for a DBA to run (`psql -v ON_ERROR_STOP=1 -f`).
+
+    For an empty database: the schema (state_schema substituted), every table, procrastinate's
+    objects, and the rows that mark the result as current. Then grant the application's role
+    with `r2migrate db grants ROLE`.
+    """
+    from r2migrate.state import ledger_sql
+
+    click.echo(ledger_sql(obj.settings().state_schema), nl=False)
+
+
+@db.command("grants")
+@click.argument("role")
+@pass_ctx
+def db_grants(obj: _Ctx, role: str) -> None:
+    """Print the GRANTs that let ROLE run every command but the ledger's creation."""
+    from r2migrate.state import grants_sql
+
+    click.echo(grants_sql(obj.settings().state_schema, role), nl=False)
 
 
 # -- embedded stack ---------------------------------------------------------------------------
@@ -539,7 +605,7 @@ def inventory(
 
     try:
         with (
-            _open_state(settings, migrate=not no_save) as state,
+            _open_state(settings, migrate=not no_save, require_ledger=False) as state,
             _progress(None, "inventory") as tick,
         ):
             summary = take_inventory(
@@ -628,7 +694,7 @@ def plan(
     """
     settings = obj.settings(batch_size=batch_size, source=source, media_url=media_url)
     settings.require("database_url", *settings.source_settings, "bucket_name")
-    with _open_state(settings, migrate=not dry_run) as state:
+    with _open_state(settings, migrate=not dry_run, require_ledger=False) as state:
         collected: list[MediaFile] = []
         with _progress(None, "inventory") as tick:
             if dry_run:
@@ -1025,6 +1091,10 @@ def rollback(obj: _Ctx, batch_id: str, dry_run: bool, as_json: bool) -> None:
 def doctor(obj: _Ctx, as_json: bool) -> None:
     """Check the set-up before starting: settings, PostgreSQL, source table, MEDIA_ROOT, bucket.
 
+    For the ledger: whether its schema exists or may be created, its version, and every
+    privilege the other commands need (USAGE, SELECT/INSERT/UPDATE/DELETE, sequences,
+    EXECUTE), each with the GRANT that fixes it; the server version against 13-18.
+
     Also probes the server with a scratch object under `.r2migrate-doctor/` (always cleaned up):
     create-only PUT, SHA-256 enforcement, conditional delete, and clock skew. Exit 0 only when
     no check failed; exit 2 when the settings themselves are invalid (the checks that need
@@ -1080,7 +1150,7 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
 
     settings = obj.settings()
     seen_active = False
-    with _open_state(settings, migrate=False) as state:
+    with _open_state(settings) as state:
         try:
             while True:
                 items = progress_snapshot(state, batch_id)
@@ -1162,7 +1232,7 @@ def report(obj: _Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) ->
         raise click.UsageError("Give a BATCH or --all.")
     settings = obj.settings()
     left_out = ""
-    with _open_state(settings, migrate=False) as state:
+    with _open_state(settings) as state:
         scope = [batch_id or ""]
         if all_batches:  # the configured target's batches, as `verify --all` checks them
             scope, left_out = target_scope(settings, state)
@@ -1292,7 +1362,7 @@ def cutover_check(obj: _Ctx, deep: bool, batch_id: str | None, show: int) -> Non
 
     settings = obj.settings()
     settings.require("database_url", "bucket_name")
-    with _open_state(settings, migrate=False) as state:
+    with _open_state(settings) as state:
         summary = check(settings, state, deep=deep, batch_id=batch_id)
     for line in format_report(summary, show=show):
         click.echo(line)

@@ -40,6 +40,7 @@ from r2migrate.errors import (
     DigestMismatch,
     ObjectChanged,
     ObjectExists,
+    PrivilegeMissing,
     Problem,
     SourceError,
     SourceRefused,
@@ -48,7 +49,19 @@ from r2migrate.errors import (
 )
 from r2migrate.httpsource import MediaServer
 from r2migrate.logs import RedactingFilter
-from r2migrate.state import SCHEMA_VERSION, Connection, State, connect
+from r2migrate.state import (
+    SCHEMA_VERSION,
+    Connection,
+    LedgerState,
+    LedgerStatus,
+    State,
+    complete_privilege_error,
+    connect,
+    grants_sql,
+    ledger_tables,
+    procrastinate_version,
+    same_minor,
+)
 
 __all__ = [
     "CHECK_ORDER",
@@ -67,6 +80,8 @@ CLEANUP_BACKOFF_S = 0.25  # doubled per round: 0.25 + 0.5 + 1 + 2 s at most
 MEDIA_SAMPLE_FILES = 5
 MIN_BOTOCORE = (1, 36)  # request_checksum_calculation / response_checksum_validation
 PACKAGES = ("boto3", "botocore", "psycopg", "click", "r2migrate")
+POSTGRES_SUPPORTED = (13, 18)  # majors tested; procrastinate needs 13 or later
+STATEMENT_TIMEOUT_WARN_MS = 60_000  # below this, long reports may be cut off
 _WRONG_ETAG = '"00000000000000000000000000000000"'  # no object has this ETag (MD5 of nothing ≠ 0)
 
 # The report's order; a reference check appears once per configured reference in its place.
@@ -74,6 +89,7 @@ CHECK_ORDER = (
     "config",
     "postgres",
     "schema",
+    "privileges",
     "job_queue",
     "reference",
     "media_root",
@@ -222,6 +238,7 @@ class _Doctor:
         try:
             self._record("postgres", self._check_postgres, needs_settings=("database_url",))
             self._record("schema", self._check_schema, needs=("postgres",))
+            self._record("privileges", self._check_privileges, needs=("schema",))
             self._record("job_queue", self._check_job_queue, needs=("postgres",))
             refs = self.settings.references if self.settings else ()
             for ref in refs:
@@ -273,6 +290,9 @@ class _Doctor:
             try:
                 result = fn()
             except ToolkitError as exc:
+                if isinstance(exc, PrivilegeMissing) and self.conn is not None:
+                    schema = self._settings().state_schema
+                    complete_privilege_error(exc, schema=schema, role=self.conn.info.user)
                 result = (_FAIL, exc.message, exc.hint or _fallback_hint(exc))
             except Exception as exc:  # a check must never stop the others
                 result = (
@@ -349,38 +369,189 @@ class _Doctor:
         self.conn = connect(s.database_url, connect_timeout_s=s.connect_timeout_s)
         elapsed_ms = (time.perf_counter() - started) * 1000
         info = self.conn.info
-        return (
-            _OK,
-            f"connected to {info.host}:{info.port}/{info.dbname} in {elapsed_ms:.0f} ms; "
-            f"PostgreSQL {_pg_version(info.server_version)}",
-            "",
+        detail = (
+            f"connected to {info.host}:{info.port}/{info.dbname} as {info.user} in "
+            f"{elapsed_ms:.0f} ms; PostgreSQL {_pg_version(info.server_version)}"
         )
-
-    def _check_schema(self) -> _Result:
-        assert self.conn is not None
-        schema = self._settings().state_schema
-        version = State(self.conn, schema).schema_version()  # reads only; never migrates
-        if version == 0:
+        major = info.server_version // 10000
+        low, high = POSTGRES_SUPPORTED
+        timeouts = self.conn.execute(
+            "SELECT current_setting('statement_timeout') AS st,"
+            " current_setting('lock_timeout') AS lt,"
+            " (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout') AS st_ms"
+        ).fetchone()
+        if timeouts and 0 < int(timeouts["st_ms"]) < STATEMENT_TIMEOUT_WARN_MS:
             return (
                 _WARN,
-                f"schema {schema!r} does not exist yet: it will be created on first run",
-                "Nothing to do; the database user needs CREATE on the database for that run.",
+                f"{detail}; statement_timeout is {timeouts['st']} (lock_timeout "
+                f"{timeouts['lt']}) for this role",
+                "Long reads (report, verify --all over millions of rows) and the wait for the "
+                "ledger's lock may be cut off: set it to 0 or minutes for this role, or add "
+                "options=-c statement_timeout=0 to DATABASE_URL.",
             )
-        if version > SCHEMA_VERSION:
+        if major < low:
+            return (
+                _WARN,
+                f"{detail}, older than the supported {low}–{high}",
+                f"procrastinate (the job queue) supports PostgreSQL {low} and later; upgrade "
+                "the server, or expect `r2migrate worker` to fail.",
+            )
+        if major > high:
+            return (
+                _WARN,
+                f"{detail}, newer than the tested {low}–{high}",
+                "It will probably work; please report what you find.",
+            )
+        return (_OK, f"{detail} (supported {low}–{high})", "")
+
+    def _ledger(self) -> LedgerStatus:
+        assert self.conn is not None
+        # SELECTs only; a PrivilegeMissing (no USAGE, say) gets this role's GRANT in _record
+        return State(self.conn, self._settings().state_schema).ledger_status()
+
+    def _can(self, query: str, *args: object) -> bool:
+        assert self.conn is not None
+        row = self.conn.execute(f"SELECT {query} AS ok", args).fetchone()
+        return bool(row and row["ok"])
+
+    def _check_schema(self) -> _Result:
+        """Does the ledger exist, at which version, and can this role create or upgrade it?"""
+        assert self.conn is not None
+        status = self._ledger()
+        schema, user = status.schema, self.conn.info.user
+        creates = "`r2migrate db upgrade` (or the first `r2migrate plan`) creates it"
+        dba = (
+            f"Or have a DBA run `r2migrate db sql | psql -v ON_ERROR_STOP=1`, then the GRANTs "
+            f"of `r2migrate db grants {user}`."
+        )
+        if status.state is LedgerState.NEWER:
             return (
                 _FAIL,
-                f"schema {schema!r} is at version {version}, newer than this r2migrate "
+                f"schema {schema!r} is at version {status.version}, newer than this r2migrate "
                 f"({SCHEMA_VERSION})",
                 "Upgrade r2migrate to the version that migrated this database.",
             )
-        if version < SCHEMA_VERSION:
+        if status.state is LedgerState.CURRENT:
             return (
                 _OK,
-                f"schema {schema!r} at version {version}; the next run migrates it to "
-                f"{SCHEMA_VERSION}",
+                f"ledger in schema {schema!r} at version {status.version} (current), job queue "
+                f"of procrastinate {status.queue_version}",
                 "",
             )
-        return (_OK, f"schema {schema!r} at version {version} (current)", "")
+        readers = "until then every other command refuses (exit 4)"
+        if not status.schema_exists:
+            db = self.conn.info.dbname
+            if self._can("has_database_privilege(current_database(), 'CREATE')"):
+                return (
+                    _WARN,
+                    f"schema {schema!r} does not exist yet: {creates}; {readers}",
+                    "Check state_schema for a typo if you expected an existing ledger.",
+                )
+            return (
+                _FAIL,
+                f"schema {schema!r} does not exist, and role {user} may not create it (no "
+                f"CREATE on database {db})",
+                f"A DBA can grant it: GRANT CREATE ON DATABASE {db} TO {user}; " + dba,
+            )
+        may_create = self._can("has_schema_privilege(%s, 'CREATE')", schema)
+        if status.state is LedgerState.MISSING:
+            if may_create:
+                return (
+                    _WARN,
+                    f"schema {schema!r} exists but holds no ledger yet: {creates}; {readers}",
+                    "",
+                )
+            return (
+                _FAIL,
+                f"schema {schema!r} exists but holds no ledger, and role {user} may not create "
+                "tables in it (no CREATE on the schema)",
+                f"A DBA can grant it: GRANT CREATE ON SCHEMA {schema} TO {user}; " + dba,
+            )
+        what = (
+            f"version {status.version} of {SCHEMA_VERSION}"
+            if status.version < SCHEMA_VERSION
+            else "no job queue"
+        )
+        owns_all = self._can(
+            "NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
+            " AND NOT pg_has_role(c.relowner, 'USAGE'))",
+            schema,
+        )
+        if may_create and owns_all:
+            return (
+                _WARN,
+                f"ledger in schema {schema!r} is older than this r2migrate ({what}): "
+                f"`r2migrate db upgrade` (or the next plan) upgrades it; {readers}",
+                "",
+            )
+        return (
+            _FAIL,
+            f"ledger in schema {schema!r} is older than this r2migrate ({what}), and role {user} "
+            "may not upgrade it (it needs CREATE on the schema and to own its tables)",
+            "Run `r2migrate db upgrade` as the role that owns the ledger. " + dba,
+        )
+
+    def _check_privileges(self) -> _Result:
+        """What every command after the ledger's creation needs, table by table."""
+        assert self.conn is not None
+        status = self._ledger()
+        schema, user = status.schema, self.conn.info.user
+        if not status.schema_exists:
+            return (_SKIP, "no schema yet: the role that creates the ledger owns it", "")
+        grant = " ".join(grants_sql(schema, user).split())
+        hint = f"A DBA can grant them: {grant}"
+        if not self._can("has_schema_privilege(%s, 'USAGE')", schema):
+            return (_FAIL, f"role {user} has no USAGE on schema {schema!r}", hint)
+        tables, select_only = ledger_tables()
+        rows = self.conn.execute(
+            "SELECT c.relname AS name, c.relkind AS kind,"
+            " has_table_privilege(c.oid, 'SELECT') AS s,"
+            " has_table_privilege(c.oid, 'INSERT') AS i,"
+            " has_table_privilege(c.oid, 'UPDATE') AS u,"
+            " has_table_privilege(c.oid, 'DELETE') AS d"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
+            " AND (c.relname = ANY(%s) OR c.relname LIKE 'procrastinate\\_%%')"
+            " ORDER BY c.relname",
+            (schema, list(tables)),
+        ).fetchall()
+        missing: list[str] = []
+        for r in rows:
+            wanted = {"SELECT": r["s"]}
+            if r["name"] not in select_only:
+                wanted.update({"INSERT": r["i"], "UPDATE": r["u"]})
+            # Measured: r2migrate never deletes a ledger row; procrastinate deletes its stale
+            # workers and finished jobs, so only its tables need DELETE.
+            if r["name"].startswith("procrastinate_"):
+                wanted["DELETE"] = r["d"]
+            lacking = [p for p, ok in wanted.items() if not ok]
+            if lacking:
+                missing.append(f"{'/'.join(lacking)} on {r['name']}")
+        sequences = self.conn.execute(
+            "SELECT s.relname AS name, has_sequence_privilege(s.oid, 'USAGE') AS ok"
+            " FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace"
+            " WHERE n.nspname = %s AND s.relkind = 'S'",
+            (schema,),
+        ).fetchall()
+        missing += [f"USAGE on sequence {r['name']}" for r in sequences if not r["ok"]]
+        functions = self.conn.execute(
+            "SELECT p.proname AS name, has_function_privilege(p.oid, 'EXECUTE') AS ok"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = %s AND p.proname LIKE 'procrastinate\\_%%'",
+            (schema,),
+        ).fetchall()
+        missing += [f"EXECUTE on function {r['name']}" for r in functions if not r["ok"]]
+        if missing:
+            more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+            shown = ", ".join(missing[:6]) + more
+            return (_FAIL, f"role {user} lacks {shown} in schema {schema!r}", hint)
+        return (
+            _OK,
+            f"role {user}: USAGE on schema {schema!r}; read/write on {len(rows)} table(s), "
+            f"USAGE on {len(sequences)} sequence(s), EXECUTE on {len(functions)} function(s)",
+            "",
+        )
 
     def _check_job_queue(self) -> _Result:
         """The `r2migrate worker` queue: its version, its jobs, and jobs of dead workers."""
@@ -388,16 +559,16 @@ class _Doctor:
 
         assert self.conn is not None
         s = self._settings()
-        installed = jobs.procrastinate_version()
+        installed = procrastinate_version()
         found = jobs.queue_status(State(self.conn, s.state_schema), s.stalled_worker_s)
         if found is None:
             return (
                 _OK,
-                f"no job queue yet; the first `r2migrate worker` creates it (procrastinate "
-                f"{installed})",
+                f"no job queue yet; `r2migrate db upgrade` (or the first plan) creates it with "
+                f"the ledger (procrastinate {installed})",
                 "",
             )
-        if not jobs.same_minor(found.procrastinate_version, installed):
+        if not same_minor(found.procrastinate_version, installed):
             return (
                 _FAIL,
                 f"the job queue was made by procrastinate {found.procrastinate_version}; this "

@@ -14,6 +14,8 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
     │   └── SourceUnavailable         exit 3   the media server (media_url) refused, timed out, 5xx
     ├── StateError                    exit 4   the toolkit's own tables say no
     │   ├── SchemaTooNew              exit 4   the database was migrated by a newer r2migrate
+    │   ├── SchemaNotReady            exit 4   the ledger is missing or older than this r2migrate
+    │   ├── PrivilegeMissing          exit 4   the database role lacks a privilege (GRANT in hint)
     │   ├── BatchNotFound             exit 4   no batch with that id
     │   ├── BatchRolledBack           exit 4   the batch was rolled back; plan again instead
     │   └── BatchBusy                 exit 4   another runner holds the batch
@@ -141,6 +143,36 @@ class StateError(ToolkitError):
 
 class SchemaTooNew(StateError):
     default_hint = "Upgrade r2migrate to the version that migrated this database."
+
+
+class SchemaNotReady(StateError):
+    """The ledger (schema, tables, job queue) is missing or older than this r2migrate.
+
+    Only ``r2migrate plan``, ``r2migrate db upgrade`` and the SQL of ``r2migrate db sql`` create
+    or upgrade it; every other command refuses instead of issuing DDL.
+    """
+
+    default_hint = (
+        "Create or upgrade it with `r2migrate db upgrade` (needs CREATE), or have a DBA run "
+        "the SQL printed by `r2migrate db sql`."
+    )
+
+
+class PrivilegeMissing(StateError):
+    """PostgreSQL refused an operation for lack of a privilege; the hint holds the GRANT.
+
+    ``denied`` is the server's own words ("permission denied for table batches"); ``ddl`` says
+    whether the refused statements were creating or altering objects.
+    """
+
+    default_hint = "Run `r2migrate doctor`: it lists every privilege the next commands need."
+
+    def __init__(
+        self, message: str, *, denied: str = "", ddl: bool = False, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.denied = denied
+        self.ddl = ddl
 
 
 class BatchNotFound(StateError):

@@ -40,9 +40,9 @@ import psycopg
 import psycopg_pool
 from procrastinate import exceptions as pexc
 from procrastinate.job_context import JobContext
-from procrastinate.schema import SchemaManager
 from procrastinate.worker import Worker
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from r2migrate import binding
 from r2migrate.bucket import Bucket
@@ -57,7 +57,15 @@ from r2migrate.errors import (
     TargetMismatch,
     ToolkitError,
 )
-from r2migrate.state import Batch, BatchStatus, State, translate_db_errors
+from r2migrate.state import (
+    Batch,
+    BatchStatus,
+    State,
+    privilege_error,
+    procrastinate_version,
+    same_minor,
+    translate_db_errors,
+)
 from r2migrate.transfer import (
     ErrorPayload,
     Sender,
@@ -76,20 +84,21 @@ OUTAGE_RETRIES = 4  # an endpoint outage: the batch job is retried this often, w
 
 
 @contextlib.contextmanager
-def translate_queue_errors(doing: str) -> Iterator[None]:
-    """The one place procrastinate's connection errors become the toolkit's."""
+def translate_queue_errors(doing: str, settings: Settings | None = None) -> Iterator[None]:
+    """The one place procrastinate's connection errors become the toolkit's; a missing
+    privilege is PrivilegeMissing (exit 4) with the GRANT for the role in ``settings``."""
     try:
         yield
     except (pexc.ConnectorException, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
         cause = exc.__cause__ or exc
+        if isinstance(cause, psycopg.errors.InsufficientPrivilege):
+            schema, role = "<state_schema>", "<role>"
+            if settings is not None and settings.database_url:
+                schema = settings.state_schema
+                role = str(conninfo_to_dict(settings.database_url).get("user") or role)
+            raise privilege_error(cause, doing, schema=schema, role=role) from exc
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise DatabaseUnavailable(f"PostgreSQL failed while {doing}: {first}") from exc
-
-
-def procrastinate_version() -> str:
-    from importlib.metadata import version
-
-    return version("procrastinate")
 
 
 def make_app(settings: Settings) -> procrastinate.App:
@@ -118,48 +127,30 @@ def make_app(settings: Settings) -> procrastinate.App:
     return app
 
 
-def ensure_queue_schema(state: State) -> None:
-    """Install procrastinate's tables in the toolkit's schema once, under the migration lock.
+def require_queue_schema(state: State) -> None:
+    """The queue's tables as this procrastinate needs them; reads only, never creates.
 
-    Procrastinate's own schema file is applied as it ships; the version it came from is kept in
-    ``queue_schema`` so that a different procrastinate later is refused with a clear message
-    instead of running against tables it does not know.
+    They are made with the ledger (`r2migrate db upgrade`, the first `plan`, or `db sql`); the
+    procrastinate version that made them is kept in ``queue_schema``, and another minor version
+    is refused with a clear message instead of running against tables it does not know.
     """
+    status = state.require_ledger()
     installed = procrastinate_version()
-    s = sql.Identifier(state.schema)
-    with translate_db_errors("installing the job queue tables"), state.conn.transaction():
-        state.conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"r2migrate:{state.schema}",)
+    made_by = status.queue_version or "?"
+    if not same_minor(made_by, installed):
+        raise StateError(
+            f"The job queue in schema {state.schema!r} was made by procrastinate "
+            f"{made_by}; this r2migrate runs procrastinate {installed}.",
+            hint="Run workers from the r2migrate that made it. To start the queue "
+            "afresh, stop every worker, then drop procrastinate's tables, types and "
+            f"functions in schema {state.schema} and {state.schema}.queue_schema.",
         )
-        state.conn.execute(
-            sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {s}.queue_schema ("
-                " procrastinate_version text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            ).format(s=s)
-        )
-        row = state.conn.execute(
-            sql.SQL("SELECT procrastinate_version AS v FROM {s}.queue_schema").format(s=s)
-        ).fetchone()
-        if row is not None:
-            if not same_minor(row["v"], installed):
-                raise StateError(
-                    f"The job queue in schema {state.schema!r} was made by procrastinate "
-                    f"{row['v']}; this r2migrate runs procrastinate {installed}.",
-                    hint="Run workers from the r2migrate that made it. To start the queue "
-                    "afresh, stop every worker, then drop procrastinate's tables, types and "
-                    f"functions in schema {state.schema} and {state.schema}.queue_schema.",
-                )
-            return
-        log.info("installing procrastinate %s's tables in schema %s", installed, state.schema)
-        state.conn.execute(
-            sql.SQL("SET LOCAL search_path TO {s}").format(s=s)  # its file names no schema
-        )
-        state.conn.execute(SchemaManager.get_schema().encode())
-        state.conn.execute(
-            sql.SQL("INSERT INTO {s}.queue_schema (procrastinate_version) VALUES (%s)").format(s=s),
-            (installed,),
-        )
+
+
+def ensure_queue_schema(state: State) -> None:
+    """Create or upgrade the ledger with its queue (needs CREATE), then check the queue."""
+    state.migrate()
+    require_queue_schema(state)
 
 
 @contextlib.contextmanager
@@ -221,11 +212,11 @@ def enqueue_batches(
 
 
 def queue_batch(settings: Settings, state: State, batch_id: str) -> bool:
-    """Queue one batch for the workers, making the queue first if need be (the API's
-    ``POST /batches/{id}/enqueue``); False when a job for it already waits or runs."""
-    ensure_queue_schema(state)
+    """Queue one batch for the workers (the API's ``POST /batches/{id}/enqueue``); False when
+    a job for it already waits or runs."""
+    require_queue_schema(state)
     app = make_app(settings)
-    with translate_queue_errors(f"queueing batch {batch_id}"), app.open():
+    with translate_queue_errors(f"queueing batch {batch_id}", settings), app.open():
         return enqueue_batch(app, state, batch_id)
 
 
@@ -317,10 +308,6 @@ def queue_status(state: State, stalled_worker_s: float) -> QueueStatus | None:
     )
 
 
-def same_minor(a: str, b: str) -> bool:
-    return a.split(".")[:2] == b.split(".")[:2]
-
-
 # -- one worker process ---------------------------------------------------------------------------
 
 
@@ -360,7 +347,10 @@ class _Engine:
             st = self.states.get_nowait()
         except queue.Empty:
             st = State.open(
-                self.settings.database_url, schema=self.settings.state_schema, migrate=False
+                self.settings.database_url,
+                schema=self.settings.state_schema,
+                migrate=False,
+                require_ledger=True,
             )
         try:
             yield st
@@ -550,7 +540,7 @@ def serve(settings: Settings, *, wait: bool, halt: Any = None, inbox: Any = None
             )
 
     try:
-        with translate_queue_errors("running batch jobs"):
+        with translate_queue_errors("running batch jobs", settings):
             asyncio.run(main())
     finally:
         engine.close()
@@ -627,9 +617,11 @@ def run_workers(
     check_bucket(Bucket(settings), settings, stop)
     quiet_procrastinate()  # this process queues jobs through procrastinate's pool too
     app = make_app(settings)
-    with State.open(settings.database_url, schema=settings.state_schema) as state:
-        ensure_queue_schema(state)
-        with translate_queue_errors("queueing batches"), app.open():
+    with State.open(
+        settings.database_url, schema=settings.state_schema, migrate=False, require_ledger=True
+    ) as state:
+        require_queue_schema(state)
+        with translate_queue_errors("queueing batches", settings), app.open():
             enqueue_batches(app, settings, state, retry_failed=True)
         ctx = multiprocessing.get_context("spawn")  # no fork: this process holds sockets
         halt = ctx.Event()
@@ -680,7 +672,7 @@ def run_workers(
                 if time.monotonic() < next_poll:
                     continue
                 next_poll = time.monotonic() + min(poll_s, settings.stalled_worker_s / 3)
-                with translate_queue_errors("queueing batches"), app.open():
+                with translate_queue_errors("queueing batches", settings), app.open():
                     enqueue_batches(app, settings, state)
                     retry_stalled_jobs(app, state, settings.stalled_worker_s)
                 waiting = job_counts(state).get("todo", 0)

@@ -34,13 +34,19 @@ def command_error(exc: ToolkitError) -> CommandError:
 
 
 @contextmanager
-def open_state(settings: Any, *, migrate: bool = True) -> Iterator[State]:
+def open_state(
+    settings: Any, *, migrate: bool = False, require_ledger: bool = True
+) -> Iterator[State]:
+    """As the CLI: only a migration that plans may create the ledger (``migrate``); every other
+    path reads it and fails with exit 4 when it is missing or older, never issuing DDL."""
     settings.require("database_url")
-    state = State.open(settings.database_url, schema=settings.state_schema, migrate=migrate)
-    try:
+    with State.open(
+        settings.database_url,
+        schema=settings.state_schema,
+        migrate=migrate,
+        require_ledger=require_ledger,
+    ) as state:
         yield state
-    finally:
-        state.close()
 
 
 class ToolkitCommand(BaseCommand):  # type: ignore[misc]  # django-stubs is not installed

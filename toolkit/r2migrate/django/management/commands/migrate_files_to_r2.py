@@ -160,7 +160,7 @@ class Command(ToolkitCommand):
                 collected.append(item)
 
         # A dry run must not even create the state schema, as `r2migrate plan --dry-run`.
-        with open_state(settings, migrate=not dry_run) as state:
+        with open_state(settings, migrate=not dry_run, require_ledger=False) as state:
             summary = inventory(settings, state, save=not dry_run, on_file=on_file)
             self.echo(render.inventory_lines(summary, counts))
             self.echo("")

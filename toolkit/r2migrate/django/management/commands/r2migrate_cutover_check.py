@@ -34,7 +34,7 @@ class Command(ToolkitCommand):
 
     def handle_toolkit(self, *args: Any, **options: Any) -> None:
         project = self.project_settings(options)
-        with open_state(project.settings, migrate=False) as state:
+        with open_state(project.settings) as state:
             summary = cutover_check(
                 project.settings,
                 state,
