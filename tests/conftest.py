@@ -30,6 +30,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +73,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     del tmp_path_factory
     root = Path(tempfile.mkdtemp(prefix="r2migrate-test-stack-"))
     try:
-        yield devstack.start_stack(root)
+        # No fsync: the suite's PostgreSQL is thrown away at the end, so waiting for disks buys
+        # nothing but minutes.
+        yield devstack.start_stack(root, durable=False)
     finally:
         devstack.stop_stack(root)  # also after a failed start: stops whatever did come up
         shutil.rmtree(root, ignore_errors=True)
@@ -89,14 +92,29 @@ def fresh_database_url(stack: StackInfo) -> Iterator[str]:
         devstack.drop_database(stack, name)
 
 
+@pytest.fixture(scope="session")
+def s3_admin(stack: StackInfo) -> Any:
+    """A plain boto3 client on the stack, for test set-up only (never the code under test)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.endpoint_url,
+        aws_access_key_id=stack.access_key,
+        aws_secret_access_key=stack.secret_key,
+        region_name=stack.region_name,
+    )
+
+
 @pytest.fixture
-def fresh_bucket(stack: StackInfo) -> str:
+def fresh_bucket(s3_admin: Any) -> str:
     """Name of a new, uniquely named, explicitly created (empty) bucket on the stack.
 
-    Not deleted afterwards: buckets live only as long as the session's stack.
+    Made with S3's CreateBucket (milliseconds; `weed shell` takes a quarter of a second). Not
+    deleted afterwards: buckets live only as long as the session's stack.
     """
     name = f"t-{uuid.uuid4().hex[:16]}"
-    devstack.create_bucket(stack, name)
+    s3_admin.create_bucket(Bucket=name)
     return name
 
 

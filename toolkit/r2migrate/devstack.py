@@ -135,7 +135,9 @@ class StackStatus:
 # -- public API: the stack ----------------------------------------------------------------------
 
 
-def start_stack(root: Path, *, bucket_name: str | None = None, tls: bool = False) -> StackInfo:
+def start_stack(
+    root: Path, *, bucket_name: str | None = None, tls: bool = False, durable: bool = True
+) -> StackInfo:
     """Start PostgreSQL and ``weed mini`` under ``root`` (or find them running); create the bucket.
 
     The stack's default bucket, the one ``stack.json`` gives every later command, is chosen
@@ -149,6 +151,7 @@ def start_stack(root: Path, *, bucket_name: str | None = None, tls: bool = False
     under ``tls/``, renewed 30 days before its end): ``endpoint_url`` is then https and
     ``stack.json`` also names the certificate as ``ca_bundle``, so r2migrate trusts it (and
     only it). The plain listener stays up as ``http_endpoint_url``, for comparisons.
+    ``durable=False`` runs PostgreSQL without fsync (a test suite's throwaway server only).
     """
     if bucket_name is not None and not _BUCKET_NAME.fullmatch(bucket_name):
         raise ConfigError(f"bucket name {bucket_name!r} is not a valid S3 bucket name")
@@ -210,7 +213,9 @@ def start_stack(root: Path, *, bucket_name: str | None = None, tls: bool = False
 
     deadline = time.monotonic() + START_TIMEOUT_S
     if pg_pid is None:
-        pg_pid = _start_postgres(root, port=pg_port, password=password, user=pg_user)
+        pg_pid = _start_postgres(
+            root, port=pg_port, password=password, user=pg_user, durable=durable
+        )
     if weed_pid is None:
         weed_pid = _start_weed(
             root, ports=weed_ports, access_key=access_key, secret_key=secret_key, tls=tls_files
@@ -419,7 +424,9 @@ def _weed_bin() -> Path:
     )
 
 
-def _start_postgres(root: Path, *, port: int, password: str, user: pwd.struct_passwd | None) -> int:
+def _start_postgres(
+    root: Path, *, port: int, password: str, user: pwd.struct_passwd | None, durable: bool = True
+) -> int:
     base = root / "postgres"
     data, run = base / "data", base / "run"
     for path in (base, run):
@@ -446,6 +453,9 @@ def _start_postgres(root: Path, *, port: int, password: str, user: pwd.struct_pa
         "-c",
         "logging_collector=off",
     ]
+    if not durable:
+        # A throwaway server (the test suite's): a crash may lose it, and nothing is waited for.
+        args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
     env = {"PATH": os.defpath, "LC_ALL": "C", "TZ": "UTC"}
     pid = _spawn_detached(args, root / "logs" / "postgres.log", cwd=base, env=env, user=user)
     _pid_file(root, "postgres").write_text(f"{pid}\n", encoding="utf-8")
