@@ -272,7 +272,8 @@ def _new_file(item: PlanItem, digest: str | None, group: Sequence[MediaFile]) ->
     return NewFile(
         file_id=first.file_id,
         source_refs=tuple(g.file_id for g in group),
-        relative_path=first.relative_path,
+        # The file to read: the row's name as Django resolves it on disk (see inventory).
+        relative_path=first.disk_path or first.relative_path,
         object_key=first.object_key,
         size_bytes=first.size_bytes or 0,
         mtime_ns=first.mtime_ns,
