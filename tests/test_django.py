@@ -319,6 +319,15 @@ def test_migrate_then_django_reads_every_file_back_through_s3storage(project):
         assert head.content_encoding == "gzip"  # as django-storages itself would have stored it
 
 
+def test_a_name_on_disk_that_is_not_utf8_blocks_nothing(project):
+    populate(project)
+    with open(os.path.join(os.fsencode(project.media_root), b"caf\xe9 latin1.txt"), "wb") as fh:
+        fh.write(b"an old server's file")
+    text = _run("migrate_files_to_r2", batch_size=50)
+    assert "Uploaded 9 file(s)" in text
+    assert len(project.keys()) == 9
+
+
 def test_dry_run_writes_nothing(project):
     populate(project)
     text = _run("migrate_files_to_r2", dry_run=True, batch_size=4)

@@ -32,6 +32,7 @@ from r2migrate.inventory import (
 from r2migrate.inventory import (
     inventory as take_inventory,
 )
+from r2migrate.keys import printable_name
 from r2migrate.logs import configure_logging
 from r2migrate.plan import Action
 from r2migrate.plan import plan as make_plan
@@ -257,8 +258,10 @@ def _human_bytes(n: float | None) -> str:
     return text.human_bytes(n)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    return "\n".join(text.table(headers, rows))
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, max_cell: int = text.MAX_CELL_CHARS
+) -> str:
+    return "\n".join(text.table(headers, rows, max_cell_chars=max_cell))
 
 
 def _jsonable(value: Any) -> Any:
@@ -479,10 +482,10 @@ def inventory(
 ) -> None:
     """Every file the database references, plus orphans on disk: sizes, problems, cost, time.
 
-    \b
-    Problem codes: missing, unsafe_path, not_regular_file, unreadable, empty_name,
-    duplicate_reference, key_too_long, key_invalid, not_nfc, normalization_collision,
-    gzip_encoding, size_mismatch, orphan. Blocking problems keep a file out of the plan.
+    Each problem code is shown with its meaning (the CSV has a `meanings` column); blocking
+    problems keep a file out of the plan, warnings do not. Names are printed with control
+    characters and bytes that are not UTF-8 escaped (caf\\xe9.txt); long names are cut in
+    the tables and whole in the CSV and JSON.
 
     With --source http each file is sized by a HEAD request to --media-url instead of a stat:
     a 404 is `missing`, a 401/403 stops with a hint, and orphans are not looked for.
@@ -503,6 +506,7 @@ def inventory(
                 "content_type",
                 "content_encoding",
                 "problems",
+                "meanings",
             ]
         )
 
@@ -510,13 +514,14 @@ def inventory(
         if writer is not None:
             writer.writerow(
                 [
-                    item.file_id,
-                    item.relative_path,
-                    item.object_key,
+                    printable_name(item.file_id),
+                    printable_name(item.relative_path),
+                    printable_name(item.object_key),
                     item.size_bytes,
                     item.content_type,
                     item.content_encoding,
                     " ".join(item.problems),
+                    text.meanings(" ".join(item.problems)),
                 ]
             )
 
@@ -556,9 +561,10 @@ def _render_inventory(s: InventorySummary, show: int) -> None:
         from r2migrate.errors import Problem
 
         rows = [
-            (p, n, "blocks" if Problem(p).blocking else "warning") for p, n in s.problems.items()
+            (p, n, "blocks" if Problem(p).blocking else "warning", Problem(p).meaning)
+            for p, n in s.problems.items()
         ]
-        click.echo("\n" + _table(["problem", "rows", "effect"], rows))
+        click.echo("\n" + _table(["problem", "rows", "effect", "meaning"], rows, max_cell=100))
     click.echo("\n" + _table(["size", "files"], [h for h in s.size_histogram if h[1]]))
     click.echo(
         f"\nR2 estimate: {e.class_a_ops} Class A ops ${e.class_a_usd:.4f}, "
@@ -641,8 +647,11 @@ def plan(
         click.echo(
             "\n"
             + _table(
-                ["action", "path", "reason"],
-                [(i.action.value, i.relative_path, i.reason) for i in odd[:show]],
+                ["action", "path", "reason", "meaning"],
+                [
+                    (i.action.value, i.relative_path, i.reason, text.meanings(i.reason))
+                    for i in odd[:show]
+                ],
             )
         )
     if summary.dry_run:
