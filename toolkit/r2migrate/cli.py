@@ -1253,23 +1253,25 @@ def serve(obj: _Ctx, host: str, port: int, no_auth: bool) -> None:
 @click.option(
     "--deep", is_flag=True, help="Also read every file back through storage.open() and compare."
 )
-@click.option("--batch", "batch_id", help="Only this batch.")
 @click.option("--show", default=20, show_default=True, help="How many problem rows to list.")
 @pass_ctx
-def cutover_check(obj: _Ctx, deep: bool, batch_id: str | None, show: int) -> None:
-    """Would django-storages' S3Storage serve every migrated file? (needs r2migrate[django])
+def cutover_check(obj: _Ctx, deep: bool, show: int) -> None:
+    """Will every row served today be served by S3Storage after the switch? (r2migrate[django])
 
-    For every uploaded row: the key django-storages would compute from the row's current name,
-    exists(), size(), the content type and encoding it would serve, and with --deep the SHA-256
-    of the bytes read through storage.open().
+    Every row of every `references` column is sorted into: works today and after the switch;
+    will break after the switch (no object, object differs, refused, with the reason); broken
+    today already (no file on disk). Exit 1 if any row that works today would break. Per row:
+    the key django-storages computes from the row's name, exists(), size(), the content type
+    and encoding it would serve, and with --deep the bytes read through storage.open() against
+    the file's.
     """
     from r2migrate.django.cutover import cutover_check as check
     from r2migrate.django.cutover import format_report
 
     settings = obj.settings()
-    settings.require("database_url", "bucket_name")
+    settings.require("database_url", "bucket_name", "media_root")
     with _open_state(settings, migrate=False) as state:
-        summary = check(settings, state, deep=deep, batch_id=batch_id)
+        summary = check(settings, state, deep=deep)
     for line in format_report(summary, show=show):
         click.echo(line)
     if not summary.passed:

@@ -22,7 +22,7 @@ from r2migrate import catalog, keys, source
 from r2migrate.config import Settings
 from r2migrate.errors import Problem, SourceError, SourceRefused, UnsafePath
 from r2migrate.httpsource import MediaServer
-from r2migrate.state import MediaFile, State, connect
+from r2migrate.state import Connection, MediaFile, State, connect
 
 # Cloudflare R2 list prices (USD); Class A = writes and lists, Class B = reads and HEADs.
 CLASS_A_USD_PER_MILLION = 4.50
@@ -137,10 +137,7 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     resolved: set[str] = set()
 
     with connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn:
-        collisions = _unicode_collisions(
-            (row.name for ref in refs for row in catalog.iter_source_rows(conn, ref)),
-            lambda names: _same_bytes(media_root, names),
-        )
+        collisions = unicode_collisions(settings, conn, refs, media_root)
         for ref in refs:
             for row in catalog.iter_source_rows(conn, ref):
                 item = _examine_row(settings, row, seen_keys, collisions)
@@ -169,6 +166,31 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
         yield _orphan_row(name, size, mtime, Problem.ORPHAN)
     for name in unlisted:
         yield _unlisted_row(name)
+
+
+def examine_reference(
+    settings: Settings,
+    media_root: Path,
+    row: catalog.SourceRow,
+    *,
+    collisions: frozenset[str] = frozenset(),
+) -> MediaFile:
+    """One row as inventory sees it: its key, the file it resolves to, and its problems.
+
+    For checks that walk the rows themselves (the cutover check). Duplicates are not looked
+    for; ``collisions`` comes from ``unicode_collisions``.
+    """
+    return _locate(media_root, _examine_row(settings, row, set(), collisions))
+
+
+def unicode_collisions(
+    settings: Settings, conn: Connection, refs: Iterable[catalog.Reference], media_root: Path
+) -> frozenset[str]:
+    """The row names refused as ``unicode_collision`` (one pass over the names)."""
+    return _unicode_collisions(
+        (row.name for ref in refs for row in catalog.iter_source_rows(conn, ref)),
+        lambda names: _same_bytes(media_root, names),
+    )
 
 
 def _orphan_row(name: str, size: int | None, mtime: int | None, problem: Problem) -> MediaFile:
