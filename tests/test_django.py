@@ -96,6 +96,7 @@ def project(stack, fresh_database_url, fresh_bucket, media_root) -> Iterator[Pro
         "secret_key": stack.secret_key,
         "region_name": stack.region_name,
         "addressing_style": "path",
+        "file_overwrite": False,  # as the README says: FileSystemStorage never overwrites
     }
     storages = {
         **FS_STORAGES,
@@ -573,6 +574,37 @@ def test_cutover_check_sorts_every_row_the_site_serves(project):
     assert f"list_cutter_savedfile.file_path:{victim.pk}" in out and victim_key in out
     assert f"list_cutter_savedfile.file_path:{late.pk}" in out
     assert "broken today already: 2" in out  # gone.txt and the renamed row
+
+
+def test_cutover_check_fails_while_s3storage_would_overwrite(project):
+    populate(project)
+    _run("migrate_files_to_r2")
+    original = SavedFile.objects.get(file_name="notes.txt", file_id="f4").file_path.name
+    overwriting = {**project.s3_options, "file_overwrite": True}
+    storages_true = {
+        **project.s3_storages,
+        "r2": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": overwriting},
+    }
+    with override_settings(STORAGES=storages_true):
+        err, out = _error("r2migrate_cutover_check")
+        assert err.returncode == ExitCode.FILES_FAILED
+        assert "file_overwrite is True" in out and '"file_overwrite": False' in out
+        assert "works today and after the switch: 9" in out  # every object is right, still
+    assert "PASSED" in _run("r2migrate_cutover_check")
+
+    # what the check guards against: after the switch, an upload with a taken name
+    for options, replaced in ((project.s3_options, False), (overwriting, True)):
+        switched = {
+            **project.s3_storages,
+            "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
+        }
+        with override_settings(STORAGES=switched):
+            row = SavedFile(user_id=7, file_name="notes.txt", file_id="new")
+            row.file_path.save("notes.txt", ContentFile(b"a later upload"), save=True)
+            assert (row.file_path.name == original) is replaced
+            with default_storage.open(original, "rb") as fh:
+                served = fh.read()
+        assert (served == b"a later upload") is replaced
 
 
 def test_cutover_check_memory_stays_flat(project, tmp_path):

@@ -124,6 +124,7 @@ class CutoverSummary:
     gzip_served: int  # objects served with a Content-Encoding (clients decode them)
     warnings: tuple[str, ...] = ()
     items: tuple[CutoverItem, ...] = field(default=())  # the first rows needing attention
+    option_failures: tuple[str, ...] = ()  # storage options that break the site after the switch
 
     @property
     def references_ok(self) -> int:
@@ -135,7 +136,7 @@ class CutoverSummary:
 
     @property
     def passed(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and not self.option_failures
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,8 @@ def storage_from_settings(settings: Settings) -> Any:
             addressing_style=settings.addressing_style,
             object_parameters=dict(settings.object_parameters),
             verify=settings.verify,
+            # The storage the operator is told to configure (README): it never overwrites.
+            file_overwrite=False,
         )
     except ImproperlyConfigured as exc:
         raise ConfigError(f"django-storages refuses these settings: {exc}") from exc
@@ -276,6 +279,7 @@ def cutover_check(
         gzip_served=gzip_served,
         warnings=tuple(_warnings(storage)),
         items=tuple(items),
+        option_failures=tuple(_option_failures(storage)),
     )
     for b in batches:
         state.add_event(
@@ -413,6 +417,17 @@ def _check_row(
     )
 
 
+def _option_failures(storage: Any) -> Iterable[str]:
+    """Options under which the site breaks after the switch although every object is right."""
+    if getattr(storage, "file_overwrite", False):
+        yield (
+            "file_overwrite is True (django-storages' default): FileSystemStorage never "
+            "overwrites, S3Storage then does, so a new upload or a derived file (thumbnail, "
+            "rendition) with an existing name replaces a migrated object. Fix: set "
+            '"file_overwrite": False in the storage\'s OPTIONS (AWS_S3_FILE_OVERWRITE = False).'
+        )
+
+
 def _warnings(storage: Any) -> Iterable[str]:
     acl = getattr(storage, "default_acl", None)
     if acl:
@@ -462,10 +477,13 @@ def format_report(summary: CutoverSummary, *, show: int = 20) -> list[str]:
             lines.append(f"... and {len(summary.items) - len(shown)} more")
     for warning in summary.warnings:
         lines.append(f"warning: {warning}")
-    lines += [
-        "",
-        "PASSED: every row Django serves today will be served after the switch."
-        if summary.passed
-        else f"FAILED: switching now would break {summary.failed} row(s) that work today.",
-    ]
+    for failure in summary.option_failures:
+        lines.append(f"FAILED option: {failure}")
+    if summary.passed:
+        verdict = "PASSED: every row Django serves today will be served after the switch."
+    elif summary.failed:
+        verdict = f"FAILED: switching now would break {summary.failed} row(s) that work today."
+    else:
+        verdict = "FAILED: the storage's options would break the site after the switch."
+    lines += ["", verdict]
     return lines

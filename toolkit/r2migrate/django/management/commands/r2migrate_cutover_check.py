@@ -43,8 +43,10 @@ class Command(ToolkitCommand):
                 deep=options["deep"],
             )
         self.echo(format_report(summary, show=options["show"]))
-        if not summary.passed:
+        if summary.failed:
             self.fail_files(
                 f"Cutover check failed: {summary.failed} of {summary.references_checked} "
                 "reference row(s) work today and would break after the switch."
             )
+        if not summary.passed:
+            self.fail_files("Cutover check failed: " + " ".join(summary.option_failures))
