@@ -10,8 +10,10 @@ tables, and keep them whole in the CSV.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import httpx
@@ -19,11 +21,13 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from r2migrate import text
+from r2migrate import inventory, plan, text
 from r2migrate.api import create_app
 from r2migrate.bucket import Bucket
 from r2migrate.cli import main
 from r2migrate.errors import PROBLEM_MEANINGS, Problem
+from r2migrate.plan import Action
+from r2migrate.state import State
 from tests.test_api import AUTH, TOKEN, running
 
 LATIN1 = b"caf\xe9 latin1.txt"
@@ -114,3 +118,29 @@ def test_table_cells_are_escaped_and_cut_in_the_middle() -> None:
     assert lines[2] == "a\\tb\\nc"
     assert len(lines[3]) == 40 and lines[3].startswith("xxx") and lines[3].endswith("x.jpg")
     assert "…" in lines[3]
+
+
+@pytest.mark.parametrize("same_bytes", [False, True])
+def test_plan_refuses_a_name_whose_other_spelling_is_already_in_the_bucket(
+    settings, media_root: Path, fresh_database_url: str, same_bytes: bool
+) -> None:
+    nfc = unicodedata.normalize("NFC", "uploads/Zoë.txt")
+    nfd = unicodedata.normalize("NFD", nfc)
+    (media_root / "uploads").mkdir(parents=True)
+    (media_root / nfc).write_bytes(b"ours")
+    theirs = b"ours" if same_bytes else b"someone else's"
+    Bucket(settings).put_object_checked(
+        nfd, theirs, sha256_hex=hashlib.sha256(theirs).hexdigest(), content_type="text/plain"
+    )
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_path text)")
+        conn.execute("INSERT INTO list_cutter_savedfile (file_path) VALUES (%s)", (nfc,))
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        summary = plan(settings, state, dry_run=True)
+    (item,) = summary.items
+    if same_bytes:  # R2 would serve the same bytes for both spellings
+        assert item.action is Action.UPLOAD
+    else:  # R2 would serve the other object's bytes for this row
+        assert item.action is Action.REFUSE
+        assert item.reason.startswith("unicode_collision")
