@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import unicodedata
 from pathlib import Path
@@ -26,6 +27,7 @@ from r2migrate.api import create_app
 from r2migrate.bucket import Bucket
 from r2migrate.cli import main
 from r2migrate.errors import PROBLEM_MEANINGS, Problem
+from r2migrate.logs import configure_logging
 from r2migrate.plan import Action
 from r2migrate.state import State
 from tests.test_api import AUTH, TOKEN, running
@@ -144,3 +146,19 @@ def test_plan_refuses_a_name_whose_other_spelling_is_already_in_the_bucket(
     else:  # R2 would serve the other object's bytes for this row
         assert item.action is Action.REFUSE
         assert item.reason.startswith("unicode_collision")
+
+
+def test_log_lines_show_names_escaped(tmp_path: Path) -> None:
+    log_file = tmp_path / "r2migrate.log"
+    configure_logging(log_file=log_file, console=False)
+    try:
+        logging.getLogger("r2migrate.transfer").warning(
+            "retrying %s in %.1fs after %s", "uploads/a\nFAKE LINE\tx.txt", 1.0, "SlowDown"
+        )
+        logging.getLogger("r2migrate.inventory").warning("skipping %s", os.fsdecode(LATIN1))
+    finally:
+        configure_logging(console=False)
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    assert "uploads/a\\nFAKE LINE\\tx.txt" in lines[0]
+    assert "caf\\xe9 latin1.txt" in lines[1]
