@@ -104,6 +104,16 @@ def test_cli_shows_odd_names_escaped_cut_in_tables_and_whole_in_csv(
     _cli(["run"], settings)
     assert {key for key, _ in Bucket(settings).iter_objects()} == {"uploads/ok.txt", TAB, LONG}
 
+    out = _cli(["cutover-check", "--deep"], settings)
+    assert "works today and after the switch: 3" in out and "PASSED" in out
+    assert "warning: querystring_auth is on" in out  # shown, not a failure
+    assert "broken today already: 1" in out  # ../outside.txt: Django refuses it today too
+    Bucket(settings).client.delete_object(Bucket=settings.bucket_name, Key=TAB)
+    result = CliRunner().invoke(main, ["cutover-check"], env=_env(settings))
+    assert result.exit_code == 1, result.output
+    assert "will break after the switch: 1" in result.output
+    assert "uploads/tab\\there.txt" in result.output and "no_object" in result.output
+
 
 def test_api_plans_past_a_name_that_is_not_utf8(make_settings, odd_tree: Path) -> None:
     settings = make_settings(api_token=TOKEN)

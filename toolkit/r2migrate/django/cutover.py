@@ -440,6 +440,18 @@ def _warnings(storage: Any) -> Iterable[str]:
             "gzip (AWS_IS_GZIPPED) is on: new uploads of text types are compressed; migrated "
             "objects were stored as they were on disk"
         )
+    domain = getattr(storage, "custom_domain", None)
+    if domain:
+        yield (
+            f"custom_domain is {domain!r}: url() points there, not at the bucket; that domain "
+            "must serve this bucket (and location) for every migrated key"
+        )
+    if getattr(storage, "querystring_auth", False) and not domain:
+        expire = getattr(storage, "querystring_expire", 3600)
+        yield (
+            f"querystring_auth is on: url() returns signed links that expire after {expire} s; "
+            "links cached in pages or e-mails stop working (a public bucket wants it off)"
+        )
 
 
 def format_report(summary: CutoverSummary, *, show: int = 20) -> list[str]:
