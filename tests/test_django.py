@@ -96,6 +96,7 @@ def project(stack, fresh_database_url, fresh_bucket, media_root) -> Iterator[Pro
         "secret_key": stack.secret_key,
         "region_name": stack.region_name,
         "addressing_style": "path",
+        "file_overwrite": False,  # as the README says: FileSystemStorage never overwrites
     }
     storages = {
         **FS_STORAGES,
@@ -319,6 +320,15 @@ def test_migrate_then_django_reads_every_file_back_through_s3storage(project):
         assert head.content_encoding == "gzip"  # as django-storages itself would have stored it
 
 
+def test_a_name_on_disk_that_is_not_utf8_blocks_nothing(project):
+    populate(project)
+    with open(os.path.join(os.fsencode(project.media_root), b"caf\xe9 latin1.txt"), "wb") as fh:
+        fh.write(b"an old server's file")
+    text = _run("migrate_files_to_r2", batch_size=50)
+    assert "Uploaded 9 file(s)" in text
+    assert len(project.keys()) == 9
+
+
 def test_dry_run_writes_nothing(project):
     populate(project)
     text = _run("migrate_files_to_r2", dry_run=True, batch_size=4)
@@ -526,36 +536,106 @@ def test_source_http_reads_the_files_from_media_url(project, tmp_path):
                 assert fh.read() == data
 
 
-def test_cutover_check_passes_then_reports_what_django_would_miss(project):
-    err, _ = _error("r2migrate_cutover_check")  # reads only: no ledger is exit 4, not created
-    assert err.returncode == ExitCode.STATE and "No r2migrate ledger in schema" in str(err)
+def test_cutover_check_sorts_every_row_the_site_serves(project):
+    populate(project)  # 9 files, and one row whose file is not on disk
+    # nothing migrated yet: every row that works today would break after the switch
+    err, out = _error("r2migrate_cutover_check")
+    assert err.returncode == ExitCode.FILES_FAILED
+    assert "will break after the switch: 9" in out and "broken today already: 1" in out
+    assert "no_object" in out and "not migrated" in out
 
-    populate(project)
     _run("migrate_files_to_r2")
     text = _run("r2migrate_cutover_check", deep=True)
-    assert "PASSED" in text and "Checked 9 reference(s)" in text
+    assert "PASSED" in text and "Checked 10 reference row(s)" in text
+    assert "works today and after the switch: 9" in text
+    assert "broken today already: 1" in text  # uploads/user_7/gone.txt: does not fail the check
     assert "served with Content-Encoding: 1" in text
     # what `r2migrate cutover-check` would run: an S3Storage built from r2migrate's Settings
     settings = load_django_settings().settings
     with State.open(settings.database_url, migrate=False) as state:
         standalone = cutover_check(settings, state)
-    assert standalone.passed and standalone.references_checked == 9
+    assert standalone.passed and standalone.references_ok == 9
     assert standalone.storage_class == "storages.backends.s3.S3Storage"
 
     victim = SavedFile.objects.get(file_name="日本語のファイル.txt")
     victim_key = f"{LOCATION}/{victim.file_path.name}"
     project.bucket().client.delete_object(Bucket=project.bucket_name, Key=victim_key)
+    # the copy window: a row and its file added after the migration
+    late = SavedFile(user_id=7, file_name="late.txt", file_id="late")
+    late.file_path.save("late.txt", ContentFile(b"uploaded during the copy"), save=True)
     renamed = SavedFile.objects.get(file_name="empty.txt")
     SavedFile.objects.filter(pk=renamed.pk).update(file_path="uploads/user_7/renamed.txt")
-    SavedFile.objects.filter(file_name="blob.bin").delete()  # gone rows do not fail the check
+    SavedFile.objects.filter(file_name="blob.bin").delete()  # a deleted row is simply not asked
 
     err, out = _error("r2migrate_cutover_check", deep=True)
     assert err.returncode == ExitCode.FILES_FAILED
-    assert "2 of 9 migrated reference(s)" in str(err)
-    assert "FAILED" in out
+    assert "2 of 10 reference row(s) work today and would break" in str(err)
+    assert "FAILED" in out and "will break after the switch: 2" in out
     assert f"list_cutter_savedfile.file_path:{victim.pk}" in out and victim_key in out
-    assert "key_differs" in out and "uploads/user_7/renamed.txt" in out
-    assert "row_gone" in out
+    assert f"list_cutter_savedfile.file_path:{late.pk}" in out
+    assert "broken today already: 2" in out  # gone.txt and the renamed row
+
+
+def test_cutover_check_fails_while_s3storage_would_overwrite(project):
+    populate(project)
+    _run("migrate_files_to_r2")
+    original = SavedFile.objects.get(file_name="notes.txt", file_id="f4").file_path.name
+    overwriting = {**project.s3_options, "file_overwrite": True}
+    storages_true = {
+        **project.s3_storages,
+        "r2": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": overwriting},
+    }
+    with override_settings(STORAGES=storages_true):
+        err, out = _error("r2migrate_cutover_check")
+        assert err.returncode == ExitCode.FILES_FAILED
+        assert "file_overwrite is True" in out and '"file_overwrite": False' in out
+        assert "works today and after the switch: 9" in out  # every object is right, still
+    assert "PASSED" in _run("r2migrate_cutover_check")
+
+    # what the check guards against: after the switch, an upload with a taken name
+    for options, replaced in ((project.s3_options, False), (overwriting, True)):
+        switched = {
+            **project.s3_storages,
+            "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
+        }
+        with override_settings(STORAGES=switched):
+            row = SavedFile(user_id=7, file_name="notes.txt", file_id="new")
+            row.file_path.save("notes.txt", ContentFile(b"a later upload"), save=True)
+            assert (row.file_path.name == original) is replaced
+            with default_storage.open(original, "rb") as fh:
+                served = fh.read()
+        assert (served == b"a later upload") is replaced
+
+
+def test_cutover_check_memory_stays_flat(project, tmp_path):
+    """Thousands of rows: the peak of Python allocations must not grow with the row count."""
+    import tracemalloc
+
+    populate(project)
+    _run("migrate_files_to_r2")
+    settings = load_django_settings().settings
+
+    def peak(rows: int) -> int:
+        with psycopg.connect(project.database_url) as conn:
+            conn.execute("DELETE FROM list_cutter_savedfile WHERE file_name = 'bulk'")
+            with conn.cursor().copy(
+                "COPY list_cutter_savedfile (user_id, file_name, file_id, file_path, uploaded_at,"
+                " system_tags, user_tags, metadata) FROM STDIN"
+            ) as copy:
+                for n in range(rows):
+                    copy.write_row(
+                        (7, "bulk", f"b{n}", f"bulk/{n}.txt", "2024-01-01", "[]", "[]", "{}")
+                    )
+        tracemalloc.start()
+        with State.open(settings.database_url, migrate=False) as state:
+            summary = cutover_check(settings, state, max_items=100)
+        _, high = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert summary.verdicts["broken_today"] == rows + 1
+        return high
+
+    small, large = peak(500), peak(5000)
+    assert large < small * 2 + 2_000_000, (small, large)
 
 
 def test_rollback_batch_dry_run_then_for_real(project):

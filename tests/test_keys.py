@@ -10,6 +10,7 @@ changes nothing the key depends on (checked below).
 from __future__ import annotations
 
 import functools
+import os
 import unicodedata
 from collections.abc import Mapping
 
@@ -27,10 +28,13 @@ from r2migrate.keys import (
     MAX_KEY_BYTES,
     ContentHeaders,
     content_headers_for,
+    escape_name,
     is_gzip_trap,
     key_problems,
     normalization_form,
     object_key_for,
+    printable_name,
+    unescape_name,
 )
 
 # S3Storage reads its defaults from Django settings; none of them matter here (every setting the
@@ -134,8 +138,8 @@ def our_key(name: str, location: str) -> object:
     try:
         return object_key_for(name, location=location)
     except UnsafePath as exc:
-        # Anything but UNSAFE_PATH would make the comparison with RAISES fail.
-        return RAISES if exc.problem is Problem.UNSAFE_PATH else exc.problem
+        # Anything but the two escape codes would make the comparison with RAISES fail.
+        return RAISES if exc.problem in (Problem.TRAVERSAL, Problem.ABSOLUTE_PATH) else exc.problem
 
 
 # --- object_key_for against S3Storage ------------------------------------------------------
@@ -244,10 +248,11 @@ def test_object_key_examples(name: str, location: str, key: str) -> None:
         ("x", "./media"),
     ],
 )
-def test_escaping_names_raise_unsafe_path(name: str, location: str) -> None:
+def test_escaping_names_raise_traversal_or_absolute_path(name: str, location: str) -> None:
     with pytest.raises(UnsafePath) as info:
         object_key_for(name, location=location)
-    assert info.value.problem is Problem.UNSAFE_PATH
+    rooted = name.startswith("/")
+    assert info.value.problem is (Problem.ABSOLUTE_PATH if rooted else Problem.TRAVERSAL)
     assert storages_key(name, location) is RAISES
 
 
@@ -409,9 +414,14 @@ def test_key_length_counts_utf8_bytes() -> None:
     assert key_problems("日" * 342) == (Problem.KEY_TOO_LONG,)  # 1026 bytes
 
 
-@pytest.mark.parametrize("char", ["\x00", "\x01", "\t", "\n", "\r", "\x1f", "\x7f", "\x80", "\x9f"])
-def test_control_characters_are_invalid(char: str) -> None:
-    assert key_problems(f"a{char}b.txt") == (Problem.KEY_INVALID,)
+@pytest.mark.parametrize("char", ["\x01", "\t", "\n", "\r", "\x1f", "\x7f", "\x80", "\x9f"])
+def test_control_characters_are_a_warning(char: str) -> None:
+    assert key_problems(f"a{char}b.txt") == (Problem.CONTROL_CHARACTERS,)
+    assert not Problem.CONTROL_CHARACTERS.blocking
+
+
+def test_nul_is_invalid() -> None:
+    assert key_problems("a\x00b.txt") == (Problem.KEY_INVALID,)
 
 
 @pytest.mark.parametrize("char", [" ", "~", "\xa0", "\u200b", "\U0001f600"])
@@ -423,9 +433,9 @@ def test_empty_key_is_invalid() -> None:
     assert key_problems("") == (Problem.KEY_INVALID,)
 
 
-def test_lone_surrogate_is_invalid() -> None:
-    assert key_problems("a\udcff.txt") == (Problem.KEY_INVALID,)
-    assert key_problems("\ud800" * 342) == (Problem.KEY_TOO_LONG, Problem.KEY_INVALID)
+def test_lone_surrogate_is_not_utf8() -> None:
+    assert key_problems("a\udcff.txt") == (Problem.NAME_NOT_UTF8,)
+    assert key_problems("\ud800" * 342) == (Problem.KEY_TOO_LONG, Problem.NAME_NOT_UTF8)
 
 
 def test_nfd_is_flagged_not_nfc() -> None:
@@ -435,8 +445,13 @@ def test_nfd_is_flagged_not_nfc() -> None:
 
 
 def test_problems_combine_in_declaration_order() -> None:
-    key = "\x00" + NFD_E * 400
-    assert key_problems(key) == (Problem.KEY_TOO_LONG, Problem.KEY_INVALID, Problem.NOT_NFC)
+    key = "\x00\t" + NFD_E * 400
+    assert key_problems(key) == (
+        Problem.KEY_TOO_LONG,
+        Problem.KEY_INVALID,
+        Problem.CONTROL_CHARACTERS,
+        Problem.NOT_NFC,
+    )
 
 
 @given(key=st.text(max_size=1100))
@@ -451,9 +466,25 @@ def test_key_problems_agree_with_their_definitions(key: str) -> None:
         encodable = True
     except UnicodeEncodeError:
         encodable = False
-    has_control = any(unicodedata.category(c) == "Cc" for c in key)
-    assert (Problem.KEY_INVALID in problems) == (not key or has_control or not encodable)
+    has_control = any(unicodedata.category(c) == "Cc" and c != "\x00" for c in key)
+    assert (Problem.KEY_INVALID in problems) == (not key or "\x00" in key)
+    assert (Problem.CONTROL_CHARACTERS in problems) == has_control
+    assert (Problem.NAME_NOT_UTF8 in problems) == (not encodable)
     assert len(set(problems)) == len(problems)
+
+
+@given(raw=st.binary(max_size=60))
+def test_escaped_names_turn_back_into_their_bytes(raw: bytes) -> None:
+    name = os.fsdecode(raw)
+    escaped = escape_name(name)
+    escaped.encode("utf-8")  # valid text for PostgreSQL, CSV and JSON
+    assert os.fsencode(unescape_name(escaped)) == raw
+
+
+def test_printable_names_are_one_line_and_escaped() -> None:
+    assert printable_name(os.fsdecode(b"caf\xe9 latin1.txt")) == "caf\\xe9 latin1.txt"
+    assert printable_name("a\tb\nc\x1b.txt") == "a\\tb\\nc\\x1b.txt"
+    assert printable_name("résumé.pdf") == "résumé.pdf"
 
 
 @given(name=st.text())

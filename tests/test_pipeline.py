@@ -34,7 +34,7 @@ def test_inventory_finds_every_problem_of_the_sample(settings, sample):
     assert summary.rows == sample.rows
     assert p.get(Problem.MISSING.value) == sample.missing
     assert p.get(Problem.ORPHAN.value) == sample.orphans
-    assert p.get(Problem.UNSAFE_PATH.value) == sample.traversal
+    assert p.get(Problem.TRAVERSAL.value) == sample.traversal
     assert p.get(Problem.NOT_REGULAR_FILE.value) == sample.directory
     assert p.get(Problem.EMPTY_NAME.value) == sample.empty
     assert p.get(Problem.DUPLICATE_REFERENCE.value) == sample.duplicates

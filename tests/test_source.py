@@ -256,28 +256,28 @@ def test_dotdot_in_any_position(media: Path, outside: Path, tmp_path: Path, name
     with unchanged(tmp_path):
         with pytest.raises(UnsafePath) as caught:
             resolve_media_path(media, name)
-        assert caught.value.problem is Problem.UNSAFE_PATH
-        all_readers_say(media, name, Problem.UNSAFE_PATH)
+        assert caught.value.problem is Problem.TRAVERSAL
+        all_readers_say(media, name, Problem.TRAVERSAL)
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "\\etc\\passwd", "C:\\x.txt", "c:/x.txt"])
 def test_absolute_names(media: Path, name: str) -> None:
-    all_readers_say(media, name, Problem.UNSAFE_PATH)
+    all_readers_say(media, name, Problem.ABSOLUTE_PATH)
 
 
 def test_absolute_name_inside_the_root_is_still_refused(media: Path) -> None:
     path = write(media, "a.txt", b"a")
-    all_readers_say(media, str(path), Problem.UNSAFE_PATH)
+    all_readers_say(media, str(path), Problem.ABSOLUTE_PATH)
 
 
 @pytest.mark.parametrize("name", ["a\0b.txt", "\0", "a.txt\0../../etc/passwd"])
 def test_nul_bytes(media: Path, name: str) -> None:
     write(media, "a.txt", b"a")
-    all_readers_say(media, name, Problem.UNSAFE_PATH)
+    all_readers_say(media, name, Problem.KEY_INVALID)
 
 
 def test_lone_surrogate_cannot_be_a_file_name(media: Path) -> None:
-    all_readers_say(media, "bad\ud800.txt", Problem.UNSAFE_PATH)
+    all_readers_say(media, "bad\ud800.txt", Problem.NAME_NOT_UTF8)
 
 
 def test_name_naming_the_root_itself_is_refused(media: Path) -> None:
@@ -300,7 +300,7 @@ def test_symlinked_file_pointing_outside_is_refused(
         for name in ("abs.txt", "rel.txt", "dangling.txt", "passwd"):
             with pytest.raises(UnsafePath):
                 resolve_media_path(media, name)
-            all_readers_say(media, name, Problem.UNSAFE_PATH)
+            all_readers_say(media, name, Problem.SYMLINK_OUTSIDE)
 
 
 def test_symlinked_file_pointing_inside_is_allowed(media: Path, tmp_path: Path) -> None:
@@ -322,8 +322,8 @@ def test_symlinked_directory_leaving_the_root_mid_path_is_refused(
     (media / "uploads").mkdir()
     (media / "uploads" / "ext").symlink_to(outside)
     with unchanged(tmp_path):
-        all_readers_say(media, "uploads/ext/secret.txt", Problem.UNSAFE_PATH)
-        all_readers_say(media, "uploads/ext/missing.txt", Problem.UNSAFE_PATH)
+        all_readers_say(media, "uploads/ext/secret.txt", Problem.SYMLINK_OUTSIDE)
+        all_readers_say(media, "uploads/ext/missing.txt", Problem.SYMLINK_OUTSIDE)
 
 
 def test_symlinked_directory_inside_mid_path_is_allowed(media: Path, tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ def test_symlink_out_and_back_in_is_refused(media: Path, tmp_path: Path) -> None
     (media / "d" / "upup").symlink_to("../..")  # leaves the root: the tmp_path above it
     (media / "d" / "up").symlink_to("..")  # the root itself: fine on the way through
     with unchanged(tmp_path):
-        all_readers_say(media, "d/upup/media/a.txt", Problem.UNSAFE_PATH)
+        all_readers_say(media, "d/upup/media/a.txt", Problem.SYMLINK_OUTSIDE)
         assert stat_media_file(media, "d/up/a.txt").path == media.resolve() / "a.txt"
 
 
@@ -357,7 +357,7 @@ def test_trailing_slash_names_a_directory(media: Path, tmp_path: Path) -> None:
 def test_symlink_to_dev_null_leaves_the_root(media: Path, tmp_path: Path) -> None:
     (media / "null").symlink_to("/dev/null")
     with unchanged(tmp_path):
-        all_readers_say(media, "null", Problem.UNSAFE_PATH)
+        all_readers_say(media, "null", Problem.SYMLINK_OUTSIDE)
 
 
 def test_symlink_loop_is_refused(media: Path, tmp_path: Path) -> None:
@@ -366,14 +366,16 @@ def test_symlink_loop_is_refused(media: Path, tmp_path: Path) -> None:
     (media / "pong").symlink_to("ping")
     with unchanged(tmp_path):
         for name in ("loop", "loop/x.txt", "ping", "ping/x.txt"):
-            all_readers_say(media, name, Problem.UNSAFE_PATH)
+            all_readers_say(media, name, Problem.SYMLINK_LOOP)
 
 
-def test_dangling_symlink_inside_is_missing(media: Path, tmp_path: Path) -> None:
+def test_dangling_symlink_inside_is_its_own_problem(media: Path, tmp_path: Path) -> None:
     (media / "gone.txt").symlink_to("never-written.txt")
     with unchanged(tmp_path):
-        assert resolve_media_path(media, "gone.txt") == media.resolve() / "never-written.txt"
-        all_readers_say(media, "gone.txt", Problem.MISSING)
+        with pytest.raises(UnsafePath) as caught:
+            resolve_media_path(media, "gone.txt")
+        assert caught.value.problem is Problem.DANGLING_SYMLINK
+        all_readers_say(media, "gone.txt", Problem.DANGLING_SYMLINK)
 
 
 def test_component_that_became_a_symlink_after_resolution_is_refused(
@@ -905,5 +907,5 @@ def test_shortcut_declines_and_the_walk_decides(tmp_path: Path, kind: str) -> No
     else:
         with pytest.raises(SourceError) as caught:
             source.open_media_file_with_stat(root, name)
-        expected = Problem.UNSAFE_PATH if kind == "link_out" else Problem.NOT_REGULAR_FILE
+        expected = Problem.SYMLINK_OUTSIDE if kind == "link_out" else Problem.NOT_REGULAR_FILE
         assert caught.value.problem is expected

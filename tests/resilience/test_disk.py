@@ -18,7 +18,7 @@ SEED = 5
 
 BLOCKED = {
     "deleted": "missing",
-    "symlink_out": "unsafe_path",
+    "symlink_out": "symlink_outside",
     "fifo": "not_regular_file",
     "directory": "not_regular_file",
     # not the file inventory measured (another size or mtime): never sent under its key

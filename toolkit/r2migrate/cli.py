@@ -32,6 +32,7 @@ from r2migrate.inventory import (
 from r2migrate.inventory import (
     inventory as take_inventory,
 )
+from r2migrate.keys import printable_name
 from r2migrate.logs import configure_logging
 from r2migrate.plan import Action
 from r2migrate.plan import plan as make_plan
@@ -258,8 +259,10 @@ def _human_bytes(n: float | None) -> str:
     return text.human_bytes(n)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    return "\n".join(text.table(headers, rows))
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, max_cell: int = text.MAX_CELL_CHARS
+) -> str:
+    return "\n".join(text.table(headers, rows, max_cell_chars=max_cell))
 
 
 def _jsonable(value: Any) -> Any:
@@ -562,10 +565,10 @@ def inventory(
 ) -> None:
     """Every file the database references, plus orphans on disk: sizes, problems, cost, time.
 
-    \b
-    Problem codes: missing, unsafe_path, not_regular_file, unreadable, empty_name,
-    duplicate_reference, key_too_long, key_invalid, not_nfc, normalization_collision,
-    gzip_encoding, size_mismatch, orphan. Blocking problems keep a file out of the plan.
+    Each problem code is shown with its meaning (the CSV has a `meanings` column); blocking
+    problems keep a file out of the plan, warnings do not. Names are printed with control
+    characters and bytes that are not UTF-8 escaped (caf\\xe9.txt); long names are cut in
+    the tables and whole in the CSV and JSON.
 
     With --source http each file is sized by a HEAD request to --media-url instead of a stat:
     a 404 is `missing`, a 401/403 stops with a hint, and orphans are not looked for.
@@ -586,6 +589,7 @@ def inventory(
                 "content_type",
                 "content_encoding",
                 "problems",
+                "meanings",
             ]
         )
 
@@ -593,13 +597,14 @@ def inventory(
         if writer is not None:
             writer.writerow(
                 [
-                    item.file_id,
-                    item.relative_path,
-                    item.object_key,
+                    printable_name(item.file_id),
+                    printable_name(item.relative_path),
+                    printable_name(item.object_key),
                     item.size_bytes,
                     item.content_type,
                     item.content_encoding,
                     " ".join(item.problems),
+                    text.meanings(" ".join(item.problems)),
                 ]
             )
 
@@ -639,9 +644,10 @@ def _render_inventory(s: InventorySummary, show: int) -> None:
         from r2migrate.errors import Problem
 
         rows = [
-            (p, n, "blocks" if Problem(p).blocking else "warning") for p, n in s.problems.items()
+            (p, n, "blocks" if Problem(p).blocking else "warning", Problem(p).meaning)
+            for p, n in s.problems.items()
         ]
-        click.echo("\n" + _table(["problem", "rows", "effect"], rows))
+        click.echo("\n" + _table(["problem", "rows", "effect", "meaning"], rows, max_cell=100))
     click.echo("\n" + _table(["size", "files"], [h for h in s.size_histogram if h[1]]))
     click.echo(
         f"\nR2 estimate: {e.class_a_ops} Class A ops ${e.class_a_usd:.4f}, "
@@ -724,8 +730,11 @@ def plan(
         click.echo(
             "\n"
             + _table(
-                ["action", "path", "reason"],
-                [(i.action.value, i.relative_path, i.reason) for i in odd[:show]],
+                ["action", "path", "reason", "meaning"],
+                [
+                    (i.action.value, i.relative_path, i.reason, text.meanings(i.reason))
+                    for i in odd[:show]
+                ],
             )
         )
     if summary.dry_run:
@@ -1347,23 +1356,25 @@ def serve(obj: _Ctx, host: str, port: int, no_auth: bool) -> None:
 @click.option(
     "--deep", is_flag=True, help="Also read every file back through storage.open() and compare."
 )
-@click.option("--batch", "batch_id", help="Only this batch.")
 @click.option("--show", default=20, show_default=True, help="How many problem rows to list.")
 @pass_ctx
-def cutover_check(obj: _Ctx, deep: bool, batch_id: str | None, show: int) -> None:
-    """Would django-storages' S3Storage serve every migrated file? (needs r2migrate[django])
+def cutover_check(obj: _Ctx, deep: bool, show: int) -> None:
+    """Will every row served today be served by S3Storage after the switch? (r2migrate[django])
 
-    For every uploaded row: the key django-storages would compute from the row's current name,
-    exists(), size(), the content type and encoding it would serve, and with --deep the SHA-256
-    of the bytes read through storage.open().
+    Every row of every `references` column is sorted into: works today and after the switch;
+    will break after the switch (no object, object differs, refused, with the reason); broken
+    today already (no file on disk). Exit 1 if any row that works today would break. Per row:
+    the key django-storages computes from the row's name, exists(), size(), the content type
+    and encoding it would serve, and with --deep the bytes read through storage.open() against
+    the file's.
     """
     from r2migrate.django.cutover import cutover_check as check
     from r2migrate.django.cutover import format_report
 
     settings = obj.settings()
-    settings.require("database_url", "bucket_name")
-    with _open_state(settings) as state:
-        summary = check(settings, state, deep=deep, batch_id=batch_id)
+    settings.require("database_url", "bucket_name", "media_root")
+    with _open_state(settings, require_ledger=False) as state:
+        summary = check(settings, state, deep=deep)
     for line in format_report(summary, show=show):
         click.echo(line)
     if not summary.passed:

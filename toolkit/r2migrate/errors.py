@@ -49,30 +49,90 @@ class ExitCode(IntEnum):
 
 
 class Problem(StrEnum):
-    """Why a referenced (or orphaned) file cannot be migrated as it is; stored by value."""
+    """Why a referenced (or orphaned) file cannot be migrated as it is; stored by value.
+
+    Each code has one meaning (``PROBLEM_MEANINGS``, the one table the CLI, CSV, notebooks and
+    reports show next to it) and is either blocking (the file is refused) or a warning.
+    """
 
     EMPTY_NAME = "empty_name"  # NULL or '' in the reference column
     MISSING = "missing"  # no file at the path
-    UNSAFE_PATH = "unsafe_path"  # '..', absolute, or a symlink leaving MEDIA_ROOT
-    NOT_REGULAR_FILE = "not_regular_file"  # directory, fifo, device, socket
+    TRAVERSAL = "traversal"  # '..' climbs out of MEDIA_ROOT (or out of the storage location)
+    ABSOLUTE_PATH = "absolute_path"  # '/x', '//x', 'C:\x'
+    SYMLINK_OUTSIDE = "symlink_outside"  # a symlink on the path leads out of MEDIA_ROOT
+    DANGLING_SYMLINK = "dangling_symlink"  # a symlink on the path leads nowhere
+    SYMLINK_LOOP = "symlink_loop"  # the symlinks on the path loop
+    UNSAFE_PATH = "unsafe_path"  # a symlink appeared on the path while the file was opened
+    NOT_REGULAR_FILE = "not_regular_file"  # directory, fifo, device, socket, MEDIA_ROOT itself
     UNREADABLE = "unreadable"  # permission denied
     DUPLICATE_REFERENCE = "duplicate_reference"  # another row points at the same name
     KEY_TOO_LONG = "key_too_long"  # object key above 1024 bytes of UTF-8
-    KEY_INVALID = "key_invalid"  # control characters or not encodable as UTF-8
+    KEY_INVALID = "key_invalid"  # empty key or a NUL character
+    NAME_NOT_UTF8 = "name_not_utf8"  # the name's bytes on disk are not UTF-8 (stored escaped)
+    CONTROL_CHARACTERS = "control_characters"  # tab, newline, ... in the name: migrated
     NOT_NFC = "not_nfc"  # R2 folds NFC/NFD; the bucket may answer for another spelling
-    NORMALIZATION_COLLISION = "normalization_collision"  # two names equal after NFC
+    UNICODE_SPELLING = "unicode_spelling"  # read from the one equivalent spelling on disk
+    UNICODE_AMBIGUOUS = "unicode_ambiguous"  # several equivalent spellings on disk
+    UNICODE_COLLISION = "unicode_collision"  # another row's name is NFC-equal, other bytes
     GZIP_ENCODING = "gzip_encoding"  # '.gz' gets Content-Encoding: gzip from django-storages
     SIZE_MISMATCH = "size_mismatch"  # media server: body length, Content-Length, inventory differ
     SOURCE_CHANGED = "source_changed"  # the file on disk is not the one inventory measured
     ORPHAN = "orphan"  # on disk, but no row points at it
+
+    @classmethod
+    def _missing_(cls, value: object) -> Problem | None:
+        # Snapshots taken before the code was renamed still hold the old value.
+        return cls.UNICODE_COLLISION if value == "normalization_collision" else None
 
     @property
     def blocking(self) -> bool:
         """True when a file with this problem must not be uploaded."""
         return self not in _WARNINGS
 
+    @property
+    def meaning(self) -> str:
+        """One line for people who never saw the tool (``PROBLEM_MEANINGS``)."""
+        return PROBLEM_MEANINGS[self.value]
 
-_WARNINGS = frozenset({Problem.NOT_NFC, Problem.GZIP_ENCODING, Problem.DUPLICATE_REFERENCE})
+
+_WARNINGS = frozenset(
+    {
+        Problem.NOT_NFC,
+        Problem.GZIP_ENCODING,
+        Problem.DUPLICATE_REFERENCE,
+        Problem.CONTROL_CHARACTERS,
+        Problem.UNICODE_SPELLING,
+    }
+)
+
+# The one table of meanings: CLI tables, inventory CSV, notebooks and reports all read it.
+PROBLEM_MEANINGS: dict[str, str] = {
+    Problem.EMPTY_NAME.value: "the row holds no file name (NULL, empty or blank)",
+    Problem.MISSING.value: "the row names a file that is not on disk",
+    Problem.TRAVERSAL.value: "'..' in the name climbs out of the media folder or the location",
+    Problem.ABSOLUTE_PATH.value: "the name is an absolute path, not one inside the media folder",
+    Problem.SYMLINK_OUTSIDE.value: "a symlink on the name's path leads out of the media folder",
+    Problem.DANGLING_SYMLINK.value: "a symlink on the name's path points at nothing",
+    Problem.SYMLINK_LOOP.value: "the symlinks on the name's path loop",
+    Problem.UNSAFE_PATH.value: "a symlink appeared on the path while the file was being read",
+    Problem.NOT_REGULAR_FILE.value: "the name is a folder or a special file (fifo, device, socket)",
+    Problem.UNREADABLE.value: "the file exists but cannot be read (permissions)",
+    Problem.DUPLICATE_REFERENCE.value: "another row names the same file (it is uploaded once)",
+    Problem.KEY_TOO_LONG.value: "the object name would exceed the 1024-byte limit",
+    Problem.KEY_INVALID.value: "the object name would be empty or hold a NUL character",
+    Problem.NAME_NOT_UTF8.value: "the name on disk is not UTF-8; shown and stored escaped (\\xNN)",
+    Problem.CONTROL_CHARACTERS.value: "the name holds tabs, newlines or other control characters",
+    Problem.NOT_NFC.value: "the name is in a Unicode form R2 folds; uploaded as spelled, flagged",
+    Problem.UNICODE_SPELLING.value: "the file on disk is spelled in another Unicode form; "
+    "uploaded under the row's spelling",
+    Problem.UNICODE_AMBIGUOUS.value: "several files on disk are Unicode spellings of the name",
+    Problem.UNICODE_COLLISION.value: "another row's name differs only by Unicode normalisation "
+    "and names other bytes; R2 would serve one for both",
+    Problem.GZIP_ENCODING.value: "a .gz name gets Content-Encoding: gzip, as django-storages sets",
+    Problem.SIZE_MISMATCH.value: "the media server's size differs from the body it sent",
+    Problem.SOURCE_CHANGED.value: "the file changed on disk after inventory measured it",
+    Problem.ORPHAN.value: "a file on disk that no row references (not migrated)",
+}
 
 
 class ToolkitError(Exception):

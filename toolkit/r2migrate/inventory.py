@@ -16,12 +16,13 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from r2migrate import binding, catalog, keys, source
 from r2migrate.config import Settings
 from r2migrate.errors import Problem, SourceError, SourceRefused, UnsafePath
 from r2migrate.httpsource import MediaServer
-from r2migrate.state import MediaFile, State, connect
+from r2migrate.state import Connection, MediaFile, State, connect
 
 # Cloudflare R2 list prices (USD); Class A = writes and lists, Class B = reads and HEADs.
 CLASS_A_USD_PER_MILLION = 4.50
@@ -117,7 +118,12 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     """Stream one MediaFile per referencing row, then one per orphan on disk.
 
     Reads the application's tables on a connection of its own, so the caller's state connection
-    is free to COPY the rows into the snapshot while they stream.
+    is free to COPY the rows into the snapshot while they stream. The tables are read twice:
+    once for the names alone (Unicode collisions must refuse the first row of a pair too), then
+    for the rows. Each row's file is the one Django's ``FileSystemStorage`` serves today
+    (``source.media_name``), or its one Unicode-equivalent spelling on disk; the orphans are
+    exactly the files on disk that no row resolves to. A name on disk that is not UTF-8 is stored
+    escaped (``keys.escape_name``) and flagged ``name_not_utf8``.
     """
     if settings.source == "http":
         yield from _scan_http(settings)
@@ -127,17 +133,19 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
         catalog.parse_reference(r, id_column=settings.reference_id_column)
         for r in settings.references
     ]
-    seen_names: dict[str, str] = {}
-    seen_nfc: dict[str, str] = {}
-
-    def stat(name: str) -> tuple[int, int]:
-        st = source.stat_media_file(media_root, name)
-        return st.size_bytes, st.mtime_ns
+    seen_keys: set[str] = set()
+    resolved: set[str] = set()
 
     with connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn:
+        collisions = unicode_collisions(settings, conn, refs, media_root)
         for ref in refs:
             for row in catalog.iter_source_rows(conn, ref):
-                yield _with_size(_examine_row(settings, row, seen_names, seen_nfc), stat)
+                item = _examine_row(settings, row, seen_keys, collisions)
+                item = _locate(media_root, item)
+                if item.disk_path is not None:
+                    # 'a.txt/' is refused (django-storages keeps the '/'), yet names a.txt.
+                    resolved.add(item.disk_path.rstrip("/"))
+                yield item
     unlisted: list[str] = []
 
     def note_unlisted(name: str, exc: SourceError) -> None:
@@ -147,7 +155,7 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     for name in source.iter_media_files(media_root, on_error=note_unlisted):
         while unlisted:
             yield _unlisted_row(unlisted.pop(0))
-        if name in seen_names:
+        if name in resolved:
             continue
         try:
             st = source.stat_media_file(media_root, name)
@@ -155,20 +163,135 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
             mtime: int | None = st.mtime_ns
         except SourceError:
             size = mtime = None
-        yield MediaFile(
-            file_id=f"orphan:{name}",
-            source_ref=None,
-            source_id=None,
-            relative_path=name,
-            object_key=None,
-            size_bytes=size,
-            mtime_ns=mtime,
-            content_type=None,
-            content_encoding=None,
-            problems=(Problem.ORPHAN.value,),
-        )
+        yield _orphan_row(name, size, mtime, Problem.ORPHAN)
     for name in unlisted:
         yield _unlisted_row(name)
+
+
+def examine_reference(
+    settings: Settings,
+    media_root: Path,
+    row: catalog.SourceRow,
+    *,
+    collisions: frozenset[str] = frozenset(),
+) -> MediaFile:
+    """One row as inventory sees it: its key, the file it resolves to, and its problems.
+
+    For checks that walk the rows themselves (the cutover check). Duplicates are not looked
+    for; ``collisions`` comes from ``unicode_collisions``.
+    """
+    return _locate(media_root, _examine_row(settings, row, set(), collisions))
+
+
+def unicode_collisions(
+    settings: Settings, conn: Connection, refs: Iterable[catalog.Reference], media_root: Path
+) -> frozenset[str]:
+    """The row names refused as ``unicode_collision`` (one pass over the names)."""
+    return _unicode_collisions(
+        (row.name for ref in refs for row in catalog.iter_source_rows(conn, ref)),
+        lambda names: _same_bytes(media_root, names),
+    )
+
+
+def _orphan_row(name: str, size: int | None, mtime: int | None, problem: Problem) -> MediaFile:
+    problems = [problem.value]
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 cannot reach PostgreSQL, CSV or JSON as they are.
+        name = keys.escape_name(name)
+        problems.append(Problem.NAME_NOT_UTF8.value)
+    return MediaFile(
+        file_id=f"orphan:{name}",
+        source_ref=None,
+        source_id=None,
+        relative_path=name,
+        object_key=None,
+        size_bytes=size,
+        mtime_ns=mtime,
+        content_type=None,
+        content_encoding=None,
+        problems=tuple(problems),
+    )
+
+
+def _unicode_collisions(
+    names: Iterable[str | None], same_bytes: Callable[[list[str]], bool] | None
+) -> frozenset[str]:
+    """Row names that another row's name equals after NFC, spelled with other bytes.
+
+    R2 stores NFC and NFD spellings as one object, so after the switch one row would serve the
+    other's bytes: every spelling of such a group is refused, unless ``same_bytes`` says all of
+    them name identical content. Holds one entry per distinct name while it runs.
+    """
+    groups: dict[str, set[str]] = {}
+    for name in names:
+        if name:
+            groups.setdefault(keys.normalization_form(name), set()).add(name)
+    refused: set[str] = set()
+    for spellings in groups.values():
+        if len(spellings) < 2:
+            continue
+        if same_bytes is not None and same_bytes(sorted(spellings)):
+            continue
+        refused.update(spellings)
+    return frozenset(refused)
+
+
+def _same_bytes(media_root: Path, names: list[str]) -> bool:
+    """True when every name resolves to a readable file and all have one SHA-256."""
+    digests: set[str] = set()
+    for name in names:
+        disk, problems, _ = _find_on_disk(media_root, name)
+        if disk is None or any(Problem(p).blocking for p in problems):
+            return False
+        try:
+            digests.add(source.sha256_file(media_root, disk)[0])
+        except SourceError:
+            return False
+    return len(digests) == 1
+
+
+def _find_on_disk(
+    media_root: Path, name: str
+) -> tuple[str | None, list[str], source.SourceStat | None]:
+    """The disk name a row's name resolves to, the problems met on the way, and its stat."""
+    try:
+        disk = source.media_name(name)
+    except SourceError as exc:
+        return None, [exc.problem.value], None
+    try:
+        return disk, [], source.stat_media_file(media_root, disk)
+    except SourceError as exc:
+        if exc.problem is not Problem.MISSING or disk.endswith("/"):
+            return disk, [exc.problem.value], None
+    # django-storages will ask for the row's exact spelling; the bytes may sit under another.
+    others = [c for c in source.unicode_spellings(media_root, disk) if c != disk]
+    if len(others) > 1:
+        return None, [Problem.UNICODE_AMBIGUOUS.value], None
+    if not others:
+        return disk, [Problem.MISSING.value], None
+    try:
+        found = source.stat_media_file(media_root, others[0])
+    except SourceError as exc:
+        return others[0], [Problem.UNICODE_SPELLING.value, exc.problem.value], None
+    return others[0], [Problem.UNICODE_SPELLING.value], found
+
+
+def _locate(media_root: Path, item: MediaFile) -> MediaFile:
+    """The row with the file it resolves to on disk, its size and mtime, or why there is none."""
+    name = item.relative_path
+    if name is None or not name.strip():
+        return item
+    disk, found, st = _find_on_disk(media_root, name)
+    problems = tuple(dict.fromkeys((*item.problems, *found)))
+    return dataclasses.replace(
+        item,
+        problems=problems,
+        disk_path=disk,
+        size_bytes=st.size_bytes if st else None,
+        mtime_ns=st.mtime_ns if st else None,
+    )
 
 
 def _scan_http(settings: Settings) -> Iterator[MediaFile]:
@@ -181,12 +304,15 @@ def _scan_http(settings: Settings) -> Iterator[MediaFile]:
         catalog.parse_reference(r, id_column=settings.reference_id_column)
         for r in settings.references
     ]
-    seen_names: dict[str, str] = {}
-    seen_nfc: dict[str, str] = {}
+    seen_keys: set[str] = set()
     with (
         MediaServer.from_settings(settings) as server,
         connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn,
     ):
+        # No bytes to compare without fetching them: every NFC-equal pair is refused.
+        collisions = _unicode_collisions(
+            (row.name for ref in refs for row in catalog.iter_source_rows(conn, ref)), None
+        )
 
         def stat(name: str) -> tuple[int, int | None]:
             found = server.stat(name)
@@ -195,7 +321,7 @@ def _scan_http(settings: Settings) -> Iterator[MediaFile]:
         def rows() -> Iterator[MediaFile]:
             for ref in refs:
                 for row in catalog.iter_source_rows(conn, ref):
-                    yield _examine_row(settings, row, seen_names, seen_nfc)
+                    yield _examine_row(settings, row, seen_keys, collisions)
 
         yield from _ordered_map(lambda item: _with_size(item, stat), rows(), settings.workers)
 
@@ -218,50 +344,35 @@ def _ordered_map(
 
 
 def _unlisted_row(name: str) -> MediaFile:
-    return MediaFile(
-        file_id=f"orphan:{name}",
-        source_ref=None,
-        source_id=None,
-        relative_path=name,
-        object_key=None,
-        size_bytes=None,
-        mtime_ns=None,
-        content_type=None,
-        content_encoding=None,
-        problems=(Problem.UNREADABLE.value,),
-    )
+    return _orphan_row(name, None, None, Problem.UNREADABLE)
 
 
 def _examine_row(
     settings: Settings,
     row: catalog.SourceRow,
-    seen_names: dict[str, str],
-    seen_nfc: dict[str, str],
+    seen_keys: set[str],
+    collisions: frozenset[str],
 ) -> MediaFile:
+    """What the name alone says: its object key, headers and the problems of the text."""
     problems: list[Problem] = []
     name = row.name
     key: str | None = None
-    size: int | None = None
-    mtime: int | None = None
     content_type: str | None = None
     content_encoding: str | None = None
     file_id = f"{row.source_ref}:{row.source_id}"
     if name is None or not name.strip():
         problems.append(Problem.EMPTY_NAME)
     else:
-        if name in seen_names:
-            problems.append(Problem.DUPLICATE_REFERENCE)
-        else:
-            seen_names[name] = file_id
-            nfc = keys.normalization_form(name)
-            other = seen_nfc.setdefault(nfc, name)
-            if other != name:
-                problems.append(Problem.NORMALIZATION_COLLISION)
+        if name in collisions:
+            problems.append(Problem.UNICODE_COLLISION)
         try:
             key = keys.object_key_for(name, location=settings.location)
-        except UnsafePath:
-            problems.append(Problem.UNSAFE_PATH)
+        except UnsafePath as exc:
+            problems.append(exc.problem)
         if key is not None:
+            if key in seen_keys:
+                problems.append(Problem.DUPLICATE_REFERENCE)
+            seen_keys.add(key)
             problems.extend(keys.key_problems(key))
             headers = keys.content_headers_for(name, object_parameters=settings.object_parameters)
             content_type, content_encoding = headers.content_type, headers.content_encoding
@@ -274,18 +385,23 @@ def _examine_row(
         source_id=row.source_id,
         relative_path=name,
         object_key=key,
-        size_bytes=size,
-        mtime_ns=mtime,
+        size_bytes=None,
+        mtime_ns=None,
         content_type=content_type,
         content_encoding=content_encoding,
         problems=ordered,
     )
 
 
+_NAME_REFUSALS = frozenset(
+    {Problem.TRAVERSAL.value, Problem.ABSOLUTE_PATH.value, Problem.KEY_INVALID.value}
+)
+
+
 def _with_size(item: MediaFile, stat: Callable[[str], tuple[int, int | None]]) -> MediaFile:
-    """The row with the file's size and mtime, or with the reason it cannot be read."""
+    """The row with the file's size and mtime from the media server, or why it has none."""
     name = item.relative_path
-    if name is None or not name.strip() or Problem.UNSAFE_PATH.value in item.problems:
+    if name is None or not name.strip() or _NAME_REFUSALS.intersection(item.problems):
         return item
     try:
         size, mtime = stat(name)

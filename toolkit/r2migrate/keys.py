@@ -37,10 +37,13 @@ __all__ = [
     "MAX_KEY_BYTES",
     "ContentHeaders",
     "content_headers_for",
+    "escape_name",
     "is_gzip_trap",
     "key_problems",
     "normalization_form",
     "object_key_for",
+    "printable_name",
+    "unescape_name",
 ]
 
 MAX_KEY_BYTES = 1024
@@ -84,21 +87,23 @@ def object_key_for(name: str, *, location: str = "") -> str:
     ``get_available_name`` again (that happens only when Django saves a new upload), so this is
     the key django-storages will look up after the switch.
 
-    Raises ``UnsafePath`` (problem ``UNSAFE_PATH``) where django-storages raises
-    ``SuspiciousOperation``: the name leaves ``location``. Raises ``ConfigError`` for a location
-    starting with '/', which ``S3Storage`` refuses with ``ImproperlyConfigured``.
+    Raises ``UnsafePath`` (problem ``TRAVERSAL``, or ``ABSOLUTE_PATH`` for a rooted name) where
+    django-storages raises ``SuspiciousOperation``: the name leaves ``location``. Raises
+    ``ConfigError`` for a location starting with '/', which ``S3Storage`` refuses with
+    ``ImproperlyConfigured``.
     """
     if location.startswith("/"):
         raise ConfigError(
             f"location cannot begin with a leading slash: {location!r}",
             hint=f"Use location = {location.lstrip('/')!r} (django-storages refuses it too).",
         )
+    cleaned = _clean_name(name)
     try:
-        return _safe_join(location, _clean_name(name))
+        return _safe_join(location, cleaned)
     except ValueError:
         raise UnsafePath(
             f"{name!r} leaves the storage location {location!r}",
-            problem=Problem.UNSAFE_PATH,
+            problem=Problem.ABSOLUTE_PATH if cleaned.startswith("/") else Problem.TRAVERSAL,
             hint="django-storages would refuse this name (SuspiciousOperation); fix the row.",
         ) from None
 
@@ -106,13 +111,20 @@ def object_key_for(name: str, *, location: str = "") -> str:
 def key_problems(key: str) -> tuple[Problem, ...]:
     """What makes ``key`` unusable or risky as an object key, in ``Problem`` declaration order.
 
-    ``KEY_INVALID``: empty, a control character (C0, DEL, C1) or a lone surrogate (not UTF-8).
     ``KEY_TOO_LONG``: above ``MAX_KEY_BYTES`` of UTF-8 (a lone surrogate counted as 3 bytes).
+    ``KEY_INVALID``: empty, or a NUL character (no file system or HTTP header can carry one).
+    ``NAME_NOT_UTF8``: a lone surrogate, which is how Python spells a byte that is not UTF-8.
+    ``CONTROL_CHARACTERS`` (a warning): tab, newline, ... (C0, DEL, C1); S3, R2 and
+    django-storages handle them, so they migrate, but every place that prints them escapes them.
     ``NOT_NFC``: the NFC spelling differs; R2 would treat it as the same key as its NFC twin.
     """
     found: set[Problem] = set()
-    if not key or any(_is_control(ch) or _is_surrogate(ch) for ch in key):
+    if not key or "\0" in key:
         found.add(Problem.KEY_INVALID)
+    if any(_is_surrogate(ch) for ch in key):
+        found.add(Problem.NAME_NOT_UTF8)
+    if any(_is_control(ch) for ch in key if ch != "\0"):
+        found.add(Problem.CONTROL_CHARACTERS)
     # 'surrogatepass' so an unencodable key still gets a length verdict instead of an exception.
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         found.add(Problem.KEY_TOO_LONG)
@@ -128,6 +140,76 @@ def _is_control(ch: str) -> bool:
 
 def _is_surrogate(ch: str) -> bool:
     return 0xD800 <= ord(ch) <= 0xDFFF
+
+
+def escape_name(name: str) -> str:
+    """A name read from disk (``os.fsdecode``) as valid text that can be turned back losslessly.
+
+    Each byte that is not UTF-8 (Python's surrogate escape U+DC80..U+DCFF) becomes ``\\xNN`` and
+    a backslash becomes ``\\\\``; nothing else changes. Only names flagged ``NAME_NOT_UTF8`` are
+    stored this way (the flag says how to read them back), so every other name stays as spelled.
+    """
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif _is_surrogate(ch):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape_name(text: str) -> str:
+    """``escape_name`` reversed: the ``os.fsdecode`` spelling (``os.fsencode`` gives the bytes)."""
+    out = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\" and text[i + 1 : i + 2] == "\\":
+            out.append("\\")
+            i += 2
+        elif ch == "\\" and text[i + 1 : i + 2] == "x":
+            out.append(chr(0xDC00 + int(text[i + 2 : i + 4], 16)))
+            i += 4
+        elif ch == "\\" and text[i + 1 : i + 2] == "u":
+            out.append(chr(int(text[i + 2 : i + 6], 16)))
+            i += 6
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+_CONTROL_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable_name(name: str | None) -> str:
+    """A name as a terminal, a log line or a CSV cell shows it: one line, nothing invisible.
+
+    Control characters become ``\\t``, ``\\n``, ``\\r`` or ``\\xNN`` and bytes that are not UTF-8
+    become ``\\xNN`` (``caf\\xe9 latin1.txt``); everything else, backslashes included, is shown
+    as it is. For display only: ``escape_name`` is the lossless form.
+    """
+    if name is None:
+        return ""
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if ch in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[ch])
+        elif _is_control(ch):
+            out.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif _is_surrogate(ch):
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def normalization_form(name: str) -> str:

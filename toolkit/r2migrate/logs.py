@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from r2migrate.errors import ConfigError
+from r2migrate.keys import printable_name
 
 __all__ = ["LOGGER_NAME", "JsonFormatter", "RedactingFilter", "configure_logging"]
 
@@ -101,6 +102,10 @@ class RedactingFilter(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_needs_escape(a) for a in record.args):
+            # A file name with a newline must not forge a log line, nor a non-UTF-8 byte
+            # break the log file: names are shown as the CLI shows them.
+            record.args = tuple(printable_name(a) if isinstance(a, str) else a for a in record.args)
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
@@ -121,6 +126,10 @@ class RedactingFilter(logging.Filter):
             if key not in _STANDARD_ATTRS and isinstance(value, str):
                 setattr(record, key, self.redact(value))
         return True
+
+
+def _needs_escape(value: object) -> bool:
+    return isinstance(value, str) and printable_name(value) != value
 
 
 class JsonFormatter(logging.Formatter):

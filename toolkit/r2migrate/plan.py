@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from r2migrate import binding, source
+from r2migrate import binding, keys, source
 from r2migrate.bucket import Bucket, ObjectInfo
 from r2migrate.config import Settings
 from r2migrate.errors import BucketError, Problem, SourceError, StateError
@@ -72,12 +72,12 @@ def _listed_keys(bucket: Bucket, location: str) -> tuple[set[str], int]:
     requests instead of one HEAD per file; only keys that exist are HEADed.
     """
     prefix = location.strip("/") + "/" if location.strip("/") else ""
-    keys: set[str] = set()
+    found: set[str] = set()
     pages = 0
     for page in bucket.iter_object_pages(prefix):
         pages += 1
-        keys.update(key for key, _ in page)
-    return keys, pages
+        found.update(key for key, _ in page)
+    return found, pages
 
 
 def _decide(
@@ -191,18 +191,32 @@ def plan(
         to_head = to_head[:max_files]
     listed, list_requests = _listed_keys(bucket, settings.location)
     heads = sum(1 for key, _ in to_head if key in listed)
+    # R2 stores NFC and NFD spellings as one object: a listed key that is another spelling of
+    # ours would serve its bytes for our row (S3 and SeaweedFS keep both; R2 does not).
+    folded = {keys.normalization_form(k): k for k in listed}
 
     def head_one(entry: tuple[str, list[MediaFile]]) -> tuple[PlanItem, str | None]:
         key, group = entry
         first = group[0]
         assert first.relative_path is not None
+        disk_name = first.disk_path or first.relative_path  # the file inventory resolved
+        twin = folded.get(keys.normalization_form(key))
         if key in listed:
             action, reason, digest = _decide(
-                bucket, hash_source, key, first.relative_path, first.size_bytes or 0
+                bucket, hash_source, key, disk_name, first.size_bytes or 0
             )
+        elif twin is not None and twin != key:
+            action, reason, digest = _decide(
+                bucket, hash_source, twin, disk_name, first.size_bytes or 0
+            )
+            if action is Action.ALREADY_THERE:
+                # The same bytes under the other spelling: upload ours too (on R2 the
+                # create-only PUT then finds that object and proves it ours).
+                action, reason, digest = Action.UPLOAD, "", None
+            elif action is not Action.ERROR:
+                action = Action.REFUSE
+                reason = f"{Problem.UNICODE_COLLISION.value}: the bucket holds {twin!r}"
         else:
-            # Not listed: nothing to prove. (R2 folds NFC/NFD spellings; a key listed under the
-            # other spelling is caught at run time, when the create-only PUT gets 412.)
             action, reason, digest = Action.UPLOAD, "", None
         ids = tuple(g.file_id for g in group)
         return PlanItem(
@@ -279,7 +293,8 @@ def _new_file(item: PlanItem, digest: str | None, group: Sequence[MediaFile]) ->
     return NewFile(
         file_id=first.file_id,
         source_refs=tuple(g.file_id for g in group),
-        relative_path=first.relative_path,
+        # The file to read: the row's name as Django resolves it on disk (see inventory).
+        relative_path=first.disk_path or first.relative_path,
         object_key=first.object_key,
         size_bytes=first.size_bytes or 0,
         mtime_ns=first.mtime_ns,

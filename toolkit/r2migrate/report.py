@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from r2migrate import binding
 from r2migrate.config import Settings
+from r2migrate.errors import PROBLEM_MEANINGS as _MEANINGS
 from r2migrate.errors import BatchNotFound, ConfigError, Problem
 from r2migrate.inventory import (
     CLASS_A_USD_PER_MILLION,
@@ -127,20 +128,7 @@ VERDICTS = ("proven", "needs_attention", "not_checked", "not_uploaded", "rolled_
 _BAD_STATUSES = frozenset({FileStatus.FAILED, FileStatus.CONFLICT})
 
 # Plain-language meanings, for reports read by people who never saw the tool.
-PROBLEM_MEANINGS: Mapping[str, str] = {
-    Problem.EMPTY_NAME.value: "the row holds no file name",
-    Problem.MISSING.value: "the row names a file that is not on disk",
-    Problem.UNSAFE_PATH.value: "the name points outside the media folder ('..', absolute path)",
-    Problem.NOT_REGULAR_FILE.value: "the name is a folder or a special file, not a file",
-    Problem.UNREADABLE.value: "the file exists but cannot be read (permissions)",
-    Problem.DUPLICATE_REFERENCE.value: "another row names the same file (it is uploaded once)",
-    Problem.KEY_TOO_LONG.value: "the object name would exceed the 1024-byte limit",
-    Problem.KEY_INVALID.value: "the name holds characters an object name cannot",
-    Problem.NOT_NFC.value: "the name is in a Unicode form R2 folds; uploaded as spelled, flagged",
-    Problem.NORMALIZATION_COLLISION.value: "two names differ only by Unicode normalisation",
-    Problem.GZIP_ENCODING.value: "a .gz name gets Content-Encoding: gzip, as django-storages sets",
-    Problem.ORPHAN.value: "a file on disk that no row references (not migrated)",
-}
+PROBLEM_MEANINGS: Mapping[str, str] = _MEANINGS  # the one table lives in errors.py
 ACTION_MEANINGS: Mapping[str, str] = {
     Action.UPLOAD.value: "would be uploaded",
     Action.ALREADY_THERE.value: "already in the bucket with the same SHA-256: nothing to send",

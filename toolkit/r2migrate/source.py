@@ -26,6 +26,7 @@ import platform
 import re
 import stat
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,13 @@ __all__ = [
     "check_media_root",
     "files_identical_stat",
     "iter_media_files",
+    "media_name",
     "open_media_file",
     "open_media_file_with_stat",
     "resolve_media_path",
     "sha256_file",
     "stat_media_file",
+    "unicode_spellings",
 ]
 
 # O_NONBLOCK: should a fifo be swapped in between the lstat and the open, the open still returns
@@ -315,7 +318,61 @@ def _entry_kind(root: str, name: str, entry: os.DirEntry[str]) -> str | None:
     return None
 
 
-def _check_name(name: str | None) -> str:
+def media_name(name: str | None) -> str:
+    """The file a Django row names today: ``FileSystemStorage.path`` rules, without the disk.
+
+    Django joins MEDIA_ROOT and the name and normalises the result lexically (``safe_join``), so
+    ``a//b.txt``, ``./a/b.txt`` and ``a/drafts/../b.txt`` are all the file ``a/b.txt``, whatever
+    ``drafts`` is on disk; django-storages' ``clean_name`` normalises the same way, so the key
+    names the same file. A trailing '/' is kept (it names a directory; the read refuses it).
+    Backslashes are ordinary characters on disk. Refused (``UnsafePath``) with a precise code:
+    ``EMPTY_NAME``, ``ABSOLUTE_PATH``, ``TRAVERSAL`` (climbs out, or a '..' between
+    backslashes, which django-storages would turn into a climb), ``KEY_INVALID`` (NUL),
+    ``NOT_REGULAR_FILE`` (MEDIA_ROOT itself).
+    """
+    text = _check_name(name, allow_dotdot=True)
+    cleaned = os.path.normpath(text)
+    if cleaned == ".." or cleaned.startswith("../"):
+        raise UnsafePath(
+            f"{text!r} climbs out of MEDIA_ROOT", problem=Problem.TRAVERSAL, hint=_HINT_UNSAFE
+        )
+    if cleaned == ".":
+        raise UnsafePath(
+            f"{text!r} names MEDIA_ROOT itself, not a file under it",
+            problem=Problem.NOT_REGULAR_FILE,
+            hint=_HINT_NOT_REGULAR,
+        )
+    return cleaned + "/" if text.endswith("/") else cleaned
+
+
+def unicode_spellings(media_root: Path, name: str, *, limit: int = 8) -> list[str]:
+    """Names on disk that are Unicode-equivalent (NFC-equal) to ``name``, each component alike.
+
+    For a row whose exact spelling is missing: a file saved on macOS (NFD) and a row in NFC, or
+    the reverse. Lists one directory per component; at most ``limit`` names are returned. The
+    caller still opens the chosen name through the usual checks.
+    """
+    root = _real_root(media_root)
+    found = [""]
+    for part in name.split("/"):
+        target = unicodedata.normalize("NFC", part)
+        following: list[str] = []
+        for prefix in found:
+            directory = os.path.join(root, prefix) if prefix else root
+            try:
+                entries = os.listdir(directory)
+            except OSError:
+                continue
+            for entry in sorted(entries):
+                if unicodedata.normalize("NFC", entry) == target:
+                    following.append(f"{prefix}/{entry}" if prefix else entry)
+        found = following[:limit]
+        if not found:
+            return []
+    return found
+
+
+def _check_name(name: str | None, *, allow_dotdot: bool = False) -> str:
     if name is None or not name.strip():
         raise UnsafePath(
             f"empty file name {name!r}",
@@ -323,19 +380,23 @@ def _check_name(name: str | None) -> str:
             hint="The row holds no file name; fix or delete the row.",
         )
     reason = None
+    problem = Problem.TRAVERSAL
     if "\0" in name:
-        reason = "contains a NUL byte"
+        reason, problem = "contains a NUL byte", Problem.KEY_INVALID
     elif name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
-        reason = "is absolute"
-    elif ".." in _SEPARATORS.split(name):
+        reason, problem = "is absolute", Problem.ABSOLUTE_PATH
+    elif ".." in name.split("/") and not allow_dotdot:
         reason = "has a '..' segment"
+    elif any(".." in part.split("\\") for part in name.split("/") if "\\" in part):
+        reason = "has a '..' segment between backslashes"
     else:
         try:
             os.fsencode(name)
         except UnicodeEncodeError:
             reason = "cannot be spelled as a file name (lone surrogate)"
+            problem = Problem.NAME_NOT_UTF8
     if reason is not None:
-        raise UnsafePath(f"{name!r} {reason}", problem=Problem.UNSAFE_PATH, hint=_HINT_UNSAFE)
+        raise UnsafePath(f"{name!r} {reason}", problem=problem, hint=_HINT_UNSAFE)
     return name
 
 
@@ -355,22 +416,28 @@ def _resolve(root: str, name: str | None) -> str:
             if os.path.islink(candidate):  # realpath gives up on a loop and returns the link
                 raise UnsafePath(
                     f"{text!r}: the symlinks at {walked!r} loop",
-                    problem=Problem.UNSAFE_PATH,
+                    problem=Problem.SYMLINK_LOOP,
                     hint=_HINT_UNSAFE,
                 )
             if candidate != root and not _strictly_inside(root, candidate):
                 raise UnsafePath(
                     f"{text!r}: the symlink {walked!r} leads to {candidate!r}, "
                     f"outside MEDIA_ROOT {root!r}",
-                    problem=Problem.UNSAFE_PATH,
+                    problem=Problem.SYMLINK_OUTSIDE,
                     hint=_HINT_UNSAFE,
+                )
+            if not os.path.lexists(candidate):
+                raise UnsafePath(
+                    f"{text!r}: the symlink {walked!r} leads to {candidate!r}, which is missing",
+                    problem=Problem.DANGLING_SYMLINK,
+                    hint="Fix or remove the symlink, or restore the file it points at.",
                 )
         current = candidate
     if current == root:
         raise UnsafePath(
             f"{text!r} names MEDIA_ROOT itself, not a file under it",
-            problem=Problem.UNSAFE_PATH,
-            hint=_HINT_UNSAFE,
+            problem=Problem.NOT_REGULAR_FILE,
+            hint=_HINT_NOT_REGULAR,
         )
     return current
 

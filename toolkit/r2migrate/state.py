@@ -84,6 +84,9 @@ class MediaFile:
     content_type: str | None
     content_encoding: str | None
     problems: tuple[str, ...] = ()
+    # The file read for this row when it is not spelled as relative_path: the name cleaned the
+    # way Django's FileSystemStorage cleans it, or its one Unicode-equivalent spelling on disk.
+    disk_path: str | None = None
 
     @property
     def is_orphan(self) -> bool:
@@ -671,8 +674,8 @@ class State:
             run_id = int(row["run_id"])
             copy_sql = self._q(
                 "COPY {s}.inventory_files (run_id, file_id, source_ref, source_id, relative_path,"
-                " object_key, size_bytes, mtime_ns, content_type, content_encoding, problems)"
-                " FROM STDIN"
+                " object_key, size_bytes, mtime_ns, content_type, content_encoding, problems,"
+                " disk_path) FROM STDIN"
             )
             with self.conn.cursor().copy(copy_sql) as copy:
                 for f in files:
@@ -689,6 +692,7 @@ class State:
                             f.content_type,
                             f.content_encoding,
                             list(f.problems),
+                            f.disk_path if f.disk_path != f.relative_path else None,
                         )
                     )
             return run_id
@@ -729,7 +733,7 @@ class State:
             cur.execute(
                 self._q(
                     "SELECT file_id, source_ref, source_id, relative_path, object_key, size_bytes,"
-                    " mtime_ns, content_type, content_encoding, problems"
+                    " mtime_ns, content_type, content_encoding, problems, disk_path"
                     " FROM {s}.inventory_files WHERE run_id = %s ORDER BY file_id"
                 ),
                 (run_id,),
@@ -746,6 +750,7 @@ class State:
                     content_type=r["content_type"],
                     content_encoding=r["content_encoding"],
                     problems=tuple(r["problems"]),
+                    disk_path=r["disk_path"],
                 )
 
     # -- batches --------------------------------------------------------------------------------

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from r2migrate.errors import PROBLEM_MEANINGS
+from r2migrate.keys import printable_name
 from r2migrate.state import Batch
 from r2migrate.transfer import RunSummary
+
+MAX_CELL_CHARS = 72
+"""Widest cell of a terminal table; longer ones keep their start and end around an ellipsis."""
 
 
 def human_bytes(n: float | None) -> str:
@@ -22,9 +27,29 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} TiB"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    """Left-aligned columns under a dashed rule, one string per line."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+def cell(value: object, *, max_chars: int = MAX_CELL_CHARS) -> str:
+    """One table cell: control characters and non-UTF-8 bytes escaped, cut in the middle.
+
+    A name keeps its first and last characters (the folder and the extension) around '…'.
+    CSV and JSON output never goes through here: they carry the whole name.
+    """
+    text = printable_name(None if value is None else str(value))
+    if len(text) <= max_chars:
+        return text
+    tail = (max_chars - 1) // 3
+    return text[: max_chars - 1 - tail] + "…" + text[len(text) - tail :]
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    max_cell_chars: int = MAX_CELL_CHARS,
+) -> list[str]:
+    """Left-aligned columns under a dashed rule, one string per line; long cells are cut."""
+    cells = [[str(h) for h in headers]] + [
+        [cell(c, max_chars=max_cell_chars) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(cells):
@@ -32,6 +57,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return lines
+
+
+def meanings(codes: str) -> str:
+    """The meanings of problem codes as a plan's reason or a CSV cell lists them ('a, b')."""
+    found = [c.strip() for c in codes.replace(",", " ").split()]
+    return "; ".join(PROBLEM_MEANINGS[c] for c in found if c in PROBLEM_MEANINGS)
 
 
 def target_label(batch: Batch) -> str:

@@ -1,24 +1,29 @@
-"""The cutover check: would Django, switched to django-storages' S3Storage, serve every file?
+"""The cutover check: will every row Django serves today still be served after the switch?
 
-Must never write to the bucket or the application's tables: it asks the storage exactly what the
-application will ask (``exists``, ``size``, ``open``) for every reference the ledger says was
-migrated, and records only one ``cutover`` event per batch in the toolkit's own history.
+Must never write to the bucket or the application's tables: it reads every reference row (every
+discovered FileField, or every configured ``references`` column), the disk, and asks the storage
+exactly what the application will ask (``exists``, ``size``, ``open``); it records only one
+``cutover`` event per batch of the storage's target in the toolkit's own history.
 
-Per reference (a row whose name was uploaded, skipped as already there, or verified):
+Each row gets one verdict:
 
-- the name the row holds *now* is resolved by the storage itself (``clean_name`` +
-  ``_normalize_name``); a key other than the one r2migrate uploaded is ``key_differs`` (a row
-  renamed since, or a ``location``/subclass that differs from the one migrated with);
-- ``exists()`` false is ``missing``; ``size()`` against the ledger is ``size_differs``;
-- the object's ``Content-Type``/``Content-Encoding`` (HEAD) against what the storage's
-  ``_get_write_parameters`` would set for that key: ``content_type_differs`` /
-  ``content_encoding_differs``;
-- with ``deep``, the bytes read through ``storage.open()`` hashed against the ledger's SHA-256:
-  ``content_differs``.
+- ``works``: served today (its file is on disk) and by the storage after the switch: the object
+  at the key django-storages computes exists, has the file's size and the Content-Type and
+  Content-Encoding ``_get_write_parameters`` would set; with ``deep`` its bytes read through
+  ``storage.open()`` hash like the file's;
+- ``will_break``: served today, not after: ``no_object`` (with the inventory's refusal codes
+  when r2migrate refused the file, e.g. ``unicode_collision``), ``object_differs`` (size, type,
+  encoding or, deep, content), ``refused_by_storage`` (django-storages raises
+  SuspiciousOperation), or ``error`` (run the check again);
+- ``broken_today``: the row names no file on disk (missing, a folder, a symlink out, ...): it
+  does not work today either, so it does not fail the check;
+- ``no_file``: NULL or empty name.
 
-A row deleted since the migration is reported as ``row_gone`` and does not fail the check.
-Botocore errors go through ``bucket.translate_error``; a wrong key or bucket stops the whole check
-(exit 2), anything else is an ``error`` row.
+The check fails (exit 1) when any row would break. Rows stream from the application's tables
+and are checked ``workers`` at a time in a bounded window; only the first ``max_items`` rows that
+need attention are kept (all are counted), so memory stays flat whatever the number of rows.
+The one exception is the Unicode-collision pass, which holds each distinct name once (as
+inventory does).
 """
 
 from __future__ import annotations
@@ -26,66 +31,81 @@ from __future__ import annotations
 import copy
 import hashlib
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from r2migrate import binding, catalog
+from r2migrate import binding, catalog, source
 from r2migrate.bucket import translate_error
 from r2migrate.config import Settings
 from r2migrate.django.render import table
-from r2migrate.errors import ConfigError, ExitCode, StateError
-from r2migrate.state import BatchStatus, FileRecord, FileStatus, State
+from r2migrate.errors import ConfigError, ExitCode, Problem, SourceError
+from r2migrate.inventory import examine_reference, unicode_collisions
+from r2migrate.state import BatchStatus, State, connect
 
 __all__ = [
-    "MIGRATED_STATUSES",
     "CutoverItem",
     "CutoverProblem",
     "CutoverSummary",
+    "Verdict",
     "cutover_check",
     "format_report",
     "storage_from_settings",
 ]
 
-MIGRATED_STATUSES = frozenset({FileStatus.UPLOADED, FileStatus.VERIFIED, FileStatus.SKIPPED})
 _READ_CHUNK_BYTES = 1 << 20
 
 
+class Verdict(StrEnum):
+    WORKS = "works"  # served today and after the switch
+    WILL_BREAK = "will_break"  # served today, not after the switch: fails the check
+    BROKEN_TODAY = "broken_today"  # no file on disk: not served today either
+    NO_FILE = "no_file"  # NULL or empty name
+
+
 class CutoverProblem(StrEnum):
-    MISSING = "missing"  # storage.exists(name) is False
-    SIZE_DIFFERS = "size_differs"  # storage.size(name) is not the ledger's size
-    CONTENT_DIFFERS = "content_differs"  # --deep: SHA-256 of storage.open(name) differs
+    NO_OBJECT = "no_object"  # storage.exists(name) is False
+    SIZE_DIFFERS = "size_differs"  # storage.size(name) is not the file's size
+    CONTENT_DIFFERS = "content_differs"  # deep: SHA-256 of storage.open(name) differs
     CONTENT_TYPE_DIFFERS = "content_type_differs"  # HEAD vs what django-storages would set
     CONTENT_ENCODING_DIFFERS = "content_encoding_differs"
-    KEY_DIFFERS = "key_differs"  # django-storages resolves the row's name to another key
-    UNSAFE_NAME = "unsafe_name"  # django-storages refuses the name (SuspiciousOperation)
-    BUCKET_DIFFERS = "bucket_differs"  # the storage points at another bucket than the batch
+    REFUSED_BY_STORAGE = "refused_by_storage"  # django-storages refuses the name
     ERROR = "error"  # a request failed; run the check again
-    ROW_GONE = "row_gone"  # the row was deleted or its file cleared since (not a failure)
+    NOT_ON_DISK = "not_on_disk"  # broken today: no file Django could serve
 
-    @property
-    def blocking(self) -> bool:
-        return self is not CutoverProblem.ROW_GONE
+
+CUTOVER_MEANINGS = {
+    CutoverProblem.NO_OBJECT.value: "the bucket holds no object at the key the row will ask for",
+    CutoverProblem.SIZE_DIFFERS.value: "the object's size is not the file's",
+    CutoverProblem.CONTENT_DIFFERS.value: "the object's bytes are not the file's",
+    CutoverProblem.CONTENT_TYPE_DIFFERS.value: "the object would be served with another type",
+    CutoverProblem.CONTENT_ENCODING_DIFFERS.value: "the object would be served with another "
+    "Content-Encoding",
+    CutoverProblem.REFUSED_BY_STORAGE.value: "django-storages refuses the name",
+    CutoverProblem.ERROR.value: "the storage could not be asked; run the check again",
+    CutoverProblem.NOT_ON_DISK.value: "no file on disk: the row is broken today already",
+}
 
 
 @dataclass(frozen=True)
 class CutoverItem:
-    """One reference (a ``table.column:id`` row) whose check found something."""
+    """One reference row (``table.column:id``) that does not simply work."""
 
-    batch_id: str
     file_id: str
     name: str
-    object_key: str  # the key r2migrate uploaded
+    verdict: Verdict
     storage_key: str | None  # the key django-storages resolves ``name`` to (None: refused)
-    problems: tuple[str, ...]
+    problems: tuple[str, ...]  # CutoverProblem values
+    reasons: tuple[str, ...] = ()  # inventory problem codes (why r2migrate refused the file)
     detail: str = ""
 
     @property
     def blocking(self) -> bool:
-        return any(CutoverProblem(p).blocking for p in self.problems)
+        return self.verdict is Verdict.WILL_BREAK
 
 
 @dataclass(frozen=True)
@@ -97,28 +117,37 @@ class CutoverSummary:
     deep: bool
     batch_ids: tuple[str, ...]
     references_checked: int
-    names_checked: int  # distinct names asked of the storage
-    references_ok: int
+    verdicts: dict[str, int]
     problems: dict[str, int]
+    reasons: dict[str, int]  # inventory codes of the rows that will break
     bytes_read: int  # deep reads
     gzip_served: int  # objects served with a Content-Encoding (clients decode them)
     warnings: tuple[str, ...] = ()
-    items: tuple[CutoverItem, ...] = field(default=())  # every reference with a problem
+    items: tuple[CutoverItem, ...] = field(default=())  # the first rows needing attention
+    option_failures: tuple[str, ...] = ()  # storage options that break the site after the switch
+
+    @property
+    def references_ok(self) -> int:
+        return self.verdicts.get(Verdict.WORKS.value, 0)
 
     @property
     def failed(self) -> int:
-        return sum(1 for i in self.items if i.blocking)
+        return self.verdicts.get(Verdict.WILL_BREAK.value, 0)
 
     @property
     def passed(self) -> bool:
-        return self.failed == 0
+        return self.failed == 0 and not self.option_failures
 
 
 @dataclass(frozen=True)
 class _Result:
-    storage_key: str | None
-    problems: tuple[str, ...]
-    detail: str
+    file_id: str
+    name: str | None
+    verdict: Verdict
+    storage_key: str | None = None
+    problems: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    detail: str = ""
     gzip: bool = False
     bytes_read: int = 0
 
@@ -156,6 +185,8 @@ def storage_from_settings(settings: Settings) -> Any:
             addressing_style=settings.addressing_style,
             object_parameters=dict(settings.object_parameters),
             verify=settings.verify,
+            # The storage the operator is told to configure (README): it never overwrites.
+            file_overwrite=False,
         )
     except ImproperlyConfigured as exc:
         raise ConfigError(f"django-storages refuses these settings: {exc}") from exc
@@ -167,104 +198,72 @@ def cutover_check(
     *,
     storage: Any = None,
     deep: bool = False,
-    batch_id: str | None = None,
     on_progress: Callable[[int], None] | None = None,
+    max_items: int = 1000,
 ) -> CutoverSummary:
-    """Ask ``storage`` (default: ``storage_from_settings``) for every migrated reference.
+    """Sort every reference row into works / will_break / broken_today / no_file.
 
-    Raises ``BatchNotFound`` for an unknown ``batch_id`` and ``StateError`` when the ledger holds
-    no migrated file to check; per-reference findings are data in the summary.
+    ``storage`` defaults to ``storage_from_settings``. Rows come from ``settings.references``
+    (under Django: every discovered FileField) and files from ``media_root``.
     """
     storage = storage if storage is not None else storage_from_settings(settings)
-    if state.schema_version() == 0:
-        raise StateError(
-            f"Nothing has been migrated yet: schema {state.schema!r} holds no ledger.",
-            hint="Migrate first (`manage.py migrate_files_to_r2`), then check the cutover.",
-        )
-    if batch_id is not None:
-        batches = [state.get_batch(batch_id)]
-    else:
-        # The storage's own target only: batches migrated to another bucket prove nothing here.
-        batches, _ = binding.split_by_binding(
-            settings,
-            [
-                b
-                for b in state.list_batches()
-                if not b.dry_run and b.status is not BatchStatus.ROLLED_BACK
-            ],
-            need_source=False,
-        )
-    records = [
-        rec
-        for b in batches
-        for rec in state.batch_files(b.batch_id)
-        if rec.status in MIGRATED_STATUSES
+    media_root = source.check_media_root(settings.media_root)
+    refs = [
+        catalog.parse_reference(r, id_column=settings.reference_id_column)
+        for r in settings.references
     ]
-    if not records:
-        where = f"batch {batch_id!r}" if batch_id else f"schema {state.schema!r}"
-        raise StateError(
-            f"No migrated file in {where} to check.",
-            hint="Migrate first (`manage.py migrate_files_to_r2`), then check the cutover.",
-        )
-    bucket_of = {b.batch_id: b.bucket_name for b in batches}
-    current = _current_names(settings, state, records)
-
-    # One storage round per distinct (name, ledger row); references sharing a name share it.
-    tasks: dict[tuple[str, int], FileRecord] = {}
-    refs: list[tuple[FileRecord, str, str | None]] = []  # (record, file_id, current name)
-    for rec in records:
-        for file_id in rec.source_refs or (rec.file_id,):
-            name = current.get(file_id)
-            if name:
-                tasks.setdefault((name, rec.id), rec)
-            refs.append((rec, file_id, name or None))
-
     local = threading.local()
 
-    def check(task: tuple[tuple[str, int], FileRecord]) -> tuple[tuple[str, int], _Result]:
-        (name, _), rec = task
+    def check(row: catalog.SourceRow) -> _Result:
         mine = getattr(local, "storage", None)
         if mine is None:
             # boto3 resources must not be shared between threads; a copy gets its own
             # connection (S3Storage drops its connections and bucket when copied).
             mine = local.storage = copy.copy(storage)
-        same_bucket = bucket_of.get(rec.batch_id) == storage.bucket_name
-        result = _check_one(mine, name, rec, deep=deep, same_bucket=same_bucket)
+        result = _check_row(settings, mine, media_root, row, collisions, deep=deep)
         if on_progress is not None:
             on_progress(1)
-        return task[0], result
+        return result
 
-    workers = max(1, min(settings.workers, 32))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="r2m-cutover") as pool:
-        results = dict(pool.map(check, tasks.items()))
-
+    verdicts: Counter[str] = Counter()
+    problems: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
     items: list[CutoverItem] = []
-    counts: Counter[str] = Counter()
-    ok = 0
-    for rec, file_id, name in refs:
-        if name is None:
-            gone = file_id not in current
-            item = CutoverItem(
-                rec.batch_id,
-                file_id,
-                rec.relative_path,
-                rec.object_key,
-                None,
-                (CutoverProblem.ROW_GONE.value,),
-                ("the row no longer exists" if gone else "the row's file was cleared")
-                + "; nothing will ask for this file",
-            )
-        else:
-            r = results[(name, rec.id)]
-            if not r.problems:
-                ok += 1
+    bytes_read = gzip_served = 0
+    with connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn:
+        collisions = unicode_collisions(settings, conn, refs, media_root)
+        rows = (row for ref in refs for row in catalog.iter_source_rows(conn, ref))
+        for r in _bounded_map(check, rows, max(1, min(settings.workers, 32))):
+            verdicts[r.verdict.value] += 1
+            bytes_read += r.bytes_read
+            gzip_served += r.gzip
+            if r.verdict in (Verdict.WORKS, Verdict.NO_FILE):
                 continue
-            item = CutoverItem(
-                rec.batch_id, file_id, name, rec.object_key, r.storage_key, r.problems, r.detail
-            )
-        counts.update(item.problems)
-        items.append(item)
-
+            problems.update(r.problems)
+            if r.verdict is Verdict.WILL_BREAK:
+                reasons.update(r.reasons)
+            if len(items) < max_items:
+                items.append(
+                    CutoverItem(
+                        r.file_id,
+                        r.name or "",
+                        r.verdict,
+                        r.storage_key,
+                        r.problems,
+                        r.reasons,
+                        r.detail,
+                    )
+                )
+    # The storage's own target only: batches migrated to another bucket prove nothing here.
+    batches, _ = binding.split_by_binding(
+        settings,
+        [
+            b
+            for b in (state.list_batches() if state.schema_version() else [])
+            if not b.dry_run and b.status is not BatchStatus.ROLLED_BACK
+        ],
+        need_source=False,
+    )
     summary = CutoverSummary(
         storage_class=f"{type(storage).__module__}.{type(storage).__qualname__}",
         bucket_name=str(storage.bucket_name),
@@ -272,111 +271,161 @@ def cutover_check(
         custom_domain=getattr(storage, "custom_domain", None) or None,
         deep=deep,
         batch_ids=tuple(b.batch_id for b in batches),
-        references_checked=len(refs),
-        names_checked=len(tasks),
-        references_ok=ok,
-        problems=dict(sorted(counts.items())),
-        bytes_read=sum(r.bytes_read for r in results.values()),
-        gzip_served=sum(1 for r in results.values() if r.gzip),
+        references_checked=sum(verdicts.values()),
+        verdicts=dict(sorted(verdicts.items())),
+        problems=dict(sorted(problems.items())),
+        reasons=dict(sorted(reasons.items())),
+        bytes_read=bytes_read,
+        gzip_served=gzip_served,
         warnings=tuple(_warnings(storage)),
         items=tuple(items),
+        option_failures=tuple(_option_failures(storage)),
     )
     for b in batches:
-        mine = [i for i in items if i.batch_id == b.batch_id and i.blocking]
         state.add_event(
             b.batch_id,
             None,
             "cutover",
-            "failed" if mine else "passed",
-            {"deep": deep, "failed": len(mine), "storage": summary.storage_class},
+            "passed" if summary.passed else "failed",
+            {"deep": deep, "will_break": summary.failed, "storage": summary.storage_class},
         )
     return summary
 
 
-def _current_names(
-    settings: Settings, state: State, records: Sequence[FileRecord]
-) -> dict[str, str | None]:
-    """``file_id → name`` the application's rows hold now, for the ledger's references only.
-
-    Streams each referenced table once (read-only); a ledger reference whose row is gone is
-    absent from the result.
-    """
-    wanted: dict[str, set[str]] = {}
-    for rec in records:
-        for file_id in rec.source_refs or (rec.file_id,):
-            label, _, source_id = file_id.rpartition(":")
-            wanted.setdefault(label, set()).add(source_id)
-    found: dict[str, str | None] = {}
-    for label, ids in wanted.items():
-        ref = catalog.parse_reference(label, id_column=settings.reference_id_column)
-        for row in catalog.iter_source_rows(state.conn, ref):
-            if row.source_id in ids:
-                found[f"{label}:{row.source_id}"] = row.name
-    return found
+def _bounded_map(
+    work: Callable[[catalog.SourceRow], _Result], items: Iterable[catalog.SourceRow], workers: int
+) -> Iterator[_Result]:
+    """``map(work, items)`` on ``workers`` threads, at most ``4 × workers`` rows in flight."""
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="r2m-cutover")
+    window: deque[Future[_Result]] = deque()
+    try:
+        for item in items:
+            window.append(pool.submit(work, item))
+            if len(window) >= workers * 4:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _check_one(
-    storage: Any, name: str, rec: FileRecord, *, deep: bool, same_bucket: bool
+def _check_row(
+    settings: Settings,
+    storage: Any,
+    media_root: Path,
+    row: catalog.SourceRow,
+    collisions: frozenset[str],
+    *,
+    deep: bool,
 ) -> _Result:
     from django.core.exceptions import SuspiciousOperation
     from storages.utils import clean_name
 
-    if not same_bucket:
+    file_id = f"{row.source_ref}:{row.source_id}"
+    name = row.name
+    if name is None or not name.strip():
+        return _Result(file_id, name, Verdict.NO_FILE)
+    seen = examine_reference(settings, media_root, row, collisions=collisions)
+    blocking = tuple(p for p in seen.problems if Problem(p).blocking)
+    if seen.size_bytes is None:  # Django serves no file for this row today
         return _Result(
-            None,
-            (CutoverProblem.BUCKET_DIFFERS.value,),
-            f"the storage reads bucket {storage.bucket_name!r}; this batch went elsewhere",
+            file_id,
+            name,
+            Verdict.BROKEN_TODAY,
+            seen.object_key,
+            (CutoverProblem.NOT_ON_DISK.value,),
+            blocking,
+            ", ".join(blocking),
         )
     try:
         key: str = storage._normalize_name(clean_name(name))
     except SuspiciousOperation:
-        return _Result(None, (CutoverProblem.UNSAFE_NAME.value,), "django-storages refuses it")
-    problems: list[CutoverProblem] = []
+        return _Result(
+            file_id,
+            name,
+            Verdict.WILL_BREAK,
+            None,
+            (CutoverProblem.REFUSED_BY_STORAGE.value,),
+            blocking,
+            "django-storages raises SuspiciousOperation for this name",
+        )
+    found: list[CutoverProblem] = []
     notes: list[str] = []
-    if key != rec.object_key:
-        problems.append(CutoverProblem.KEY_DIFFERS)
-        notes.append(f"django-storages reads {key!r}, r2migrate uploaded {rec.object_key!r}")
     gzip = False
     read = 0
     try:
         if not storage.exists(name):
-            problems.append(CutoverProblem.MISSING)
-            return _Result(key, tuple(p.value for p in problems), "; ".join(notes))
-        size = storage.size(name)
-        if size != rec.size_bytes:
-            problems.append(CutoverProblem.SIZE_DIFFERS)
-            notes.append(f"size {size}, ledger {rec.size_bytes}")
-        obj = storage.bucket.Object(key)
-        obj.load()
-        expected = storage._get_write_parameters(key)
-        if obj.content_type != expected.get("ContentType"):
-            problems.append(CutoverProblem.CONTENT_TYPE_DIFFERS)
-            notes.append(f"Content-Type {obj.content_type!r}, expected {expected['ContentType']!r}")
-        served_encoding = obj.content_encoding or None
-        if served_encoding != expected.get("ContentEncoding"):
-            problems.append(CutoverProblem.CONTENT_ENCODING_DIFFERS)
-            wanted = expected.get("ContentEncoding")
-            notes.append(f"Content-Encoding {served_encoding!r}, expected {wanted!r}")
-        gzip = served_encoding is not None
-        if deep:
-            digest = hashlib.sha256()
-            with storage.open(name, "rb") as fh:
-                while chunk := fh.read(_READ_CHUNK_BYTES):
-                    digest.update(chunk)
-                    read += len(chunk)
-            want = rec.object_sha256 or rec.source_sha256
-            if digest.hexdigest() != want:
-                problems.append(CutoverProblem.CONTENT_DIFFERS)
-                notes.append(f"SHA-256 {digest.hexdigest()}, ledger {want}")
+            found.append(CutoverProblem.NO_OBJECT)
+            notes.append(
+                "refused by r2migrate: " + ", ".join(blocking)
+                if blocking
+                else "not migrated (planned after this row was added, or rolled back)"
+            )
+        else:
+            size = storage.size(name)
+            if size != seen.size_bytes:
+                found.append(CutoverProblem.SIZE_DIFFERS)
+                notes.append(f"object {size} bytes, file {seen.size_bytes}")
+            obj = storage.bucket.Object(key)
+            obj.load()
+            expected = storage._get_write_parameters(key)
+            if obj.content_type != expected.get("ContentType"):
+                found.append(CutoverProblem.CONTENT_TYPE_DIFFERS)
+                notes.append(
+                    f"Content-Type {obj.content_type!r}, expected {expected['ContentType']!r}"
+                )
+            served_encoding = obj.content_encoding or None
+            if served_encoding != expected.get("ContentEncoding"):
+                found.append(CutoverProblem.CONTENT_ENCODING_DIFFERS)
+                wanted = expected.get("ContentEncoding")
+                notes.append(f"Content-Encoding {served_encoding!r}, expected {wanted!r}")
+            gzip = served_encoding is not None
+            if deep:
+                digest = hashlib.sha256()
+                with storage.open(name, "rb") as fh:
+                    while chunk := fh.read(_READ_CHUNK_BYTES):
+                        digest.update(chunk)
+                        read += len(chunk)
+                assert seen.disk_path is not None
+                try:
+                    want, _ = source.sha256_file(media_root, seen.disk_path)
+                except SourceError as exc:
+                    want = f"unreadable ({exc.problem.value})"
+                if digest.hexdigest() != want:
+                    found.append(CutoverProblem.CONTENT_DIFFERS)
+                    notes.append(f"object SHA-256 {digest.hexdigest()}, file {want}")
     except FileNotFoundError:
-        problems.append(CutoverProblem.MISSING)
+        found.append(CutoverProblem.NO_OBJECT)
     except Exception as exc:
         err = translate_error(exc, op="HEAD", bucket=str(storage.bucket_name), key=key)
         if err.exit_code == ExitCode.CONFIG:  # wrong credentials or bucket: all would fail
             raise err from exc
-        problems.append(CutoverProblem.ERROR)
+        found.append(CutoverProblem.ERROR)
         notes.append(err.message)
-    return _Result(key, tuple(p.value for p in problems), "; ".join(notes), gzip, read)
+    if not found:
+        return _Result(file_id, name, Verdict.WORKS, key, gzip=gzip, bytes_read=read)
+    return _Result(
+        file_id,
+        name,
+        Verdict.WILL_BREAK,
+        key,
+        tuple(p.value for p in found),
+        blocking if CutoverProblem.NO_OBJECT in found else (),
+        "; ".join(notes),
+        gzip,
+        read,
+    )
+
+
+def _option_failures(storage: Any) -> Iterable[str]:
+    """Options under which the site breaks after the switch although every object is right."""
+    if getattr(storage, "file_overwrite", False):
+        yield (
+            "file_overwrite is True (django-storages' default): FileSystemStorage never "
+            "overwrites, S3Storage then does, so a new upload or a derived file (thumbnail, "
+            "rendition) with an existing name replaces a migrated object. Fix: set "
+            '"file_overwrite": False in the storage\'s OPTIONS (AWS_S3_FILE_OVERWRITE = False).'
+        )
 
 
 def _warnings(storage: Any) -> Iterable[str]:
@@ -391,39 +440,62 @@ def _warnings(storage: Any) -> Iterable[str]:
             "gzip (AWS_IS_GZIPPED) is on: new uploads of text types are compressed; migrated "
             "objects were stored as they were on disk"
         )
+    domain = getattr(storage, "custom_domain", None)
+    if domain:
+        yield (
+            f"custom_domain is {domain!r}: url() points there, not at the bucket; that domain "
+            "must serve this bucket (and location) for every migrated key"
+        )
+    if getattr(storage, "querystring_auth", False) and not domain:
+        expire = getattr(storage, "querystring_expire", 3600)
+        yield (
+            f"querystring_auth is on: url() returns signed links that expire after {expire} s; "
+            "links cached in pages or e-mails stop working (a public bucket wants it off)"
+        )
 
 
 def format_report(summary: CutoverSummary, *, show: int = 20) -> list[str]:
     """The report as lines, shared by ``manage.py r2migrate_cutover_check`` and the CLI."""
     where = f"s3://{summary.bucket_name}/{summary.location + '/' if summary.location else ''}"
+    v = summary.verdicts
     lines = [
         f"Storage {summary.storage_class} at {where}"
         + (f" (custom domain {summary.custom_domain})" if summary.custom_domain else ""),
-        f"Checked {summary.references_checked} reference(s), {summary.names_checked} name(s) in "
-        f"{len(summary.batch_ids)} batch(es)"
+        f"Checked {summary.references_checked} reference row(s)"
         + (f"; read {summary.bytes_read} bytes back through storage.open()" if summary.deep else "")
         + ".",
-        f"OK: {summary.references_ok}   failed: {summary.failed}"
+        f"works today and after the switch: {v.get(Verdict.WORKS.value, 0)}   "
+        f"will break after the switch: {v.get(Verdict.WILL_BREAK.value, 0)}   "
+        f"broken today already: {v.get(Verdict.BROKEN_TODAY.value, 0)}   "
+        f"no file: {v.get(Verdict.NO_FILE.value, 0)}"
         + (
             f"   served with Content-Encoding: {summary.gzip_served}" if summary.gzip_served else ""
         ),
     ]
     if summary.problems:
-        lines += ["", *table(["problem", "references"], list(summary.problems.items()))]
-    if summary.items and show:
-        rows = [
-            (",".join(i.problems), i.file_id, i.storage_key or i.object_key, i.detail)
-            for i in summary.items[:show]
+        rows = [(p, n, CUTOVER_MEANINGS.get(p, "")) for p, n in summary.problems.items()]
+        lines += ["", *table(["problem", "rows", "meaning"], rows, max_cell_chars=100)]
+    if summary.reasons:
+        rows = [(p, n, Problem(p).meaning) for p, n in summary.reasons.items()]
+        lines += ["", *table(["refused as", "rows", "meaning"], rows, max_cell_chars=100)]
+    shown = sorted(summary.items, key=lambda i: not i.blocking)[:show] if show else []
+    if shown:
+        rows2 = [
+            (i.verdict.value, ",".join(i.problems), i.file_id, i.storage_key or i.name, i.detail)
+            for i in shown
         ]
-        lines += ["", *table(["problem", "row", "key", "detail"], rows)]
-        if len(summary.items) > show:
-            lines.append(f"... and {len(summary.items) - show} more")
+        lines += ["", *table(["verdict", "problem", "row", "key", "detail"], rows2)]
+        if len(summary.items) > len(shown):
+            lines.append(f"... and {len(summary.items) - len(shown)} more")
     for warning in summary.warnings:
         lines.append(f"warning: {warning}")
-    lines += [
-        "",
-        "PASSED: the storage serves every migrated file."
-        if summary.passed
-        else "FAILED: switching now would break the rows listed above.",
-    ]
+    for failure in summary.option_failures:
+        lines.append(f"FAILED option: {failure}")
+    if summary.passed:
+        verdict = "PASSED: every row Django serves today will be served after the switch."
+    elif summary.failed:
+        verdict = f"FAILED: switching now would break {summary.failed} row(s) that work today."
+    else:
+        verdict = "FAILED: the storage's options would break the site after the switch."
+    lines += ["", verdict]
     return lines

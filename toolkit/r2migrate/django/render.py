@@ -16,7 +16,7 @@ from r2migrate.inventory import InventorySummary
 from r2migrate.plan import Action, PlanSummary
 from r2migrate.rollback import RollbackSummary
 from r2migrate.state import Batch, FileRecord, FileStatus
-from r2migrate.text import batch_table, human_bytes, run_summary_line, table
+from r2migrate.text import batch_table, human_bytes, meanings, run_summary_line, table
 from r2migrate.transfer import RunSummary
 from r2migrate.verify import VerifySummary
 
@@ -73,9 +73,10 @@ def inventory_lines(s: InventorySummary, counts: Mapping[str, FieldCount]) -> li
     ]
     if s.problems:
         rows = [
-            (p, n, "blocks" if Problem(p).blocking else "warning") for p, n in s.problems.items()
+            (p, n, "blocks" if Problem(p).blocking else "warning", Problem(p).meaning)
+            for p, n in s.problems.items()
         ]
-        lines += ["", *table(["problem", "rows", "effect"], rows)]
+        lines += ["", *table(["problem", "rows", "effect", "meaning"], rows, max_cell_chars=100)]
     lines += [
         "",
         f"R2 estimate: {e.class_a_ops} Class A ops ${e.class_a_usd:.4f}, "
@@ -94,8 +95,11 @@ def plan_lines(s: PlanSummary, *, show: int = 20) -> list[str]:
         lines += [
             "",
             *table(
-                ["action", "path", "reason"],
-                [(i.action.value, i.relative_path, i.reason) for i in odd[:show]],
+                ["action", "path", "reason", "meaning"],
+                [
+                    (i.action.value, i.relative_path, i.reason, meanings(i.reason))
+                    for i in odd[:show]
+                ],
             ),
         ]
     if s.dry_run:
