@@ -47,6 +47,7 @@ from r2migrate.errors import (
 from r2migrate.inventory import CostEstimate, InventorySummary, inventory
 from r2migrate.keys import content_headers_for, object_key_for
 from r2migrate.plan import Action, PlanItem, PlanSummary, plan
+from r2migrate.repair import RepairSummary, repair
 from r2migrate.rollback import (
     RollbackItem,
     RollbackOutcome,
@@ -93,6 +94,7 @@ __all__ = [
     "PlanSummary",
     "Problem",
     "Progress",
+    "RepairSummary",
     "RollbackItem",
     "RollbackOutcome",
     "RollbackProgress",
@@ -122,6 +124,7 @@ __all__ = [
     "load_settings",
     "object_key_for",
     "plan",
+    "repair",
     "rollback",
     "run",
     "verify",

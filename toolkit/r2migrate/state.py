@@ -182,6 +182,27 @@ class Outcome:
     mtime_ns: int | None = None  # of the file as it was sent (it may have changed since plan)
 
 
+# What a repair may send again (see State.repair_candidates): verify's verdicts on a done row,
+# and the transfer failures that mean "the source is no longer what inventory measured".
+REPAIRABLE_VERIFY_CODES = ("verify:missing", "verify:differ", "verify:source_changed")
+REPAIRABLE_FAILURE_CODES = ("size_mismatch", "source_changed")
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One row a repair re-queues (status `pending`) or gives up on (`conflict`)."""
+
+    row_id: int
+    seen: FileStatus  # the status the repair read; the row changes only if it still has it
+    status: FileStatus
+    size_bytes: int
+    mtime_ns: int | None
+    source_sha256: str | None
+    outcome: str  # of the 'repair' event: requeued, conflict
+    detail: Mapping[str, Any]
+    message: str = ""
+
+
 def _migration_files() -> list[tuple[int, str, str]]:
     found = []
     for entry in resources.files("r2migrate.migrations").iterdir():
@@ -639,6 +660,64 @@ class State:
                 (batch_id,),
             )
         return cur.rowcount
+
+    def repair_candidates(self, batch_id: str) -> list[FileRecord]:
+        """Rows a repair may send again: disproven by verify (missing, differ, source changed)
+        though in a done status, or failed because the source no longer matched the ledger."""
+        with translate_db_errors(f"reading files of {batch_id} to repair"):
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT * FROM {s}.files WHERE batch_id = %s AND ("
+                    " (status IN ('uploaded', 'skipped', 'verified')"
+                    "  AND error_code = ANY(%s))"
+                    " OR (status = 'failed' AND error_code = ANY(%s))) ORDER BY id"
+                ),
+                (batch_id, list(REPAIRABLE_VERIFY_CODES), list(REPAIRABLE_FAILURE_CODES)),
+            ).fetchall()
+        return [_file_from_row(r) for r in rows]
+
+    def requeue_for_repair(self, batch_id: str, repairs: Sequence[Repair]) -> set[int]:
+        """Put repaired rows back to `pending` with the source as it was just measured, or mark
+        them `conflict` (a foreign object holds the key); one 'repair' event each.
+
+        A row changes only if it still has the status the caller saw (a runner or a rollback
+        that got there first wins); the ids changed are returned, and only they get an event.
+        """
+        changed: set[int] = set()
+        if not repairs:
+            return changed
+        with translate_db_errors(f"requeueing files of {batch_id}"), self.conn.transaction():
+            with self.conn.cursor() as cur:
+                for r in repairs:
+                    cur.execute(
+                        self._q(
+                            "UPDATE {s}.files SET status = %s, size_bytes = %s, mtime_ns = %s,"
+                            " source_sha256 = %s, object_sha256 = NULL, etag = NULL,"
+                            " part_size_bytes = NULL, verified_at = NULL, next_attempt_at = NULL,"
+                            " error_code = %s, error_message = %s, updated_at = now()"
+                            " WHERE id = %s AND batch_id = %s AND status = %s"
+                        ),
+                        (
+                            r.status.value,
+                            r.size_bytes,
+                            r.mtime_ns,
+                            r.source_sha256,
+                            None if r.status is FileStatus.PENDING else "conflict",
+                            r.message or None,
+                            r.row_id,
+                            batch_id,
+                            r.seen.value,
+                        ),
+                    )
+                    if cur.rowcount == 1:
+                        changed.add(r.row_id)
+            self._insert_events(
+                batch_id,
+                "repair",
+                [(r.row_id, r.outcome, r.detail) for r in repairs if r.row_id in changed],
+            )
+            self._refresh_counts(batch_id)
+        return changed
 
     def open_file_count(self, batch_id: str) -> int:
         """Files still pending or in flight (by anyone)."""

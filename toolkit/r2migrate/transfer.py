@@ -1117,19 +1117,20 @@ def _write_back(
     outcomes: Sequence[Outcome],
     records: dict[int, FileRecord],
 ) -> None:
-    """Fill the original system's migration columns for the rows of uploaded files."""
+    """Fill the original system's migration columns: the whole set for uploaded files, the
+    status alone ('failed', 'conflict') for the others, so none keeps an earlier 'verified'."""
     for o in outcomes:
-        if o.status is not FileStatus.UPLOADED:
-            continue
         rec = records.get(o.row_id)
         if rec is None:
             continue
-        by_ref: dict[str, list[str]] = {}
-        for file_id in rec.source_refs or (rec.file_id,):
-            ref_label, _, source_id = file_id.rpartition(":")
-            by_ref.setdefault(ref_label, []).append(source_id)
+        by_ref = catalog.source_ids_by_reference(rec.source_refs or (rec.file_id,))
         for ref_label, ids in by_ref.items():
             ref = catalog.parse_reference(ref_label, id_column=settings.reference_id_column)
+            if o.status is not FileStatus.UPLOADED:
+                catalog.write_back_status(
+                    state.conn, ref, ids, status=o.status.value, batch_id=batch_id
+                )
+                continue
             catalog.write_back(
                 state.conn,
                 ref,
