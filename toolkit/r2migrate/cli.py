@@ -1141,6 +1141,11 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
                         + (f" ({queue.stalled} of dead workers)" if queue.stalled else "")
                         + f"; {queue.workers_alive} worker(s) alive"
                     )
+                    for held_batch, n in queue.dead_leases.items():
+                        click.echo(
+                            f"  {held_batch}: {n} file(s) held by dead workers (released by the "
+                            "next `r2migrate worker` poll, then settled by HEAD)"
+                        )
                 for p in shown:
                     for f in p.recent_failures[-3:]:
                         click.echo(f"  {p.batch_id} {f.object_key}: {f.code} {f.message}")

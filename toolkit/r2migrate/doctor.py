@@ -411,12 +411,13 @@ class _Doctor:
             f"{counts.get('todo', 0)} waiting, {counts.get('doing', 0)} running, "
             f"{counts.get('failed', 0)} failed; {found.workers_alive} worker(s) alive"
         )
-        if found.stalled:
+        if found.stalled or found.files_held_by_dead:
             return (
                 _WARN,
-                f"{summary}; {found.stalled} running job(s) belong to workers with no heartbeat "
-                f"for {s.stalled_worker_s:.0f} s",
-                "A running `r2migrate worker` queues them again by itself; start one if none runs.",
+                f"{summary}; {found.stalled} running job(s) and {found.files_held_by_dead} "
+                f"file(s) held by workers with no heartbeat for {s.stalled_worker_s:.0f} s",
+                "A running `r2migrate worker` queues those jobs again and releases those files "
+                "(settled by HEAD) by itself; start one if none runs.",
             )
         return (_OK, summary, "")
 

@@ -215,9 +215,22 @@ def _migration_files() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = max(v for v, _, _ in _migration_files())
 
 
-def new_owner_id() -> str:
-    """A lease owner id naming this host and process, so a dead local owner can be recognised."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def new_owner_id(worker_id: int | None = None) -> str:
+    """A lease owner id naming this host and process, so a dead local owner can be recognised,
+    and (``worker_id``) the procrastinate worker whose heartbeat vouches for it on any host."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return owner if worker_id is None else f"{owner}:w{worker_id}"
+
+
+# Leases of an owner naming a procrastinate worker (":w<id>") whose heartbeat is older than the
+# stalled-worker limit, or whose row is gone (pruned as stalled): the worker is dead, whatever
+# host it ran on, and its files are settled by HEAD by whoever claims them next.
+_DEAD_WORKER_LEASE = (
+    "status = 'uploading' AND lease_expires_at > now() AND lease_owner ~ ':w[0-9]+$'"
+    " AND NOT EXISTS (SELECT 1 FROM {s}.procrastinate_workers w"
+    "  WHERE w.id = substring(lease_owner from ':w([0-9]+)$')::bigint"
+    "  AND w.last_heartbeat >= now() - make_interval(secs => %s))"
+)
 
 
 def _owner_is_dead_here(owner: str) -> bool:
@@ -731,8 +744,58 @@ class State:
             ).fetchone()
         return int(row["n"]) if row else 0
 
-    def release_dead_leases(self, batch_id: str) -> int:
-        """Expire leases held by processes on this host that no longer exist (kill -9)."""
+    def _has_worker_table(self) -> bool:
+        row = self.conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AS present",
+            (f"{sql.Identifier(self.schema).as_string(self.conn)}.procrastinate_workers",),
+        ).fetchone()
+        return bool(row and row["present"])
+
+    def release_dead_worker_leases(
+        self, stalled_worker_s: float, *, batch_id: str | None = None
+    ) -> int:
+        """Expire the leases of workers declared dead (no heartbeat for ``stalled_worker_s``),
+        on any host; returns how many. Nothing to do before the job queue was ever installed."""
+        where = _DEAD_WORKER_LEASE + (" AND batch_id = %s" if batch_id is not None else "")
+        params: list[Any] = [stalled_worker_s] + ([batch_id] if batch_id is not None else [])
+        with translate_db_errors("releasing the leases of dead workers"):
+            if not self._has_worker_table():
+                return 0
+            cur = self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files SET lease_expires_at = now() - interval '1 second'"
+                    " WHERE " + where
+                ),
+                params,
+            )
+        if cur.rowcount:
+            log.warning("released %d file lease(s) of dead worker(s)", cur.rowcount)
+        return cur.rowcount
+
+    def dead_worker_leases(self, stalled_worker_s: float) -> dict[str, int]:
+        """Files still leased by workers declared dead, per batch (for `watch` and `doctor`)."""
+        with translate_db_errors("counting the leases of dead workers"):
+            if not self._has_worker_table():
+                return {}
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT batch_id, count(*) AS n FROM {s}.files WHERE "
+                    + _DEAD_WORKER_LEASE
+                    + " GROUP BY batch_id ORDER BY batch_id"
+                ),
+                (stalled_worker_s,),
+            ).fetchall()
+        return {r["batch_id"]: int(r["n"]) for r in rows}
+
+    def release_dead_leases(self, batch_id: str, *, stalled_worker_s: float | None = None) -> int:
+        """Expire leases held by processes on this host that no longer exist (kill -9), and,
+        with ``stalled_worker_s``, those of workers on any host whose heartbeat stopped."""
+        released = 0
+        if stalled_worker_s is not None:
+            released = self.release_dead_worker_leases(stalled_worker_s, batch_id=batch_id)
+        return released + self._release_dead_local_leases(batch_id)
+
+    def _release_dead_local_leases(self, batch_id: str) -> int:
         with translate_db_errors("checking leases"):
             rows = self.conn.execute(
                 self._q(

@@ -839,12 +839,14 @@ def send_batches(
     on_progress: Callable[[Progress], None] | None,
     *,
     pool: ThreadPoolExecutor | None = None,
+    owner: str | None = None,
 ) -> list[BatchResult]:
     """Send every open file of these batches, in order, through one pool of worker threads.
 
     `pool` lets several calls share one long-lived pool (a worker process running batch jobs
     side by side keeps its threads, and so their keep-alive connections); by default the call
-    makes its own.
+    makes its own. `owner` is the lease owner id (a worker's names its procrastinate worker, so
+    its leases end with its heartbeat); by default a new one for this process.
 
     Batches are pipelined: once a batch has nothing left to claim, the next one's files are
     claimed while the last uploads of the first are still in flight, so the workers never wait
@@ -852,7 +854,7 @@ def send_batches(
     another runner still holds some of its files: those are waited for, or taken over when the
     holder is dead (same host) or its lease has expired.
     """
-    owner = new_owner_id()
+    owner = owner or new_owner_id()
     pending = list(batch_ids)
     runs: dict[str, _BatchRun] = {}  # started, not yet finished
     results: list[BatchResult] = []
@@ -871,7 +873,7 @@ def send_batches(
     done_queue: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
 
     def begin(batch_id: str) -> _BatchRun:
-        state.release_dead_leases(batch_id)
+        state.release_dead_leases(batch_id, stalled_worker_s=settings.stalled_worker_s)
         state.set_batch_status(batch_id, BatchStatus.RUNNING)
         current = state.refresh_counts(batch_id)
         log.info(
@@ -934,7 +936,7 @@ def send_batches(
                 finish(run, _finalize(state, run.batch_id, run.failures))
                 continue
             # Claim again at the next look: a dead holder's or an expired lease is claimable.
-            state.release_dead_leases(run.batch_id)
+            state.release_dead_leases(run.batch_id, stalled_worker_s=settings.stalled_worker_s)
             run.exhausted = False
             run.next_check = now + min(1.0, settings.lease_s / 10)
         return wake
