@@ -829,8 +829,9 @@ class State:
     ) -> list[FileRecord]:
         """Atomically take up to `limit` files to send: pending, failed, or abandoned uploads.
 
-        The row becomes `uploading` (the intent) and is committed before any byte is sent, so a
-        crash leaves evidence that a resume resolves by HEAD.
+        The row becomes `uploading` (the intent) and an 'attempt' event 'sending' is appended,
+        both committed before any byte is sent, so a crash leaves evidence that a resume
+        resolves by HEAD and the history shows every PUT that may have landed.
         """
         wanted = "status = 'pending' OR (status = 'uploading' AND lease_expires_at < now())"
         if include_failed:
@@ -849,6 +850,18 @@ class State:
                 ),
                 (batch_id, limit, owner, lease_s),
             ).fetchall()
+            if rows:
+                # The intent in the history too, before any byte is sent: a PUT that lands just
+                # before a kill -9 still shows as an attempt, not only as a later "resolve".
+                self.conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                        " SELECT %s, v.id, 'attempt', 'sending',"
+                        "   jsonb_build_object('owner', %s::text, 'previous', v.previous)"
+                        " FROM unnest(%s::bigint[], %s::text[]) AS v(id, previous)"
+                    ),
+                    (batch_id, owner, [r["id"] for r in rows], [r["previous"] for r in rows]),
+                )
         return [_file_from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
 
     def renew_leases(self, row_ids: Sequence[int], *, owner: str, lease_s: float) -> None:

@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -164,6 +165,8 @@ class Sender:
         self.bucket = bucket
         self.stop = stop
         self.rng = random.Random()
+        self.retries: Counter[str] = Counter()  # retries per cause, summarised by close()
+        self._retry_lock = threading.Lock()
         self.fast: FastPut | None = None
         if settings.fast_put:
             try:
@@ -171,7 +174,28 @@ class Sender:
             except ConfigError as exc:
                 log.warning("fast_put is off for this run: %s", exc.message)
 
+    def _note_retry(self, code: str, key: str, delay_s: float) -> None:
+        """One warning when a cause first appears; the rest are counted (see close): a media
+        server that dies must not print one line per file and attempt."""
+        with self._retry_lock:
+            self.retries[code] += 1
+            first = self.retries[code] == 1
+        if first:
+            log.warning(
+                "retrying %s in %.1fs after %s (further retries after %s are counted)",
+                key,
+                delay_s,
+                code,
+                code,
+            )
+        else:
+            log.debug("retrying %s in %.1fs after %s", key, delay_s, code)
+
     def close(self) -> None:
+        with self._retry_lock:
+            counted, self.retries = self.retries, Counter()
+        for code, n in sorted(counted.items()):
+            log.warning("%d retries after %s", n, code)
         if self.fast is not None:
             self.fast.close()
         if self.http is not None:
@@ -262,7 +286,7 @@ class Sender:
                 max_s=self.settings.backoff_max_s,
                 rng=self.rng,
             )
-            log.warning("retrying %s in %.1fs after %s", rec.object_key, delay, code)
+            self._note_retry(code, rec.object_key, delay)
             if self.stop.wait(delay):
                 return self._failed(rec, attempt, code, message, events, transient=retryable)
 
@@ -866,6 +890,7 @@ def send_batches(
     transient_streak = 0
     outage: str | None = None
     outage_code = ""
+    refused: SourceRefused | None = None  # 401/403 from the media server: wrong for every file
     # Claim in groups: top the window up only once it has drained to the workers' count, so a
     # claim (one round trip) takes about `workers` files instead of the one or two just finished.
     window = max(2, settings.workers * 2)
@@ -970,7 +995,7 @@ def send_batches(
                     fut.add_done_callback(done_queue.put)
                 if not claimed:
                     continue  # go on with the next batch at once
-            if stop.is_set():
+            if stop.is_set() or refused is not None:
                 for rec in _give_back_unstarted(state, in_flight, owner):
                     runs[rec.batch_id].in_flight -= 1
             wake = settle() if active else None
@@ -987,7 +1012,15 @@ def send_batches(
                 rec = in_flight.pop(fut)
                 run = runs[rec.batch_id]
                 run.in_flight -= 1
-                outcome = fut.result()
+                try:
+                    outcome = fut.result()
+                except SourceRefused as exc:
+                    # Stop claiming, let the uploads in flight end, hand this file back as it
+                    # was, and mark the batch partial below; then the error stops the run.
+                    state.release_files([rec.id], owner=owner)
+                    if refused is None:
+                        refused, outage, outage_code = exc, exc.message, "refused"
+                    continue
                 records[rec.id] = rec
                 unflushed.append(outcome)
                 run.tally["attempts"] += outcome.attempts_made
@@ -1068,6 +1101,8 @@ def send_batches(
             run.batch_id, BatchStatus.PARTIAL, last_error=outage or "interrupted"
         )
         finish(run, BatchStatus.PARTIAL)
+    if refused is not None:
+        raise refused
     if outage is not None and not stop.is_set():
         unfinished = [r.batch_id for r in results if r.status is BatchStatus.PARTIAL]
         first = unfinished[0] if unfinished else batch_ids[0]
