@@ -21,8 +21,10 @@ from email.utils import formatdate
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from click.testing import CliRunner
 
 from r2migrate.bucket import Bucket
+from r2migrate.cli import main
 from r2migrate.config import Settings, load_settings
 from r2migrate.doctor import CHECK_ORDER, PROBE_PREFIX, Check, CheckStatus, DoctorReport, doctor
 from r2migrate.errors import ConfigError, NoSuchBucket
@@ -292,8 +294,21 @@ def test_job_queue_reports_waiting_and_stalled_jobs_and_refuses_another_version(
         )
     check = _run(settings).get("job_queue")
     assert check.status is WARN, check
-    assert "1 running job(s) belong to workers with no heartbeat" in check.detail
-    assert "queues them again" in check.hint
+    assert "1 running job(s) and 0 file(s) held by workers with no heartbeat" in check.detail
+    assert "queues those jobs again" in check.hint
+    # that worker, on another machine, also holds three files of the first batch
+    with State.open(settings.database_url) as state:
+        claimed = state.claim_files(
+            batch_ids[0], owner=f"far-host:42:abcd1234:w{worker_id}", limit=3, lease_s=300
+        )
+        assert len(claimed) == 3
+    check = _run(settings).get("job_queue")
+    assert "1 running job(s) and 3 file(s) held by workers" in check.detail
+    assert "releases those files" in check.hint
+    watched = CliRunner().invoke(
+        main, ["watch", "--once"], env={"DATABASE_URL": settings.database_url}
+    )
+    assert f"{batch_ids[0]}: 3 file(s) held by dead workers" in watched.output, watched.output
     with State.open(settings.database_url) as state:
         state.conn.execute("UPDATE r2migrate.queue_schema SET procrastinate_version = '2.1.0'")
     check = _run(settings).get("job_queue")

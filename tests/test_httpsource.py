@@ -8,6 +8,7 @@ for a file that exists, a body cut halfway, a required auth header), never mocks
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -402,6 +403,8 @@ def test_credentials_refused_mid_way_stop_run_and_verify_without_touching_rows(
         with pytest.raises(SourceRefused):
             run_batches(settings, state)
         assert not any(f.status is FileStatus.FAILED for f in state.batch_files(batch_id))
+        assert not any(f.status is FileStatus.UPLOADING for f in state.batch_files(batch_id))
+        assert state.get_batch(batch_id).status.value == "partial"  # stopped, not running
         served.behaviour.required_header = ("Authorization", SECRET)
         assert run_batches(settings, state).failed == 0
         assert verify(settings, state, batch_id=batch_id).ok
@@ -422,3 +425,56 @@ def test_mtimes_from_last_modified_compare_to_the_second():
     assert not _same_mtime(disk, 1_764_000_001_000_000_000)  # a second later: it changed
     assert not _same_mtime(disk, disk + 1)  # both precise: any difference counts
     assert _same_mtime(None, disk)
+
+
+def test_verify_takes_source_and_media_url_flags(http_settings, served, tmp_path):
+    settings = http_settings()
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        plan(settings, state, batch_size=100)
+        run_batches(settings, state)
+    env = {
+        "DATABASE_URL": settings.database_url or "",
+        "AWS_ACCESS_KEY_ID": settings.access_key or "",
+        "AWS_SECRET_ACCESS_KEY": settings.secret_key or "",
+        "R2MIGRATE_ENDPOINT_URL": settings.endpoint_url or "",
+        "R2MIGRATE_REGION_NAME": "us-east-1",
+        "R2MIGRATE_BUCKET_NAME": settings.bucket_name or "",
+        "R2MIGRATE_STATE_DIR": str(tmp_path / ".r2migrate"),
+    }
+    args = ["verify", "--all", "--source", "http", "--media-url", served.url, "--json"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["counts"]["match"] == summary["files_checked"] == len(FILES) - 1  # hidden
+    assert summary["left_out_batches"] == 0
+
+
+def test_retries_of_one_cause_are_summarised_not_repeated(
+    http_settings, served, media_root, caplog
+):
+    names = [f"uploads/again/{i:02d}.txt" for i in range(8)]
+    for name in names:
+        (media_root / name).parent.mkdir(parents=True, exist_ok=True)
+        (media_root / name).write_bytes(name.encode() * 100)
+    settings = http_settings(
+        max_attempts=4, references=("list_cutter_savedfile.file_path",), workers=2
+    )
+    with psycopg.connect(settings.database_url) as conn:
+        conn.execute("DELETE FROM list_cutter_savedfile")
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO list_cutter_savedfile (file_name, file_path) VALUES (%s, %s)",
+                [(Path(n).name, n) for n in names],
+            )
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        plan(settings, state, batch_size=100)
+        served.behaviour.short.update(names)  # every body stops halfway
+        with caplog.at_level("WARNING", logger="r2migrate"), contextlib.suppress(SourceUnavailable):
+            run_batches(settings, state)
+    retry_lines = [r.getMessage() for r in caplog.records if "retr" in r.getMessage()]
+    # 8 files x 3 retries would be 24 lines: one when the cause first appears, one count
+    assert len(retry_lines) == 2, retry_lines
+    assert "source_unavailable" in retry_lines[0]
+    assert "24 retries after source_unavailable" in retry_lines[1]

@@ -549,3 +549,95 @@ def test_files_failed_in_an_outage_are_sent_when_the_job_runs_again(proxied, sam
         assert state.get_batch(batch_ids[0]).status is BatchStatus.COMPLETED
         assert job_counts(state).get("todo", 0) == 0
     assert len(_objects(settings)) == total
+
+
+# -- a dead machine's file leases end with its heartbeat ------------------------------------------
+
+
+def _worker_on_host(settings, host: str, **env: str) -> subprocess.Popen[str]:
+    """`r2migrate worker` in its own UTS namespace named `host` (a second machine, as far as
+    host names go) and its own session, so one killpg is the whole machine dying."""
+    script = f'hostname {host} && exec "$0" -m r2migrate worker --processes 1 --poll-s 0.5'
+    return subprocess.Popen(
+        ["unshare", "--uts", "sh", "-c", script, sys.executable],
+        env=_subprocess_env(settings, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _held_by(state: State, host: str, *, live: bool = False) -> int:
+    """Files `host` holds (`live`: with a lease not yet expired or released)."""
+    row = state.conn.execute(
+        sql.SQL(
+            "SELECT count(*) AS n FROM {s}.files WHERE status = 'uploading'"
+            " AND lease_owner LIKE %s" + (" AND lease_expires_at > now()" if live else "")
+        ).format(s=sql.Identifier(state.schema)),
+        (f"{host}:%",),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+@pytest.mark.skipif(
+    subprocess.run(["unshare", "--uts", "true"], capture_output=True).returncode != 0,
+    reason="needs unshare --uts (root or user namespaces)",
+)
+def test_a_killed_hosts_files_are_taken_over_within_stalled_worker_s_not_lease_s(
+    proxied, media_root, fresh_database_url
+):
+    proxy, make = proxied
+    stalled_s, poll_s = 4.0, 0.5
+    settings = make(workers=2, stalled_worker_s=stalled_s)  # lease_s stays 300
+    total = _seed_files(fresh_database_url, media_root, 160)
+    batch_ids, _ = _plan(settings, 20)
+    proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
+    env = {"R2MIGRATE_WORKERS": "2", "R2MIGRATE_STALLED_WORKER_S": str(stalled_s)}
+    doomed = _worker_on_host(settings, "host-a", **env)
+    survivor = _worker_on_host(settings, "host-b", **env)
+    try:
+        with _open(settings) as state:
+            deadline = time.monotonic() + 30
+            while _held_by(state, "host-a") == 0:
+                assert time.monotonic() < deadline, "host-a never claimed a file"
+                assert doomed.poll() is None, doomed.communicate()
+                time.sleep(0.05)
+            os.killpg(doomed.pid, signal.SIGKILL)  # the machine dies mid-batch
+            killed_at = time.monotonic()
+            doomed.communicate()
+            held = _held_by(state, "host-a")
+            # host-b sees leases of another host: only the heartbeat can free them
+            while _held_by(state, "host-a", live=True) > 0:
+                assert time.monotonic() - killed_at < 60, "the dead host's leases were kept"
+                time.sleep(0.05)
+            released_s = time.monotonic() - killed_at
+            while _held_by(state, "host-a") > 0:
+                assert time.monotonic() - killed_at < 60, "the dead host's leases were kept"
+                time.sleep(0.05)
+            takeover_s = time.monotonic() - killed_at
+            while any(state.get_batch(b).status is not BatchStatus.COMPLETED for b in batch_ids):
+                assert time.monotonic() - killed_at < 90, [
+                    (b, state.get_batch(b).status) for b in batch_ids
+                ]
+                assert survivor.poll() is None, survivor.communicate()
+                time.sleep(0.1)
+            keys = _ledger_keys(state, batch_ids)
+            files = [f for b in batch_ids for f in state.batch_files(b)]
+    finally:
+        for child in (doomed, survivor):
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+            child.communicate(timeout=30)
+    print(
+        f"{held} file(s) of the killed host: leases released {released_s:.1f} s and claimed by "
+        f"the survivor {takeover_s:.1f} s after kill -9 (stalled_worker_s {stalled_s})"
+    )
+    assert held > 0
+    # A heartbeat is stalled_worker_s old at most that long after the kill, and the survivor's
+    # parent looks every poll; a job slot then fetches the re-queued batch within a third of
+    # stalled_worker_s once one is free. Without the release both are lease_s (300 s).
+    assert released_s < stalled_s + poll_s + 1.0
+    assert takeover_s < stalled_s + poll_s + stalled_s / 3 + 3.0
+    assert len(keys) == total and {f.status for f in files} == {FileStatus.UPLOADED}
+    assert _objects(settings) == keys

@@ -38,6 +38,7 @@ LAYERS = {
     "verify": 3,
     "rollback": 3,
     "report": 4,
+    "repair": 4,
     "jobs": 4,
     "text": 4,
     "doctor": 4,

@@ -156,8 +156,15 @@ def test_ca_bundle_settings_follow_aws_ca_bundle_and_refuse_verify_off(tmp_path)
     bundle = tmp_path / "ca.pem"
     s = load_settings(env={"AWS_CA_BUNDLE": str(bundle)}, cwd=tmp_path)
     assert (s.ca_bundle, s.sources["ca_bundle"]) == (bundle, "env AWS_CA_BUNDLE")
-    with pytest.raises(ConfigError, match=r"ca_bundle .*verify is false"):
-        load_settings(env={"AWS_CA_BUNDLE": str(bundle), "R2MIGRATE_VERIFY": "false"}, cwd=tmp_path)
+    # `verify = false` alone works: an inherited AWS_CA_BUNDLE is dropped, not a contradiction
+    off = load_settings(
+        env={"AWS_CA_BUNDLE": str(bundle), "R2MIGRATE_VERIFY": "false"}, cwd=tmp_path
+    )
+    assert (off.verify, off.ca_bundle) == (False, None)
+    with pytest.raises(ConfigError, match=r"ca_bundle .*verify is false"):  # both on purpose
+        load_settings(
+            env={"R2MIGRATE_CA_BUNDLE": str(bundle), "R2MIGRATE_VERIFY": "false"}, cwd=tmp_path
+        )
     missing = load_settings(
         env={},
         overrides={
@@ -260,3 +267,93 @@ def test_an_untrusted_certificate_is_refused_at_once_and_never_retried(
             plan(settings, state)  # its HEAD per key is the first request
         assert info.value.code == "SSLError"
     assert list(Bucket(tls_settings).iter_objects()) == []
+
+
+# -- TLS settings that explain themselves ---------------------------------------------------------
+
+
+def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The CLI on the TLS stack: endpoint, keys and ca_bundle from its stack.json."""
+    env = {
+        "DATABASE_URL": settings.database_url or "",
+        "R2MIGRATE_STATE_DIR": str(settings.state_dir),
+        "R2MIGRATE_BUCKET_NAME": settings.bucket_name or "",
+        "R2MIGRATE_MEDIA_ROOT": str(settings.media_root),
+        "R2MIGRATE_LOG_FILE": str(settings.log_file),
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def planned(tls_settings):
+    """The sample data planned (not run) on the TLS stack."""
+    assert tls_settings.media_root is not None
+    devsample.create_sample_data(tls_settings.database_url or "", tls_settings.media_root, files=20)
+    with State.open(tls_settings.database_url) as state:
+        inventory(tls_settings, state)
+        plan(tls_settings, state)
+    return tls_settings
+
+
+def test_a_wrong_bundle_stops_run_with_exit_2_naming_ca_bundle_and_its_source(planned, tmp_path):
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(devcert.make_certificate()[0])
+    result = CliRunner().invoke(main, ["--set", f"ca_bundle={other}", "run"], env=_cli_env(planned))
+    assert result.exit_code == 2, result.output
+    assert f"ca_bundle {other} (from --set)" in result.output
+    assert "certificate" in result.output
+    assert list(Bucket(planned).iter_objects()) == []
+
+
+def test_an_inherited_aws_ca_bundle_does_not_override_the_stacks_own(planned, tmp_path):
+    other = tmp_path / "machine-wide.pem"
+    other.write_bytes(devcert.make_certificate()[0])
+    env = _cli_env(planned, AWS_CA_BUNDLE=str(other))
+    shown = CliRunner().invoke(main, ["config", "show", "--json"], env=env)
+    assert str(planned.ca_bundle) in shown.output and str(other) not in shown.output
+    result = CliRunner().invoke(main, ["run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(list(Bucket(planned).iter_objects())) > 0
+
+
+def test_verify_false_alone_works_and_warns_once(planned, caplog):
+    env = _cli_env(planned, R2MIGRATE_VERIFY="false")  # the stack still names its ca_bundle
+    result = CliRunner().invoke(main, ["-v", "run"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "InsecureRequestWarning" not in result.output
+    assert result.output.count("are not checked") <= 1
+    assert len(list(Bucket(planned).iter_objects())) > 0
+
+
+def test_doctor_checks_the_bundle_and_never_calls_a_bad_file_a_bug(tls_settings, tmp_path):
+    from r2migrate.doctor import doctor
+
+    good = doctor(tls_settings).get("ca_bundle")
+    assert good.status.value == "ok", good
+    assert "verifies against" in good.detail
+    not_pem = tmp_path / "not-a-bundle.pem"
+    not_pem.write_text("this is not a certificate\n")
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(devcert.make_certificate()[0])
+    for bundle, said in ((not_pem, "not a PEM file"), (other, "does not verify against")):
+        settings = load_settings(
+            env={},
+            overrides={
+                "state_dir": tls_settings.state_dir,
+                "database_url": tls_settings.database_url,
+                "bucket_name": tls_settings.bucket_name,
+                "media_root": tls_settings.media_root,
+                "log_file": tmp_path / "r2migrate.log",
+                "ca_bundle": bundle,
+            },
+            cwd=tmp_path,
+        )
+        report = doctor(settings)
+        check = report.get("ca_bundle")
+        assert check.status.value == "fail", check
+        assert said in check.detail and str(bundle) in check.detail
+        assert "ca_bundle" in check.hint
+        assert report.get("bucket").status.value == "skip"
+        text = json.dumps([c.detail + c.hint for c in report.checks])
+        assert "bug" not in text

@@ -108,6 +108,13 @@ def test_kill_9_then_resume_sends_no_recorded_file_twice(proxied, media_root, fr
         assert len(recorded) < total
         assert in_flight, "the kill should land while uploads are in flight"
         proxy.rule = None
+        # each upload in flight at the kill was in the history before its PUT went out
+        sending = {
+            e["file_row_id"] for e in state.events(batch_id, kind="attempt", outcome="sending")
+        }
+        ids = {f.object_key: f.id for f in state.batch_files(batch_id)}
+        assert {ids[k] for k in in_flight} <= sending
+        assert {ids[k] for k in proxy.count("PUT")} <= sending
         summary = run_batches(settings, state, batch_id=batch_id)
         final = state.batch_files(batch_id)
         assert state.get_batch(batch_id).status is BatchStatus.COMPLETED

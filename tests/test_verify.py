@@ -405,5 +405,5 @@ def test_write_back_marks_matched_rows_verified(make_settings, media_root, fresh
         rows = dict(
             conn.execute("SELECT file_path, migration_status FROM list_cutter_savedfile").fetchall()
         )
-    assert rows.pop(victim.relative_path) == "uploaded"
+    assert rows.pop(victim.relative_path) == "failed"  # disproven: never left 'uploaded'
     assert set(rows.values()) == {"verified"}

@@ -25,6 +25,7 @@ from r2migrate.errors import (
     BatchRolledBack,
     BucketError,
     BucketUnavailable,
+    CertificateRefused,
     ConfigError,
     DatabaseUnavailable,
     DigestMismatch,
@@ -49,6 +50,7 @@ from r2migrate.errors import (
 from r2migrate.inventory import CostEstimate, InventorySummary, inventory
 from r2migrate.keys import content_headers_for, object_key_for
 from r2migrate.plan import Action, PlanItem, PlanSummary, plan
+from r2migrate.repair import RepairSummary, repair
 from r2migrate.rollback import (
     RollbackItem,
     RollbackOutcome,
@@ -74,6 +76,7 @@ __all__ = [
     "Bucket",
     "BucketError",
     "BucketUnavailable",
+    "CertificateRefused",
     "Check",
     "CheckStatus",
     "ConfigError",
@@ -96,6 +99,7 @@ __all__ = [
     "PrivilegeMissing",
     "Problem",
     "Progress",
+    "RepairSummary",
     "RollbackItem",
     "RollbackOutcome",
     "RollbackProgress",
@@ -126,6 +130,7 @@ __all__ = [
     "load_settings",
     "object_key_for",
     "plan",
+    "repair",
     "rollback",
     "run",
     "verify",

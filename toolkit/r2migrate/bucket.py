@@ -11,8 +11,10 @@ import contextlib
 import hashlib
 import logging
 import os
+import ssl
 import stat
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from r2migrate.errors import (
     AccessDenied,
     BucketError,
     BucketUnavailable,
+    CertificateRefused,
     ConfigError,
     DigestMismatch,
     NoSuchBucket,
@@ -136,6 +139,7 @@ def tls_verify(settings: Settings) -> bool | str:
     an unreadable-bundle error on the first connection.
     """
     if not settings.verify:
+        _warn_insecure_once(settings.effective_endpoint_url)
         return False
     if settings.ca_bundle is None:
         return True
@@ -148,6 +152,37 @@ def tls_verify(settings: Settings) -> bool | str:
             hint="Point ca_bundle (or AWS_CA_BUNDLE) at a PEM file of CA certificates.",
         ) from exc
     return str(settings.ca_bundle)
+
+
+_insecure_warned = threading.Event()
+
+
+def _warn_insecure_once(endpoint: str | None) -> None:
+    """`verify = false`: one warning per process, instead of urllib3's one per request."""
+    import urllib3
+
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    if not _insecure_warned.is_set():
+        _insecure_warned.set()
+        log.warning(
+            "verify is false: TLS certificates of %s are not checked (this warning is shown once)",
+            endpoint or "the endpoint",
+        )
+
+
+def tls_hint(settings: Settings) -> str:
+    """What to do about a refused certificate, naming the bundle in use and where it came from."""
+    if settings.ca_bundle is None:
+        trusted = "certifi's CA bundle (ca_bundle is not set)"
+    else:
+        where = settings.sources.get("ca_bundle", "default")
+        trusted = f"ca_bundle {settings.ca_bundle} (from {where})"
+    return (
+        f"The endpoint's certificate is not signed by a CA in {trusted}. Point ca_bundle "
+        "(--set ca_bundle=PATH, R2MIGRATE_CA_BUNDLE or AWS_CA_BUNDLE) at the PEM file of the CA "
+        "that signed it; `--set ca_bundle=` (empty) clears an inherited AWS_CA_BUNDLE; "
+        "`r2migrate doctor` checks the bundle."
+    )
 
 
 def make_client(settings: Settings, *, max_pool_connections: int | None = None) -> S3Client:
@@ -205,6 +240,8 @@ def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = N
         if code in TRANSIENT_CODES or status in (429, 500, 502, 503, 504) or status >= 500:
             return TransientBucketError(f"{where}: {code or status}: {message}", code=code)
         return BucketError(f"{where}: {code or status}: {message}", code=code)
+    if isinstance(exc, botocore.exceptions.SSLError | ssl.SSLError):
+        return CertificateRefused(f"{where}: SSLError: {exc}", code="SSLError")
     if isinstance(
         exc,
         botocore.exceptions.EndpointConnectionError
@@ -332,6 +369,16 @@ class Bucket:
         self.endpoint_url = settings.effective_endpoint_url
         self.client = client or make_client(settings)
         self.object_parameters = dict(settings.object_parameters)
+        self.tls_hint = tls_hint(settings)
+
+    def _error(
+        self, exc: Exception, *, op: str, bucket: str, key: str | None = None
+    ) -> BucketError:
+        """``translate_error``, with a refused certificate's hint naming this client's bundle."""
+        err = translate_error(exc, op=op, bucket=bucket, key=key)
+        if isinstance(err, CertificateRefused):
+            err.hint = self.tls_hint
+        return err
 
     @classmethod
     def for_settings(cls, settings: Settings, given: Bucket | None = None) -> Bucket:
@@ -355,7 +402,7 @@ class Bucket:
         try:
             self.client.head_bucket(Bucket=self.name)
         except Exception as exc:
-            err = translate_error(exc, op="HEAD bucket", bucket=self.name)
+            err = self._error(exc, op="HEAD bucket", bucket=self.name)
             if isinstance(err, TransientBucketError):
                 raise BucketUnavailable(
                     f"Cannot reach the S3 endpoint for bucket {self.name!r}: {err.message}"
@@ -366,7 +413,7 @@ class Bucket:
         try:
             self.client.create_bucket(Bucket=self.name)
         except Exception as exc:
-            raise translate_error(exc, op="CREATE bucket", bucket=self.name) from exc
+            raise self._error(exc, op="CREATE bucket", bucket=self.name) from exc
 
     def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         """(key, size) of every object under prefix, paged."""
@@ -397,7 +444,7 @@ class Bucket:
         try:
             page = self.client.list_objects_v2(**kwargs)
         except Exception as exc:
-            raise translate_error(exc, op="LIST", bucket=self.name, key=prefix) from exc
+            raise self._error(exc, op="LIST", bucket=self.name, key=prefix) from exc
         items = [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
         following = page.get("NextContinuationToken") if page.get("IsTruncated") else None
         return items, following or None
@@ -413,9 +460,9 @@ class Bucket:
             code = exc.response.get("Error", {}).get("Code")
             if status == 404 and code != "NoSuchBucket":
                 return None
-            raise translate_error(exc, op="HEAD", bucket=self.name, key=key) from exc
+            raise self._error(exc, op="HEAD", bucket=self.name, key=key) from exc
         except Exception as exc:
-            raise translate_error(exc, op="HEAD", bucket=self.name, key=key) from exc
+            raise self._error(exc, op="HEAD", bucket=self.name, key=key) from exc
         metadata = {k.lower(): v for k, v in resp.get("Metadata", {}).items()}
         return ObjectInfo(
             key=key,
@@ -464,7 +511,7 @@ class Bucket:
                 **params,
             )
         except Exception as exc:
-            raise translate_error(exc, op="PUT", bucket=self.name, key=key) from exc
+            raise self._error(exc, op="PUT", bucket=self.name, key=key) from exc
         return PutResult(etag=str(resp.get("ETag", "")))
 
     def put_file_multipart(
@@ -641,7 +688,7 @@ class Bucket:
                 Bucket=self.name, Key=key, ChecksumAlgorithm="SHA256", **params
             )
         except Exception as exc:
-            raise translate_error(exc, op="CREATE-MULTIPART", bucket=self.name, key=key) from exc
+            raise self._error(exc, op="CREATE-MULTIPART", bucket=self.name, key=key) from exc
         return str(created["UploadId"])
 
     def _complete_upload(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> str:
@@ -654,7 +701,7 @@ class Bucket:
                 IfNoneMatch="*",
             )
         except Exception as exc:
-            raise translate_error(exc, op="COMPLETE-MULTIPART", bucket=self.name, key=key) from exc
+            raise self._error(exc, op="COMPLETE-MULTIPART", bucket=self.name, key=key) from exc
         return str(resp.get("ETag", ""))
 
     def _upload_part(
@@ -694,7 +741,7 @@ class Bucket:
             error = (
                 exc
                 if isinstance(exc, BucketError)
-                else translate_error(exc, op="UPLOAD-PART", bucket=self.name, key=key)
+                else self._error(exc, op="UPLOAD-PART", bucket=self.name, key=key)
             )
             if error.code in DIGEST_CODES and not part.still_hashes_to(digest):
                 # The server saw other bytes than were hashed: the file changed in between.
@@ -721,7 +768,7 @@ class Bucket:
                 digest.update(chunk)
                 size += len(chunk)
         except Exception as exc:
-            raise translate_error(exc, op="GET", bucket=self.name, key=key) from exc
+            raise self._error(exc, op="GET", bucket=self.name, key=key) from exc
         return digest.hexdigest(), size
 
     def delete_if_match(self, key: str, etag: str) -> None:
@@ -733,4 +780,4 @@ class Bucket:
         try:
             self.client.delete_object(Bucket=self.name, Key=key, IfMatch=etag)
         except Exception as exc:
-            raise translate_error(exc, op="DELETE", bucket=self.name, key=key) from exc
+            raise self._error(exc, op="DELETE", bucket=self.name, key=key) from exc

@@ -200,3 +200,32 @@ def write_back_rows(
     with translate_db_errors(f"writing back to {ref.label}"):
         cur = conn.execute(query, params)
     return cur.rowcount
+
+
+def write_back_status(
+    conn: Connection,
+    ref: Reference,
+    source_ids: Sequence[str],
+    *,
+    status: str,
+    batch_id: str,
+) -> int:
+    """Set only ``migration_status`` (and the batch) of some rows: a file that failed, was
+    disproven or is queued again must never keep saying 'verified' or 'uploaded'."""
+    if not source_ids:
+        return 0
+    query = sql.SQL(
+        "UPDATE {tbl} SET migration_status = %s, migration_batch_id = %s WHERE {id}::text = ANY(%s)"
+    ).format(tbl=ref.table_sql(), id=sql.Identifier(ref.id_column))
+    with translate_db_errors(f"writing back to {ref.label}"):
+        cur = conn.execute(query, (status, batch_id, list(source_ids)))
+    return cur.rowcount
+
+
+def source_ids_by_reference(file_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Group ledger file ids ('<table>.<column>:<row id>') by reference label."""
+    by_ref: dict[str, list[str]] = {}
+    for file_id in file_ids:
+        ref_label, _, source_id = file_id.rpartition(":")
+        by_ref.setdefault(ref_label, []).append(source_id)
+    return by_ref

@@ -762,6 +762,13 @@ def plan(
 )
 @click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches.")
 @click.option(
+    "--repair",
+    is_flag=True,
+    help="Send again only the files verify found missing or different (when the object is ours"
+    " or gone) and those that failed because the source changed (re-measured first); the rest"
+    " of the batch is left alone.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 1024),
     show_default="setting workers",
@@ -781,6 +788,7 @@ def run(
     batch_id: str | None,
     resume_batch: str | None,
     max_batches: int | None,
+    repair: bool,
     workers: int | None,
     processes: int | None,
     as_json: bool,
@@ -801,6 +809,10 @@ def run(
     over the bytes received, their count must equal the Content-Length and the inventory's size,
     and the PUT is the same create-only one. Files above multipart_threshold_bytes are fetched
     twice (hash, then send), the second pass re-hashed.
+
+    With --repair, no rollback is needed after a failed verify or a changed source: each such
+    file is re-measured, a stale object of ours at its key is deleted (If-Match), and the file
+    goes through the same create-only PUT; a key holding anyone else's object stays a conflict.
     """
     if batch_id and resume_batch:
         raise click.UsageError("Give --batch or --resume-batch, not both.")
@@ -812,6 +824,9 @@ def run(
     settings.require(
         "database_url", *(() if target else (*settings.source_settings, "bucket_name"))
     )
+    if repair:
+        _run_repair(settings, target, as_json)
+        return
     with _open_state(settings) as state:
         if target:
             todo = [state.get_batch(target)]
@@ -882,6 +897,30 @@ def run(
                 click.echo(f"  FAILED {key}: {code} {message}", err=True)
         if summary.left_out_note:
             click.echo(f"\n{summary.left_out_note}", err=True)
+    if summary.failed:
+        sys.exit(int(ExitCode.FILES_FAILED))
+
+
+def _run_repair(settings: Settings, batch_id: str | None, as_json: bool) -> None:
+    from r2migrate.repair import repair as repair_batches
+
+    with _open_state(settings) as state, _graceful_stop() as stop:
+        summary = repair_batches(settings, state, batch_id=batch_id, stop=stop)
+        batches = [state.get_batch(b) for b in summary.batch_ids]
+    if as_json:
+        _echo_json(summary)
+    else:
+        if batches:
+            _render_batches(batches)
+        click.echo(
+            f"\nRepair: {summary.requeued} file(s) sent again "
+            f"({summary.run.uploaded if summary.run else 0} uploaded), {summary.deleted} stale "
+            f"object(s) of ours deleted first, {summary.conflicts} conflict(s) left alone, "
+            f"{summary.unreadable} source(s) unreadable."
+        )
+        for b in summary.run.batches if summary.run else ():
+            for key, code, message in b.failures[:10]:
+                click.echo(f"  FAILED {key}: {code} {message}", err=True)
     if summary.failed:
         sys.exit(int(ExitCode.FILES_FAILED))
 
@@ -964,6 +1003,7 @@ def worker(
 @click.option("--seed", type=int, help="Seed for --sample (reported, so a sample can be redone).")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--show", default=20, show_default=True, help="How many problem files to list.")
+@_source_options
 @pass_ctx
 def verify(
     obj: _Ctx,
@@ -974,6 +1014,8 @@ def verify(
     seed: int | None,
     as_json: bool,
     show: int,
+    source: str | None,
+    media_url: str | None,
 ) -> None:
     """Prove the objects are intact: HEAD and compare (cheap), or read back and re-hash (--deep).
 
@@ -988,7 +1030,7 @@ def verify(
     """
     if bool(batch_id) == all_batches:
         raise click.UsageError("Give a BATCH or --all.")
-    settings = obj.settings()
+    settings = obj.settings(source=source, media_url=media_url)
     # A named batch brings its own target and source; --all acts on the configured target's.
     settings.require(
         "database_url", *(() if batch_id else (*settings.source_settings, "bucket_name"))
@@ -1034,6 +1076,14 @@ def verify(
                     ["outcome", "key", "reason"],
                     [(p.outcome.value, p.object_key, p.reason) for p in summary.problems[:show]],
                 )
+            )
+        repairable = sum(summary.counts.get(o, 0) for o in ("missing", "differ", "source_changed"))
+        if repairable:
+            which = batch_id or "BATCH"
+            click.echo(
+                f"\n{repairable} file(s) can be sent again without a rollback: "
+                f"`r2migrate run --repair --batch {which}`.",
+                err=True,
             )
         if summary.aborted:
             click.secho(f"\nstopped early: {summary.aborted}", fg="red", err=True)
@@ -1199,6 +1249,11 @@ def watch(obj: _Ctx, batch_id: str | None, interval_s: float, once: bool) -> Non
                         + (f" ({queue.stalled} of dead workers)" if queue.stalled else "")
                         + f"; {queue.workers_alive} worker(s) alive"
                     )
+                    for held_batch, n in queue.dead_leases.items():
+                        click.echo(
+                            f"  {held_batch}: {n} file(s) held by dead workers (released by the "
+                            "next `r2migrate worker` poll, then settled by HEAD)"
+                        )
                 for p in shown:
                     for f in p.recent_failures[-3:]:
                         click.echo(f"  {p.batch_id} {f.object_key}: {f.code} {f.message}")

@@ -55,6 +55,7 @@ STANDARD_ENV: Mapping[str, tuple[str, ...]] = {
     "bucket_name": ("AWS_STORAGE_BUCKET_NAME",),
     "ca_bundle": ("AWS_CA_BUNDLE",),
 }
+_AWS_CA_BUNDLE = "AWS_CA_BUNDLE"
 
 _REDACTED = "***"
 _MIB = 1024**2
@@ -434,6 +435,24 @@ def load_settings(
     # The embedded stack's self-signed CA vouches for the stack alone: not for another endpoint.
     stack_label = stack_layer.sources.get("ca_bundle")
     if stack_label and sources.get("ca_bundle") == stack_label != sources.get("endpoint_url"):
+        values.pop("ca_bundle", None)
+        sources.pop("ca_bundle", None)
+    # ...and for the stack's own endpoint it wins over a bundle the machine's environment
+    # carries for everything else (AWS_CA_BUNDLE): that one cannot know the stack's CA.
+    inherited = sources.get("ca_bundle") == f"env {_AWS_CA_BUNDLE}"
+    if stack_label and inherited and sources.get("endpoint_url") == stack_label:
+        with contextlib.suppress(_ParseError):  # a broken stack.json was reported above
+            values["ca_bundle"] = _parse(
+                "ca_bundle", stack_layer.values["ca_bundle"], stack_layer.base_dir
+            )
+            sources["ca_bundle"] = stack_label
+    # `verify = false` alone turns checks off: a bundle from the environment or the stack is
+    # then dropped instead of refused (one set on purpose in toml, --set or R2MIGRATE_* stays
+    # a contradiction, reported below).
+    if values.get("verify") is False and sources.get("ca_bundle") in (
+        f"env {_AWS_CA_BUNDLE}",
+        stack_label,
+    ):
         values.pop("ca_bundle", None)
         sources.pop("ca_bundle", None)
     if "state_dir" not in values:

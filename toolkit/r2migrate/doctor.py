@@ -17,6 +17,7 @@ import functools
 import hashlib
 import importlib.metadata
 import platform
+import socket
 import ssl
 import sys
 import time
@@ -29,9 +30,10 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from itertools import islice
 from typing import Any
+from urllib.parse import urlsplit
 
 from r2migrate import catalog, keys, source
-from r2migrate.bucket import Bucket, sha256_b64, tls_verify
+from r2migrate.bucket import Bucket, sha256_b64, tls_hint, tls_verify
 from r2migrate.config import Settings, redact_url
 from r2migrate.errors import (
     BucketError,
@@ -94,6 +96,7 @@ CHECK_ORDER = (
     "reference",
     "media_root",
     "media_url",
+    "ca_bundle",
     "bucket",
     "clock_skew",
     "probe_put",
@@ -255,7 +258,10 @@ class _Doctor:
         else:
             self._record("media_root", self._check_media_root, needs_settings=("media_root",))
         bucket_needs = ("bucket_name", "endpoint_url", "access_key", "secret_key")
-        self._record("bucket", self._check_bucket, needs_settings=bucket_needs)
+        self._record("ca_bundle", self._check_ca_bundle, needs_settings=("endpoint_url",))
+        self._record(
+            "bucket", self._check_bucket, needs=("ca_bundle",), needs_settings=bucket_needs
+        )
         self._record("clock_skew", self._check_clock, needs_settings=("endpoint_url",))
         try:
             self._record("probe_put", self._check_probe_put, needs=("bucket",))
@@ -294,6 +300,9 @@ class _Doctor:
                     schema = self._settings().state_schema
                     complete_privilege_error(exc, schema=schema, role=self.conn.info.user)
                 result = (_FAIL, exc.message, exc.hint or _fallback_hint(exc))
+            except ssl.SSLError as exc:  # a certificate or bundle problem: a setting, not a bug
+                hint = tls_hint(self.settings) if self.settings is not None else ""
+                result = (_FAIL, f"TLS: {exc}", hint)
             except Exception as exc:  # a check must never stop the others
                 result = (
                     _FAIL,
@@ -582,12 +591,13 @@ class _Doctor:
             f"{counts.get('todo', 0)} waiting, {counts.get('doing', 0)} running, "
             f"{counts.get('failed', 0)} failed; {found.workers_alive} worker(s) alive"
         )
-        if found.stalled:
+        if found.stalled or found.files_held_by_dead:
             return (
                 _WARN,
-                f"{summary}; {found.stalled} running job(s) belong to workers with no heartbeat "
-                f"for {s.stalled_worker_s:.0f} s",
-                "A running `r2migrate worker` queues them again by itself; start one if none runs.",
+                f"{summary}; {found.stalled} running job(s) and {found.files_held_by_dead} "
+                f"file(s) held by workers with no heartbeat for {s.stalled_worker_s:.0f} s",
+                "A running `r2migrate worker` queues those jobs again and releases those files "
+                "(settled by HEAD) by itself; start one if none runs.",
             )
         return (_OK, summary, "")
 
@@ -655,6 +665,62 @@ class _Doctor:
         if self.bucket is None:
             self.bucket = Bucket(self._settings())
         return self.bucket
+
+    def _check_ca_bundle(self) -> _Result:
+        """The CA bundle: readable, PEM, and the endpoint's certificate verifies against it."""
+        s = self._settings()
+        endpoint = s.effective_endpoint_url or ""
+        where = s.sources.get("ca_bundle", "default")
+        if not s.verify:
+            return (_SKIP, "verify is false: no certificate is checked", "")
+        if s.ca_bundle is None:
+            from botocore.httpsession import get_cert_path
+
+            context = ssl.create_default_context(cafile=get_cert_path(True))
+            named = "certifi's CA bundle (ca_bundle is not set)"
+        else:
+            named = f"ca_bundle {s.ca_bundle} (from {where})"
+            try:
+                pem = s.ca_bundle.read_bytes()
+            except OSError as exc:
+                return (
+                    _FAIL,
+                    f"{named} cannot be read: {exc.strerror or exc}",
+                    "Point ca_bundle at a readable PEM file of CA certificates, or clear it "
+                    "(`--set ca_bundle=`, or unset AWS_CA_BUNDLE) to use certifi's bundle.",
+                )
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                context.load_verify_locations(cadata=pem.decode("ascii"))
+            except (ssl.SSLError, UnicodeDecodeError, ValueError):
+                return (
+                    _FAIL,
+                    f"{named} is not a PEM file of CA certificates "
+                    "('-----BEGIN CERTIFICATE-----' blocks)",
+                    "Point ca_bundle at the PEM file of the CA that signed the endpoint's "
+                    "certificate, or clear it (`--set ca_bundle=`, or unset AWS_CA_BUNDLE).",
+                )
+        parts = urlsplit(endpoint)
+        if parts.scheme != "https" or not parts.hostname:
+            return (_OK, f"{named} is valid; the endpoint is not HTTPS", "")
+        try:
+            with (
+                socket.create_connection(
+                    (parts.hostname, parts.port or 443), timeout=s.connect_timeout_s
+                ) as raw,
+                context.wrap_socket(raw, server_hostname=parts.hostname),
+            ):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            return (
+                _FAIL,
+                f"{redact_url(endpoint)}'s certificate does not verify against {named}: "
+                f"{exc.verify_message or exc}",
+                tls_hint(s),
+            )
+        except (OSError, ssl.SSLError) as exc:
+            return (_WARN, f"{named} is valid; the endpoint did not answer TLS: {exc}", "")
+        return (_OK, f"{redact_url(endpoint)}'s certificate verifies against {named}", "")
 
     def _check_bucket(self) -> _Result:
         bucket = self._bucket()

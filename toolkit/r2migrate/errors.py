@@ -22,6 +22,7 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
     ├── BucketError                   exit 1   one S3 operation failed; .retryable, .code
     │   ├── AccessDenied              exit 2   credentials wrong or lacking permission
     │   ├── NoSuchBucket              exit 2   the bucket does not exist (R2 never creates one)
+    │   ├── CertificateRefused        exit 2   TLS: the endpoint's certificate is not trusted
     │   ├── ObjectExists              exit 1   create-only PUT refused: the key is taken
     │   ├── ObjectChanged             exit 1   If-Match refused: the object is not the one we saw
     │   ├── DigestMismatch            exit 1   the server computed another SHA-256 (BadDigest)
@@ -273,6 +274,16 @@ class NoSuchBucket(BucketError):
     default_hint = (
         "Create the bucket first (R2 never creates one on upload), or fix bucket_name; "
         "for the embedded stack `r2migrate dev up` creates it."
+    )
+
+
+class CertificateRefused(BucketError):
+    """The endpoint's TLS certificate failed verification: a setting (ca_bundle), not a fault
+    worth retrying; the hint names the bundle in use and where its value came from."""
+
+    exit_code = ExitCode.CONFIG
+    default_hint = (
+        "Point ca_bundle at the PEM file of the CA that signed the endpoint's certificate."
     )
 
 

@@ -61,6 +61,7 @@ from r2migrate.bucket import (
 from r2migrate.errors import (
     AccessDenied,
     BucketError,
+    CertificateRefused,
     ConfigError,
     DigestMismatch,
     NoSuchBucket,
@@ -250,7 +251,7 @@ def _network_error(exc: BaseException, *, bucket: str, key: str, op: str = "PUT"
     where = f"{op} s3://{bucket}/{key}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         # botocore raises SSLError here, which translate_error leaves non-retryable too.
-        return BucketError(f"{where}: SSLError: {exc}", code="SSLError")
+        return CertificateRefused(f"{where}: SSLError: {exc}", code="SSLError")
     return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
 
 

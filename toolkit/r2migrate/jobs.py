@@ -12,7 +12,8 @@ that every worker process runs (procrastinate leaves it to the application): a j
 has sent no heartbeat for ``stalled_worker_s`` goes back to the queue, and another worker picks
 it up. The queue only says which batch to work on; the per-file ledger decides what is still to
 send: a dead worker's claimed files are taken over through their leases (at once on the same
-host, after ``lease_s`` from another), and an upload whose outcome is unknown is settled by HEAD
+host; from another once its heartbeat is ``stalled_worker_s`` old, since a worker's lease owner
+id names its procrastinate worker), and an upload whose outcome is unknown is settled by HEAD
 before anything is sent again.
 
 Must never decide by itself that a file is sent: a job's outcome is only the batch summary; what
@@ -61,6 +62,7 @@ from r2migrate.state import (
     Batch,
     BatchStatus,
     State,
+    new_owner_id,
     privilege_error,
     procrastinate_version,
     same_minor,
@@ -268,6 +270,11 @@ class QueueStatus:
     jobs: dict[str, int]  # batch jobs by status
     stalled: int  # running jobs whose worker sent no heartbeat for stalled_worker_s
     workers_alive: int
+    dead_leases: dict[str, int] = field(default_factory=dict)  # files held by dead workers
+
+    @property
+    def files_held_by_dead(self) -> int:
+        return sum(self.dead_leases.values())
 
 
 def queue_status(state: State, stalled_worker_s: float) -> QueueStatus | None:
@@ -305,6 +312,7 @@ def queue_status(state: State, stalled_worker_s: float) -> QueueStatus | None:
         jobs=job_counts(state),
         stalled=int(heartbeats["stalled"]) if heartbeats else 0,
         workers_alive=int(alive["n"]) if alive else 0,
+        dead_leases=state.dead_worker_leases(stalled_worker_s),
     )
 
 
@@ -321,6 +329,7 @@ class _Engine:
     keep_going: bool = True  # False for `--once`: an outage ends the worker instead of waiting
     sender: Any = None
     pool: ThreadPoolExecutor | None = None
+    worker: Worker | None = None  # its id names this engine's lease owners (see run_batch)
     states: queue.SimpleQueue[State] = field(default_factory=queue.SimpleQueue)
 
     def open(self) -> None:
@@ -375,8 +384,19 @@ class _Engine:
             # A job runs when its batch was queued or its outage retry came due: files that failed
             # meanwhile (an outage marks them failed) get a new round, as `r2migrate run` gives.
             st.requeue_failed(batch_id)
+            # The owner names this procrastinate worker: when its heartbeat stops, any other
+            # worker releases its file leases with its jobs (State.release_dead_worker_leases)
+            # instead of waiting lease_s for them.
+            worker_id = self.worker.worker_id if self.worker is not None else None
             results = send_batches(
-                self.settings, st, [batch_id], self.sender, self.stop, None, pool=self.pool
+                self.settings,
+                st,
+                [batch_id],
+                self.sender,
+                self.stop,
+                None,
+                pool=self.pool,
+                owner=new_owner_id(worker_id),
             )
         result = results[0] if results else None
         if result is None:
@@ -428,11 +448,14 @@ def _unexpected(exc: BaseException) -> ErrorPayload:
 
 
 def retry_stalled_jobs(app: procrastinate.App, state: State, stalled_worker_s: float) -> list[str]:
-    """Send back to the queue the batch jobs of workers that stopped sending heartbeats.
+    """Send back to the queue the batch jobs of workers that stopped sending heartbeats, and
+    release their file leases.
 
     Procrastinate records heartbeats but leaves this check to the application: every
-    `r2migrate worker` runs it, so a machine that dies has its batches taken by the others.
+    `r2migrate worker` runs it, so a machine that dies has its batches taken by the others,
+    and its files with them (settled by HEAD) rather than after ``lease_s``.
     """
+    state.release_dead_worker_leases(stalled_worker_s)
     with queue_lock(state):
         with translate_db_errors("looking for stalled batch jobs"):
             rows = state.conn.execute(
@@ -482,6 +505,7 @@ async def _serve(
         additional_context={_ENGINE_KEY: engine},
         delete_jobs="successful",
     )
+    engine.worker = worker
 
     async def watch() -> None:
         """Stop taking jobs on the parent's halt (Ctrl-C) or a fatal error in a job, and keep

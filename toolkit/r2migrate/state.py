@@ -194,6 +194,27 @@ class Outcome:
     mtime_ns: int | None = None  # of the file as it was sent (it may have changed since plan)
 
 
+# What a repair may send again (see State.repair_candidates): verify's verdicts on a done row,
+# and the transfer failures that mean "the source is no longer what inventory measured".
+REPAIRABLE_VERIFY_CODES = ("verify:missing", "verify:differ", "verify:source_changed")
+REPAIRABLE_FAILURE_CODES = ("size_mismatch", "source_changed")
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One row a repair re-queues (status `pending`) or gives up on (`conflict`)."""
+
+    row_id: int
+    seen: FileStatus  # the status the repair read; the row changes only if it still has it
+    status: FileStatus
+    size_bytes: int
+    mtime_ns: int | None
+    source_sha256: str | None
+    outcome: str  # of the 'repair' event: requeued, conflict
+    detail: Mapping[str, Any]
+    message: str = ""
+
+
 def _migration_files() -> list[tuple[int, str, str]]:
     found = []
     for entry in resources.files("r2migrate.migrations").iterdir():
@@ -206,9 +227,22 @@ def _migration_files() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = max(v for v, _, _ in _migration_files())
 
 
-def new_owner_id() -> str:
-    """A lease owner id naming this host and process, so a dead local owner can be recognised."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def new_owner_id(worker_id: int | None = None) -> str:
+    """A lease owner id naming this host and process, so a dead local owner can be recognised,
+    and (``worker_id``) the procrastinate worker whose heartbeat vouches for it on any host."""
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return owner if worker_id is None else f"{owner}:w{worker_id}"
+
+
+# Leases of an owner naming a procrastinate worker (":w<id>") whose heartbeat is older than the
+# stalled-worker limit, or whose row is gone (pruned as stalled): the worker is dead, whatever
+# host it ran on, and its files are settled by HEAD by whoever claims them next.
+_DEAD_WORKER_LEASE = (
+    "status = 'uploading' AND lease_expires_at > now() AND lease_owner ~ ':w[0-9]+$'"
+    " AND NOT EXISTS (SELECT 1 FROM {s}.procrastinate_workers w"
+    "  WHERE w.id = substring(lease_owner from ':w([0-9]+)$')::bigint"
+    "  AND w.last_heartbeat >= now() - make_interval(secs => %s))"
+)
 
 
 def _owner_is_dead_here(owner: str) -> bool:
@@ -939,6 +973,64 @@ class State:
             )
         return cur.rowcount
 
+    def repair_candidates(self, batch_id: str) -> list[FileRecord]:
+        """Rows a repair may send again: disproven by verify (missing, differ, source changed)
+        though in a done status, or failed because the source no longer matched the ledger."""
+        with translate_db_errors(f"reading files of {batch_id} to repair"):
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT * FROM {s}.files WHERE batch_id = %s AND ("
+                    " (status IN ('uploaded', 'skipped', 'verified')"
+                    "  AND error_code = ANY(%s))"
+                    " OR (status = 'failed' AND error_code = ANY(%s))) ORDER BY id"
+                ),
+                (batch_id, list(REPAIRABLE_VERIFY_CODES), list(REPAIRABLE_FAILURE_CODES)),
+            ).fetchall()
+        return [_file_from_row(r) for r in rows]
+
+    def requeue_for_repair(self, batch_id: str, repairs: Sequence[Repair]) -> set[int]:
+        """Put repaired rows back to `pending` with the source as it was just measured, or mark
+        them `conflict` (a foreign object holds the key); one 'repair' event each.
+
+        A row changes only if it still has the status the caller saw (a runner or a rollback
+        that got there first wins); the ids changed are returned, and only they get an event.
+        """
+        changed: set[int] = set()
+        if not repairs:
+            return changed
+        with translate_db_errors(f"requeueing files of {batch_id}"), self.conn.transaction():
+            with self.conn.cursor() as cur:
+                for r in repairs:
+                    cur.execute(
+                        self._q(
+                            "UPDATE {s}.files SET status = %s, size_bytes = %s, mtime_ns = %s,"
+                            " source_sha256 = %s, object_sha256 = NULL, etag = NULL,"
+                            " part_size_bytes = NULL, verified_at = NULL, next_attempt_at = NULL,"
+                            " error_code = %s, error_message = %s, updated_at = now()"
+                            " WHERE id = %s AND batch_id = %s AND status = %s"
+                        ),
+                        (
+                            r.status.value,
+                            r.size_bytes,
+                            r.mtime_ns,
+                            r.source_sha256,
+                            None if r.status is FileStatus.PENDING else "conflict",
+                            r.message or None,
+                            r.row_id,
+                            batch_id,
+                            r.seen.value,
+                        ),
+                    )
+                    if cur.rowcount == 1:
+                        changed.add(r.row_id)
+            self._insert_events(
+                batch_id,
+                "repair",
+                [(r.row_id, r.outcome, r.detail) for r in repairs if r.row_id in changed],
+            )
+            self._refresh_counts(batch_id)
+        return changed
+
     def open_file_count(self, batch_id: str) -> int:
         """Files still pending or in flight (by anyone)."""
         with translate_db_errors(f"counting open files of {batch_id}"):
@@ -951,8 +1043,58 @@ class State:
             ).fetchone()
         return int(row["n"]) if row else 0
 
-    def release_dead_leases(self, batch_id: str) -> int:
-        """Expire leases held by processes on this host that no longer exist (kill -9)."""
+    def _has_worker_table(self) -> bool:
+        row = self.conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AS present",
+            (f"{sql.Identifier(self.schema).as_string(self.conn)}.procrastinate_workers",),
+        ).fetchone()
+        return bool(row and row["present"])
+
+    def release_dead_worker_leases(
+        self, stalled_worker_s: float, *, batch_id: str | None = None
+    ) -> int:
+        """Expire the leases of workers declared dead (no heartbeat for ``stalled_worker_s``),
+        on any host; returns how many. Nothing to do before the job queue was ever installed."""
+        where = _DEAD_WORKER_LEASE + (" AND batch_id = %s" if batch_id is not None else "")
+        params: list[Any] = [stalled_worker_s] + ([batch_id] if batch_id is not None else [])
+        with translate_db_errors("releasing the leases of dead workers"):
+            if not self._has_worker_table():
+                return 0
+            cur = self.conn.execute(
+                self._q(
+                    "UPDATE {s}.files SET lease_expires_at = now() - interval '1 second'"
+                    " WHERE " + where
+                ),
+                params,
+            )
+        if cur.rowcount:
+            log.warning("released %d file lease(s) of dead worker(s)", cur.rowcount)
+        return cur.rowcount
+
+    def dead_worker_leases(self, stalled_worker_s: float) -> dict[str, int]:
+        """Files still leased by workers declared dead, per batch (for `watch` and `doctor`)."""
+        with translate_db_errors("counting the leases of dead workers"):
+            if not self._has_worker_table():
+                return {}
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT batch_id, count(*) AS n FROM {s}.files WHERE "
+                    + _DEAD_WORKER_LEASE
+                    + " GROUP BY batch_id ORDER BY batch_id"
+                ),
+                (stalled_worker_s,),
+            ).fetchall()
+        return {r["batch_id"]: int(r["n"]) for r in rows}
+
+    def release_dead_leases(self, batch_id: str, *, stalled_worker_s: float | None = None) -> int:
+        """Expire leases held by processes on this host that no longer exist (kill -9), and,
+        with ``stalled_worker_s``, those of workers on any host whose heartbeat stopped."""
+        released = 0
+        if stalled_worker_s is not None:
+            released = self.release_dead_worker_leases(stalled_worker_s, batch_id=batch_id)
+        return released + self._release_dead_local_leases(batch_id)
+
+    def _release_dead_local_leases(self, batch_id: str) -> int:
         with translate_db_errors("checking leases"):
             rows = self.conn.execute(
                 self._q(
@@ -986,8 +1128,9 @@ class State:
     ) -> list[FileRecord]:
         """Atomically take up to `limit` files to send: pending, failed, or abandoned uploads.
 
-        The row becomes `uploading` (the intent) and is committed before any byte is sent, so a
-        crash leaves evidence that a resume resolves by HEAD.
+        The row becomes `uploading` (the intent) and an 'attempt' event 'sending' is appended,
+        both committed before any byte is sent, so a crash leaves evidence that a resume
+        resolves by HEAD and the history shows every PUT that may have landed.
         """
         wanted = "status = 'pending' OR (status = 'uploading' AND lease_expires_at < now())"
         if include_failed:
@@ -1006,6 +1149,18 @@ class State:
                 ),
                 (batch_id, limit, owner, lease_s),
             ).fetchall()
+            if rows:
+                # The intent in the history too, before any byte is sent: a PUT that lands just
+                # before a kill -9 still shows as an attempt, not only as a later "resolve".
+                self.conn.execute(
+                    self._q(
+                        "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                        " SELECT %s, v.id, 'attempt', 'sending',"
+                        "   jsonb_build_object('owner', %s::text, 'previous', v.previous)"
+                        " FROM unnest(%s::bigint[], %s::text[]) AS v(id, previous)"
+                    ),
+                    (batch_id, owner, [r["id"] for r in rows], [r["previous"] for r in rows]),
+                )
         return [_file_from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
 
     def renew_leases(self, row_ids: Sequence[int], *, owner: str, lease_s: float) -> None:

@@ -18,6 +18,7 @@ import random
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -180,6 +181,8 @@ class Sender:
         self.bucket = bucket
         self.stop = stop
         self.rng = random.Random()
+        self.retries: Counter[str] = Counter()  # retries per cause, summarised by close()
+        self._retry_lock = threading.Lock()
         self.fast: FastPut | None = None
         if settings.fast_put:
             try:
@@ -187,7 +190,28 @@ class Sender:
             except ConfigError as exc:
                 log.warning("fast_put is off for this run: %s", exc.message)
 
+    def _note_retry(self, code: str, key: str, delay_s: float) -> None:
+        """One warning when a cause first appears; the rest are counted (see close): a media
+        server that dies must not print one line per file and attempt."""
+        with self._retry_lock:
+            self.retries[code] += 1
+            first = self.retries[code] == 1
+        if first:
+            log.warning(
+                "retrying %s in %.1fs after %s (further retries after %s are counted)",
+                key,
+                delay_s,
+                code,
+                code,
+            )
+        else:
+            log.debug("retrying %s in %.1fs after %s", key, delay_s, code)
+
     def close(self) -> None:
+        with self._retry_lock:
+            counted, self.retries = self.retries, Counter()
+        for code, n in sorted(counted.items()):
+            log.warning("%d retries after %s", n, code)
         if self.fast is not None:
             self.fast.close()
         if self.http is not None:
@@ -278,7 +302,7 @@ class Sender:
                 max_s=self.settings.backoff_max_s,
                 rng=self.rng,
             )
-            log.warning("retrying %s in %.1fs after %s", rec.object_key, delay, code)
+            self._note_retry(code, rec.object_key, delay)
             if self.stop.wait(delay):
                 return self._failed(rec, attempt, code, message, events, transient=retryable)
 
@@ -897,12 +921,14 @@ def send_batches(
     on_progress: Callable[[Progress], None] | None,
     *,
     pool: ThreadPoolExecutor | None = None,
+    owner: str | None = None,
 ) -> list[BatchResult]:
     """Send every open file of these batches, in order, through one pool of worker threads.
 
     `pool` lets several calls share one long-lived pool (a worker process running batch jobs
     side by side keeps its threads, and so their keep-alive connections); by default the call
-    makes its own.
+    makes its own. `owner` is the lease owner id (a worker's names its procrastinate worker, so
+    its leases end with its heartbeat); by default a new one for this process.
 
     Batches are pipelined: once a batch has nothing left to claim, the next one's files are
     claimed while the last uploads of the first are still in flight, so the workers never wait
@@ -910,7 +936,7 @@ def send_batches(
     another runner still holds some of its files: those are waited for, or taken over when the
     holder is dead (same host) or its lease has expired.
     """
-    owner = new_owner_id()
+    owner = owner or new_owner_id()
     pending = list(batch_ids)
     runs: dict[str, _BatchRun] = {}  # started, not yet finished
     results: list[BatchResult] = []
@@ -922,6 +948,7 @@ def send_batches(
     transient_streak = 0
     outage: str | None = None
     outage_code = ""
+    refused: SourceRefused | None = None  # 401/403 from the media server: wrong for every file
     # Claim in groups: top the window up only once it has drained to the workers' count, so a
     # claim (one round trip) takes about `workers` files instead of the one or two just finished.
     window = max(2, settings.workers * 2)
@@ -929,7 +956,7 @@ def send_batches(
     done_queue: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
 
     def begin(batch_id: str) -> _BatchRun:
-        state.release_dead_leases(batch_id)
+        state.release_dead_leases(batch_id, stalled_worker_s=settings.stalled_worker_s)
         state.set_batch_status(batch_id, BatchStatus.RUNNING)
         current = state.refresh_counts(batch_id)
         log.info(
@@ -992,7 +1019,7 @@ def send_batches(
                 finish(run, _finalize(state, run.batch_id, run.failures))
                 continue
             # Claim again at the next look: a dead holder's or an expired lease is claimable.
-            state.release_dead_leases(run.batch_id)
+            state.release_dead_leases(run.batch_id, stalled_worker_s=settings.stalled_worker_s)
             run.exhausted = False
             run.next_check = now + min(1.0, settings.lease_s / 10)
         return wake
@@ -1026,7 +1053,7 @@ def send_batches(
                     fut.add_done_callback(done_queue.put)
                 if not claimed:
                     continue  # go on with the next batch at once
-            if stop.is_set():
+            if stop.is_set() or refused is not None:
                 for rec in _give_back_unstarted(state, in_flight, owner):
                     runs[rec.batch_id].in_flight -= 1
             wake = settle() if active else None
@@ -1043,7 +1070,15 @@ def send_batches(
                 rec = in_flight.pop(fut)
                 run = runs[rec.batch_id]
                 run.in_flight -= 1
-                outcome = fut.result()
+                try:
+                    outcome = fut.result()
+                except SourceRefused as exc:
+                    # Stop claiming, let the uploads in flight end, hand this file back as it
+                    # was, and mark the batch partial below; then the error stops the run.
+                    state.release_files([rec.id], owner=owner)
+                    if refused is None:
+                        refused, outage, outage_code = exc, exc.message, "refused"
+                    continue
                 records[rec.id] = rec
                 unflushed.append(outcome)
                 run.tally["attempts"] += outcome.attempts_made
@@ -1124,6 +1159,8 @@ def send_batches(
             run.batch_id, BatchStatus.PARTIAL, last_error=outage or "interrupted"
         )
         finish(run, BatchStatus.PARTIAL)
+    if refused is not None:
+        raise refused
     if outage is not None and not stop.is_set():
         unfinished = [r.batch_id for r in results if r.status is BatchStatus.PARTIAL]
         first = unfinished[0] if unfinished else batch_ids[0]
@@ -1175,19 +1212,20 @@ def _write_back(
     outcomes: Sequence[Outcome],
     records: dict[int, FileRecord],
 ) -> None:
-    """Fill the original system's migration columns for the rows of uploaded files."""
+    """Fill the original system's migration columns: the whole set for uploaded files, the
+    status alone ('failed', 'conflict') for the others, so none keeps an earlier 'verified'."""
     for o in outcomes:
-        if o.status is not FileStatus.UPLOADED:
-            continue
         rec = records.get(o.row_id)
         if rec is None:
             continue
-        by_ref: dict[str, list[str]] = {}
-        for file_id in rec.source_refs or (rec.file_id,):
-            ref_label, _, source_id = file_id.rpartition(":")
-            by_ref.setdefault(ref_label, []).append(source_id)
+        by_ref = catalog.source_ids_by_reference(rec.source_refs or (rec.file_id,))
         for ref_label, ids in by_ref.items():
             ref = catalog.parse_reference(ref_label, id_column=settings.reference_id_column)
+            if o.status is not FileStatus.UPLOADED:
+                catalog.write_back_status(
+                    state.conn, ref, ids, status=o.status.value, batch_id=batch_id
+                )
+                continue
             catalog.write_back(
                 state.conn,
                 ref,

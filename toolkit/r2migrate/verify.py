@@ -574,6 +574,7 @@ class _Tally:
             disproven: list[tuple[int, str, str]] = []
             events: list[tuple[int | None, str, Mapping[str, Any]]] = []
             matched: list[FileRecord] = []
+            failed: list[FileRecord] = []
             for check, rec in items:
                 events.append((check.row_id, check.outcome.value, _event_detail(check)))
                 if rec is None or check.row_id is None:
@@ -587,11 +588,13 @@ class _Tally:
                     VerifyOutcome.SOURCE_CHANGED,
                 ):
                     disproven.append((check.row_id, f"verify:{check.outcome.value}", check.reason))
+                    failed.append(rec)
             self.state.record_verification(
                 batch_id, proven=proven, disproven=disproven, events=events
             )
-            if self.settings.write_back and matched:
+            if self.settings.write_back:
                 _write_back(self.settings, self.state, batch_id, matched)
+                _write_back_failed(self.settings, self.state, batch_id, failed)
 
 
 def _event_detail(check: FileCheck) -> dict[str, Any]:
@@ -696,5 +699,23 @@ def _write_back(
             catalog.parse_reference(ref_label, id_column=settings.reference_id_column),
             rows,
             status=FileStatus.VERIFIED.value,
+            batch_id=batch_id,
+        )
+
+
+def _write_back_failed(
+    settings: Settings, state: State, batch_id: str, records: Sequence[FileRecord]
+) -> None:
+    """A file verify disproved (missing, differ, source changed) is 'failed' in the
+    application's table: it must never keep an earlier 'verified' (repair: `run --repair`)."""
+    by_ref = catalog.source_ids_by_reference(
+        [file_id for rec in records for file_id in (rec.source_refs or (rec.file_id,))]
+    )
+    for ref_label, ids in by_ref.items():
+        catalog.write_back_status(
+            state.conn,
+            catalog.parse_reference(ref_label, id_column=settings.reference_id_column),
+            ids,
+            status=FileStatus.FAILED.value,
             batch_id=batch_id,
         )
