@@ -179,8 +179,8 @@ def test_readme_quick_start_commands_exist():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text(encoding="utf-8")
     makefile = (root / "Makefile").read_text(encoding="utf-8")
-    assert "make demo" in readme and "make test" in readme
-    assert "\ndemo:" in makefile and "\ntest:" in makefile
+    assert "make demo" in readme and "make test" in readme and "make test-pg" in readme
+    assert "\ndemo:" in makefile and "\ntest:" in makefile and "\ntest-pg:" in makefile
     assert os.access(root / ".ci" / "run", os.R_OK)
 
 
