@@ -519,9 +519,11 @@ async def _serve(
         last_ok = next_beat = time.monotonic()
         stopping = False
         while True:
-            if not stopping and ((halt is not None and halt.is_set()) or engine.stop.is_set()):
+            if stopping or (halt is not None and halt.is_set()) or engine.stop.is_set():
                 stopping = True
                 engine.stop.set()  # running batches stop once their in-flight uploads are recorded
+                # Again at every turn: procrastinate's run() clears a stop that came before it
+                # started, and a lost stop would keep this process alive after the parent left.
                 worker.stop()  # type: ignore[no-untyped-call]
             now = time.monotonic()
             if now >= next_beat and worker.worker_id is not None:
@@ -674,9 +676,16 @@ def run_workers(
             elif kind == "error" and error is None:
                 error = payload
 
-        def join_all() -> None:
-            """Wait for every process, reading what they send (a full pipe would block them)."""
+        def join_all(deadline_s: float | None = None) -> None:
+            """Wait for every process, reading what they send (a full pipe would block them);
+            with `deadline_s`, kill what is still alive then (their leases are taken over)."""
+            ends = None if deadline_s is None else time.monotonic() + deadline_s
             while any(c.is_alive() for c in children) or not inbox.empty():
+                if ends is not None and time.monotonic() > ends:
+                    log.warning("worker processes did not stop in %.0f s; killing them", deadline_s)
+                    for child in children:
+                        child.kill()
+                    break
                 with contextlib.suppress(queue.Empty):
                     take(*inbox.get(timeout=0.2))
             for child in children:
@@ -730,9 +739,10 @@ def run_workers(
             for child in children:
                 child.join()
         except BaseException:
-            # This process lost PostgreSQL (say): the workers must not outlive it unseen.
+            # This process lost PostgreSQL (say): the workers must not outlive it unseen, and a
+            # worker that does not stop must not keep this process waiting for ever.
             halt.set()
-            join_all()
+            join_all(deadline_s=max(30.0, settings.stalled_worker_s))
             raise
         else:
             join_all()
