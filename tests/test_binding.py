@@ -27,21 +27,7 @@ from r2migrate.rollback import rollback
 from r2migrate.state import SCHEMA_VERSION, BatchStatus, FileStatus, State, connect
 from r2migrate.transfer import run as run_batches
 from r2migrate.verify import VerifyOutcome, verify
-
-
-def _env(settings, **extra: str) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": settings.database_url,
-        "AWS_ACCESS_KEY_ID": settings.access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.secret_key,
-        "R2MIGRATE_ENDPOINT_URL": settings.endpoint_url,
-        "R2MIGRATE_REGION_NAME": "us-east-1",
-        "R2MIGRATE_BUCKET_NAME": settings.bucket_name,
-        "R2MIGRATE_MEDIA_ROOT": str(settings.media_root),
-        "R2MIGRATE_STATE_DIR": str(settings.state_dir),
-    }
-    env.update(extra)
-    return env
+from tests.cli_env import cli_env as _env
 
 
 def _cli(args: list[str], env: dict[str, str]):

@@ -41,9 +41,9 @@ from r2migrate.jobs import (
     serve,
 )
 from r2migrate.state import BatchStatus, FileStatus, State
+from tests.cli_env import cli_env as _cli_env
 from tests.mediaserver import MediaHTTPServer
 from tests.proxy import FaultProxy
-from tests.test_cli import _env as _cli_env
 
 TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 

