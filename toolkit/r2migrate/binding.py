@@ -116,17 +116,9 @@ class _Bound(Protocol):
     @property
     def batch_id(self) -> str: ...
     @property
-    def endpoint_url(self) -> str: ...
+    def target(self) -> Target: ...
     @property
-    def bucket_name(self) -> str: ...
-    @property
-    def location(self) -> str: ...
-    @property
-    def source_kind(self) -> str: ...
-    @property
-    def media_root(self) -> str | None: ...
-    @property
-    def media_url(self) -> str | None: ...
+    def source(self) -> SourceSpec: ...
 
 
 B = TypeVar("B", bound=_Bound)
@@ -146,14 +138,6 @@ def queue_name(target: Target, source: SourceSpec) -> str:
     return "batches-" + hashlib.sha256(spelled.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
-def batch_target(batch: _Bound) -> Target:
-    return Target(batch.endpoint_url, batch.bucket_name, batch.location)
-
-
-def batch_source(batch: _Bound) -> SourceSpec:
-    return SourceSpec(batch.source_kind, batch.media_root, batch.media_url)
-
-
 def settings_for_batch(settings: Settings, batch: _Bound, *, need_source: bool = True) -> Settings:
     """``settings`` acting on ``batch``'s own target and source; raise if a set value differs.
 
@@ -163,6 +147,7 @@ def settings_for_batch(settings: Settings, batch: _Bound, *, need_source: bool =
     recorded SHA-256) the batch's source is used without comparing it.
     """
     differences: list[str] = []
+    target, recorded = batch.target, batch.source
     updates: dict[str, object] = {}
     sources = dict(settings.sources)
 
@@ -171,23 +156,23 @@ def settings_for_batch(settings: Settings, batch: _Bound, *, need_source: bool =
         sources[name] = f"batch {batch.batch_id}"
 
     if settings.bucket_name is None:
-        take("bucket_name", batch.bucket_name)
-    elif settings.bucket_name != batch.bucket_name:
-        differences.append(f"bucket: {batch.bucket_name!r} (batch) vs {settings.bucket_name!r}")
+        take("bucket_name", target.bucket_name)
+    elif settings.bucket_name != target.bucket_name:
+        differences.append(f"bucket: {target.bucket_name!r} (batch) vs {settings.bucket_name!r}")
     configured_endpoint = settings.effective_endpoint_url
     if configured_endpoint is None:
-        if batch.endpoint_url:
-            take("endpoint_url", batch.endpoint_url)
-    elif normalize_endpoint(configured_endpoint) != batch.endpoint_url:
+        if target.endpoint_url:
+            take("endpoint_url", target.endpoint_url)
+    elif normalize_endpoint(configured_endpoint) != target.endpoint_url:
         differences.append(
-            f"endpoint: {_show_endpoint(batch.endpoint_url)} (batch) vs "
+            f"endpoint: {_show_endpoint(target.endpoint_url)} (batch) vs "
             f"{_show_endpoint(normalize_endpoint(configured_endpoint))}"
         )
     if settings.sources.get("location", "default") == "default" and not settings.location:
-        if batch.location:
-            take("location", batch.location)
-    elif settings.location != batch.location:
-        differences.append(f"location: {batch.location!r} (batch) vs {settings.location!r}")
+        if target.location:
+            take("location", target.location)
+    elif settings.location != target.location:
+        differences.append(f"location: {target.location!r} (batch) vs {settings.location!r}")
 
     source_configured = (
         settings.sources.get("source", "default") != "default"
@@ -195,13 +180,13 @@ def settings_for_batch(settings: Settings, batch: _Bound, *, need_source: bool =
         or settings.media_url is not None
     )
     if not source_configured or not need_source:
-        take("source", batch.source_kind)
-        if batch.media_root is not None:
-            take("media_root", Path(batch.media_root))
-        if batch.media_url is not None:
-            take("media_url", batch.media_url)
+        take("source", recorded.kind)
+        if recorded.media_root is not None:
+            take("media_root", Path(recorded.media_root))
+        if recorded.media_url is not None:
+            take("media_url", recorded.media_url)
     else:
-        recorded, configured = batch_source(batch), source_of(settings)
+        configured = source_of(settings)
         if recorded != configured:
             differences.append(f"source: {recorded.describe()} (batch) vs {configured.describe()}")
     if differences:
@@ -212,8 +197,8 @@ def settings_for_batch(settings: Settings, batch: _Bound, *, need_source: bool =
                 *differences,
             ],
             hint=(
-                f"Act on the batch where it was planned ({batch_target(batch).describe()}; "
-                f"{batch_source(batch).describe()}): drop or correct the differing settings "
+                f"Act on the batch where it was planned ({target.describe()}; "
+                f"{recorded.describe()}): drop or correct the differing settings "
                 "(`r2migrate config show` says where each comes from). To migrate to a new "
                 "target, plan again there: `r2migrate plan`."
             ),
@@ -241,7 +226,7 @@ def split_by_binding(
     mine: list[B] = []
     others: list[B] = []
     for batch in batches:
-        same = batch_target(batch) == target and (not need_source or batch_source(batch) == source)
+        same = batch.target == target and (not need_source or batch.source == source)
         (mine if same else others).append(batch)
     return mine, others
 
@@ -250,7 +235,7 @@ def left_out_note(others: Sequence[_Bound]) -> str:
     """One sentence for ``--all``: how many batches of other targets were not touched."""
     if not others:
         return ""
-    targets = sorted({batch_target(b).describe() for b in others})
+    targets = sorted({b.target.describe() for b in others})
     shown = "; ".join(targets[:3]) + ("; ..." if len(targets) > 3 else "")
     return (
         f"{len(others)} batch(es) of another target or source were left out ({shown}); "

@@ -229,3 +229,24 @@ def source_ids_by_reference(file_ids: Sequence[str]) -> dict[str, list[str]]:
         ref_label, _, source_id = file_id.rpartition(":")
         by_ref.setdefault(ref_label, []).append(source_id)
     return by_ref
+
+
+def write_back_status_of(
+    conn: Connection,
+    file_ids: Sequence[str],
+    *,
+    status: str,
+    batch_id: str,
+    id_column: str,
+) -> int:
+    """``write_back_status`` for ledger file ids of any references: one UPDATE per table."""
+    return sum(
+        write_back_status(
+            conn,
+            parse_reference(label, id_column=id_column),
+            ids,
+            status=status,
+            batch_id=batch_id,
+        )
+        for label, ids in source_ids_by_reference(file_ids).items()
+    )

@@ -192,11 +192,13 @@ def _requeue(
                 if r.status is status
                 for file_id in (by_id[r.row_id].source_refs or (by_id[r.row_id].file_id,))
             ]
-            for label, ids in catalog.source_ids_by_reference(file_ids).items():
-                ref = catalog.parse_reference(label, id_column=settings.reference_id_column)
-                catalog.write_back_status(
-                    state.conn, ref, ids, status=status.value, batch_id=batch_id
-                )
+            catalog.write_back_status_of(
+                state.conn,
+                file_ids,
+                status=status.value,
+                batch_id=batch_id,
+                id_column=settings.reference_id_column,
+            )
     return counts
 
 

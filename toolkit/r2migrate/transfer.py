@@ -1214,18 +1214,17 @@ def _write_back(
 ) -> None:
     """Fill the original system's migration columns: the whole set for uploaded files, the
     status alone ('failed', 'conflict') for the others, so none keeps an earlier 'verified'."""
+    others: dict[FileStatus, list[str]] = {}  # status -> file ids: one UPDATE per table each
     for o in outcomes:
         rec = records.get(o.row_id)
         if rec is None:
             continue
+        if o.status is not FileStatus.UPLOADED:
+            others.setdefault(o.status, []).extend(rec.source_refs or (rec.file_id,))
+            continue
         by_ref = catalog.source_ids_by_reference(rec.source_refs or (rec.file_id,))
         for ref_label, ids in by_ref.items():
             ref = catalog.parse_reference(ref_label, id_column=settings.reference_id_column)
-            if o.status is not FileStatus.UPLOADED:
-                catalog.write_back_status(
-                    state.conn, ref, ids, status=o.status.value, batch_id=batch_id
-                )
-                continue
             catalog.write_back(
                 state.conn,
                 ref,
@@ -1236,3 +1235,11 @@ def _write_back(
                 sha256_hex=o.source_sha256,
                 migrated_at=datetime.now(UTC),
             )
+    for status, file_ids in others.items():
+        catalog.write_back_status_of(
+            state.conn,
+            file_ids,
+            status=status.value,
+            batch_id=batch_id,
+            id_column=settings.reference_id_column,
+        )

@@ -708,14 +708,10 @@ def _write_back_failed(
 ) -> None:
     """A file verify disproved (missing, differ, source changed) is 'failed' in the
     application's table: it must never keep an earlier 'verified' (repair: `run --repair`)."""
-    by_ref = catalog.source_ids_by_reference(
-        [file_id for rec in records for file_id in (rec.source_refs or (rec.file_id,))]
+    catalog.write_back_status_of(
+        state.conn,
+        [file_id for rec in records for file_id in (rec.source_refs or (rec.file_id,))],
+        status=FileStatus.FAILED.value,
+        batch_id=batch_id,
+        id_column=settings.reference_id_column,
     )
-    for ref_label, ids in by_ref.items():
-        catalog.write_back_status(
-            state.conn,
-            catalog.parse_reference(ref_label, id_column=settings.reference_id_column),
-            ids,
-            status=FileStatus.FAILED.value,
-            batch_id=batch_id,
-        )
