@@ -227,7 +227,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from r2migrate import State, inventory, load_settings, plan, run
-    from r2migrate.logs import configure_logging
+    from r2migrate.runtime.logs import configure_logging
 
     overrides = {**json.loads(args.settings), "processes": 1}
     settings = load_settings(overrides=overrides)

@@ -48,9 +48,9 @@ from bench_data import MIB, Dataset
 from bench_measure import Measured, ServerCpu, run_measured
 from bench_tools import Endpoint, Installed, Tool
 
-from r2migrate import devstack
-from r2migrate.bucket import make_client
-from r2migrate.config import load_settings
+from r2migrate.dev import stack as devstack
+from r2migrate.s3.bucket import make_client
+from r2migrate.settings.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SETS = ("small", "large", "mix")

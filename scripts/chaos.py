@@ -32,8 +32,8 @@ sys.path[:0] = [str(REPO), str(REPO / "toolkit")]
 from tests.resilience import scenarios  # noqa: E402
 from tests.resilience.harness import Audit, World, make_world  # noqa: E402
 
-from r2migrate import devstack  # noqa: E402
-from r2migrate.devstack import StackInfo  # noqa: E402
+from r2migrate.dev import stack as devstack  # noqa: E402
+from r2migrate.dev.stack import StackInfo  # noqa: E402
 
 Scenario = Callable[[World, argparse.Namespace, StackInfo], scenarios.Outcome]
 

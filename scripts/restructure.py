@@ -113,7 +113,7 @@ MODULES: dict[str, str] = {
 }
 # directories that are not Python packages but move with a module
 RESOURCES: dict[str, str] = {"static": "api/static"}
-STAY = {"__init__", "__main__", "errors", "repair", "django", "py.typed"}
+STAY = {"__init__", "__main__", "errors", "repairs", "django", "py.typed"}
 
 FOLDERS: dict[str, str] = {
     "settings": "Settings: the one frozen configuration object, its layers and its checks.\n\n"
@@ -416,7 +416,7 @@ LAYERS = {
     "stages": 4,
     "report": 5,
     "worker": 5,
-    "repair": 5,
+    "repairs": 5,
     "cli": 6,
     "api": 6,
     "notebooks": 6,

@@ -34,10 +34,11 @@ from typing import Any
 
 import pytest
 
-from r2migrate import devsample, devstack
-from r2migrate.config import Settings, load_settings
-from r2migrate.devsample import SampleData
-from r2migrate.devstack import StackInfo
+from r2migrate.dev import sample as devsample
+from r2migrate.dev import stack as devstack
+from r2migrate.dev.sample import SampleData
+from r2migrate.dev.stack import StackInfo
+from r2migrate.settings.config import Settings, load_settings
 
 _STRIPPED_PREFIXES = ("AWS_", "R2MIGRATE_")
 _STRIPPED_NAMES = ("DATABASE_URL",)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r2migrate import devstack
+from r2migrate.dev import stack as devstack
 
 START_TIMEOUT_S = 60
 

@@ -21,10 +21,10 @@ import httpx
 import pytest
 import uvicorn
 
-from r2migrate.api import check_exposure, create_app, serve
-from r2migrate.config import Settings
+from r2migrate.api.app import check_exposure, create_app, serve
 from r2migrate.errors import ConfigError
-from r2migrate.state import State
+from r2migrate.settings.config import Settings
+from r2migrate.store.ledger import State
 from tests.proxy import FaultProxy
 
 TOKEN = "test-token-0123456789abcdef"
@@ -521,7 +521,7 @@ def test_dashboard_without_a_token_asks_for_one(base_url, tmp_path, sample):
 
 
 def test_enqueue_hands_the_batch_to_the_workers_once(client, api_settings, sample):
-    from r2migrate.jobs import run_workers
+    from r2migrate.worker import run_workers
 
     batch_ids = _plan(client, batch_size=50)["batch_ids"]
     first = client.post(f"/batches/{batch_ids[0]}/enqueue")
@@ -545,12 +545,12 @@ def test_a_batch_of_another_target_is_refused_with_409_and_nothing_is_deleted(
     """The server's settings name one bucket; a batch planned for another is left alone."""
     import uuid
 
-    from r2migrate import devstack
-    from r2migrate.bucket import Bucket
-    from r2migrate.inventory import inventory
-    from r2migrate.plan import plan
-    from r2migrate.state import State
-    from r2migrate.transfer import run as run_batches
+    from r2migrate.dev import stack as devstack
+    from r2migrate.s3.bucket import Bucket
+    from r2migrate.stages.inventory import inventory
+    from r2migrate.stages.plan import plan
+    from r2migrate.stages.transfer import run as run_batches
+    from r2migrate.store.ledger import State
 
     planned_for = make_settings()
     other = f"t3-{uuid.uuid4().hex[:14]}"

@@ -34,8 +34,6 @@ import pytest
 from psycopg import sql
 
 from r2migrate import inventory, plan, run
-from r2migrate.bucket import Bucket
-from r2migrate.config import Settings, load_settings
 from r2migrate.errors import (
     AccessDenied,
     BatchNotFound,
@@ -48,9 +46,11 @@ from r2migrate.errors import (
     StateError,
     ToolkitError,
 )
-from r2migrate.fastput import FastPut
-from r2migrate.inventory import is_blocked
-from r2migrate.state import MediaFile, State
+from r2migrate.s3.bucket import Bucket
+from r2migrate.s3.fastput import FastPut
+from r2migrate.settings.config import Settings, load_settings
+from r2migrate.stages.inventory import is_blocked
+from r2migrate.store.ledger import MediaFile, State
 
 NOBODY = 65534
 NFC = unicodedata.normalize("NFC", "café.txt")

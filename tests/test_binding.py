@@ -16,17 +16,18 @@ import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
-from r2migrate import binding, devstack
-from r2migrate.binding import normalize_endpoint
-from r2migrate.bucket import Bucket
-from r2migrate.cli import main
+from r2migrate.cli.main import main
+from r2migrate.dev import stack as devstack
 from r2migrate.errors import BatchRolledBack, ConfigError, StateError, TargetMismatch
-from r2migrate.inventory import inventory
-from r2migrate.plan import Action, plan
-from r2migrate.rollback import rollback
-from r2migrate.state import SCHEMA_VERSION, BatchStatus, FileStatus, State, connect
-from r2migrate.transfer import run as run_batches
-from r2migrate.verify import VerifyOutcome, verify
+from r2migrate.rules import binding
+from r2migrate.rules.binding import normalize_endpoint
+from r2migrate.s3.bucket import Bucket
+from r2migrate.stages.inventory import inventory
+from r2migrate.stages.plan import Action, plan
+from r2migrate.stages.rollback import rollback
+from r2migrate.stages.transfer import run as run_batches
+from r2migrate.stages.verify import VerifyOutcome, verify
+from r2migrate.store.ledger import SCHEMA_VERSION, BatchStatus, FileStatus, State, connect
 from tests.cli_env import cli_env as _env
 
 
@@ -227,7 +228,7 @@ def test_run_of_a_batch_for_another_bucket_refuses_and_run_all_keeps_to_its_own(
 
 
 def test_worker_queues_and_runs_only_its_own_targets_batches(make_settings, sample, second_bucket):
-    from r2migrate.jobs import run_workers
+    from r2migrate.worker import run_workers
 
     a = make_settings(processes=1, workers=4)
     b = make_settings(bucket_name=second_bucket, processes=1, workers=4)
@@ -260,7 +261,7 @@ def test_a_version_1_ledger_upgrades_in_place_and_stays_usable(make_settings, sa
         "CREATE TABLE r2migrate.schema_migrations (version integer PRIMARY KEY,"
         " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
     )
-    v1 = (resources.files("r2migrate.migrations") / "001_initial.sql").read_text("utf-8")
+    v1 = (resources.files("r2migrate.store.migrations") / "001_initial.sql").read_text("utf-8")
     conn.execute(v1.replace("{schema}", '"r2migrate"').encode())
     conn.execute("INSERT INTO r2migrate.schema_migrations VALUES (1, '001_initial.sql')")
     old_settings = settings.redacted()  # what version 1 stored with each batch

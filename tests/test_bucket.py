@@ -9,7 +9,6 @@ import threading
 
 import pytest
 
-from r2migrate.bucket import Bucket, part_size_for, sha256_b64
 from r2migrate.errors import (
     AccessDenied,
     BucketError,
@@ -18,7 +17,8 @@ from r2migrate.errors import (
     NoSuchBucket,
     ObjectExists,
 )
-from r2migrate.fastput import FastPut
+from r2migrate.s3.bucket import Bucket, part_size_for, sha256_b64
+from r2migrate.s3.fastput import FastPut
 from tests.proxy import FaultProxy
 
 MIB = 1024 * 1024

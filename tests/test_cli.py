@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from r2migrate.cli import main
+from r2migrate.cli.main import main
 from tests.cli_env import cli_env as _env
 
 
@@ -438,8 +438,8 @@ def test_run_prints_wall_time_and_head_settlements_apart(settings, sample, stack
     import re
     import time
 
-    from r2migrate.bucket import Bucket
-    from r2migrate.state import State
+    from r2migrate.s3.bucket import Bucket
+    from r2migrate.store.ledger import State
     from tests.proxy import FaultProxy
 
     host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")

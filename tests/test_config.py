@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from r2migrate.config import (
+from r2migrate.errors import ConfigError, ExitCode
+from r2migrate.settings.config import (
     SECRET_FIELDS,
     Settings,
     load_settings,
     redact_url,
 )
-from r2migrate.errors import ConfigError, ExitCode
 
 DB_PASSWORD = "pg-Pa55word-9f3a"
 SECRET_KEY = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"

@@ -19,9 +19,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from r2migrate import devsample, devstack
-from r2migrate.devsample import SampleData
-from r2migrate.devstack import StackInfo
+from r2migrate.dev import sample as devsample
+from r2migrate.dev import stack as devstack
+from r2migrate.dev.sample import SampleData
+from r2migrate.dev.stack import StackInfo
 from r2migrate.errors import ConfigError, ToolkitError
 
 MIB = 1024 * 1024
@@ -381,7 +382,7 @@ def test_stack_files_stay_inside_root(stack):
 def test_dev_up_with_another_bucket_creates_it_but_keeps_the_stacks_bucket(tmp_path):
     from click.testing import CliRunner
 
-    from r2migrate.cli import main
+    from r2migrate.cli.main import main
 
     root = tmp_path / "own-stack"
     env = {"R2MIGRATE_STATE_DIR": str(root)}

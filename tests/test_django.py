@@ -38,8 +38,6 @@ from psycopg.conninfo import conninfo_to_dict  # noqa: E402
 from storages.backends.s3 import S3Storage  # noqa: E402
 
 from r2migrate import inventory, plan  # noqa: E402
-from r2migrate.bucket import Bucket  # noqa: E402
-from r2migrate.config import redact_url  # noqa: E402
 from r2migrate.django.conf import database_url_from_django, load_django_settings  # noqa: E402
 from r2migrate.django.cutover import cutover_check  # noqa: E402
 from r2migrate.django.discovery import (  # noqa: E402
@@ -48,7 +46,9 @@ from r2migrate.django.discovery import (  # noqa: E402
     reference_id_column_for,
 )
 from r2migrate.errors import ConfigError, ExitCode  # noqa: E402
-from r2migrate.state import BatchStatus, State  # noqa: E402
+from r2migrate.s3.bucket import Bucket  # noqa: E402
+from r2migrate.settings.config import redact_url  # noqa: E402
+from r2migrate.store.ledger import BatchStatus, State  # noqa: E402
 from tests.django_project.list_cutter.models import ProfileImage, SavedFile  # noqa: E402
 from tests.mediaserver import MediaHTTPServer  # noqa: E402
 

@@ -23,18 +23,25 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from click.testing import CliRunner
 
-from r2migrate.bucket import Bucket
-from r2migrate.cli import main
-from r2migrate.config import Settings, load_settings
-from r2migrate.doctor import CHECK_ORDER, PROBE_PREFIX, Check, CheckStatus, DoctorReport, doctor
+from r2migrate.cli.main import main
 from r2migrate.errors import ConfigError, NoSuchBucket
-from r2migrate.inventory import inventory
-from r2migrate.plan import plan
-from r2migrate.state import SCHEMA_VERSION, State
+from r2migrate.report.doctor import (
+    CHECK_ORDER,
+    PROBE_PREFIX,
+    Check,
+    CheckStatus,
+    DoctorReport,
+    doctor,
+)
+from r2migrate.s3.bucket import Bucket
+from r2migrate.settings.config import Settings, load_settings
+from r2migrate.stages.inventory import inventory
+from r2migrate.stages.plan import plan
+from r2migrate.store.ledger import SCHEMA_VERSION, State
 from tests.proxy import FaultProxy, Request
 
 # `r2migrate.doctor` is the function (the package re-exports it); the module is in sys.modules.
-doctor_module = importlib.import_module("r2migrate.doctor")
+doctor_module = importlib.import_module("r2migrate.report.doctor")
 
 OK, WARN, FAIL, SKIP = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.SKIP
 PROBE_CHECKS = (
@@ -263,7 +270,7 @@ def test_current_schema_is_ok_and_a_newer_one_fails(settings, sample):
 
 
 def test_job_queue_reports_waiting_and_stalled_jobs_and_refuses_another_version(settings, sample):
-    from r2migrate import jobs
+    from r2migrate import worker as jobs
 
     assert "no job queue yet" in _run(settings).get("job_queue").detail
     with State.open(settings.database_url) as state:

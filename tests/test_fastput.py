@@ -31,16 +31,6 @@ from botocore.credentials import Credentials
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from r2migrate import bucket as bucket_module
-from r2migrate.bucket import (
-    Bucket,
-    FileRegion,
-    SourceShort,
-    SourceUnreadable,
-    sha256_b64,
-    translate_error,
-)
-from r2migrate.config import Settings
 from r2migrate.errors import (
     AccessDenied,
     BucketError,
@@ -50,13 +40,23 @@ from r2migrate.errors import (
     ObjectExists,
     TransientBucketError,
 )
-from r2migrate.fastput import (
+from r2migrate.s3 import bucket as bucket_module
+from r2migrate.s3.bucket import (
+    Bucket,
+    FileRegion,
+    SourceShort,
+    SourceUnreadable,
+    sha256_b64,
+    translate_error,
+)
+from r2migrate.s3.fastput import (
     FastPut,
     Response,
     _Connection,
     canonical_uri,
     translate_response,
 )
+from r2migrate.settings.config import Settings
 from tests.proxy import FaultProxy
 
 AMZ_DATE = "20250102T030405Z"

@@ -19,11 +19,12 @@ import psycopg
 import pytest
 from django.core.exceptions import SuspiciousOperation
 
-from r2migrate import inventory, keys, plan, run
-from r2migrate.bucket import Bucket
+from r2migrate import inventory, plan, run
 from r2migrate.django.cutover import storage_from_settings
 from r2migrate.errors import ToolkitError
-from r2migrate.state import MediaFile, State
+from r2migrate.rules import keys
+from r2migrate.s3.bucket import Bucket
+from r2migrate.store.ledger import MediaFile, State
 
 
 def nfc(text: str) -> str:

@@ -21,8 +21,7 @@ from click.testing import CliRunner
 
 from r2migrate import doctor, inventory, plan, verify
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
-from r2migrate.cli import main
+from r2migrate.cli.main import main
 from r2migrate.errors import (
     ConfigError,
     ExitCode,
@@ -31,8 +30,9 @@ from r2migrate.errors import (
     SourceUnavailable,
     UnsafePath,
 )
-from r2migrate.httpsource import MediaServer, media_url_for
-from r2migrate.state import FileStatus, State
+from r2migrate.media.http import MediaServer, media_url_for
+from r2migrate.s3.bucket import Bucket
+from r2migrate.store.ledger import FileStatus, State
 from tests.mediaserver import MediaHTTPServer
 
 MIB = 1024 * 1024
@@ -122,7 +122,7 @@ def test_names_are_percent_encoded_and_unsafe_names_never_leave():
 
 
 def test_settings_for_http_are_checked_and_the_header_is_secret(tmp_path):
-    from r2migrate.config import load_settings
+    from r2migrate.settings.config import load_settings
 
     def load(**overrides):
         return load_settings(env={}, overrides=overrides, cwd=tmp_path)
@@ -416,7 +416,7 @@ def test_credentials_refused_mid_way_stop_run_and_verify_without_touching_rows(
 
 
 def test_mtimes_from_last_modified_compare_to_the_second():
-    from r2migrate.verify import _same_mtime
+    from r2migrate.stages.verify import _same_mtime
 
     disk = 1_764_000_000_123_456_789
     assert _same_mtime(disk, disk)

@@ -10,8 +10,8 @@ import pytest
 
 from r2migrate import inventory
 from r2migrate.errors import ConfigError, Problem
-from r2migrate.inventory import estimate_cost
-from r2migrate.state import MediaFile, State
+from r2migrate.stages.inventory import estimate_cost
+from r2migrate.store.ledger import MediaFile, State
 
 
 def _rows(database_url: str, names: list[str | None]) -> None:

@@ -24,11 +24,12 @@ from psycopg import sql
 
 from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
-from r2migrate.cli import main
-from r2migrate.config import load_settings
+from r2migrate.cli.main import main
 from r2migrate.errors import ConfigError, ExitCode, StateError
-from r2migrate.jobs import (
+from r2migrate.s3.bucket import Bucket
+from r2migrate.settings.config import load_settings
+from r2migrate.store.ledger import BatchStatus, FileStatus, State
+from r2migrate.worker import (
     TASK_NAME,
     enqueue_batches,
     ensure_queue_schema,
@@ -40,7 +41,6 @@ from r2migrate.jobs import (
     run_workers,
     serve,
 )
-from r2migrate.state import BatchStatus, FileStatus, State
 from tests.cli_env import cli_env as _cli_env
 from tests.mediaserver import MediaHTTPServer
 from tests.proxy import FaultProxy

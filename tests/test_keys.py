@@ -24,7 +24,7 @@ from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
 
 from r2migrate.errors import ConfigError, Problem, UnsafePath
-from r2migrate.keys import (
+from r2migrate.rules.keys import (
     MAX_KEY_BYTES,
     ContentHeaders,
     content_headers_for,

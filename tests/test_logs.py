@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from r2migrate.errors import ConfigError
-from r2migrate.logs import LOGGER_NAME, JsonFormatter, RedactingFilter, configure_logging
+from r2migrate.runtime.logs import LOGGER_NAME, JsonFormatter, RedactingFilter, configure_logging
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 DB_PASSWORD = "pg-Pa55word-9f3a"
@@ -45,7 +45,7 @@ def ours(logger: logging.Logger) -> list[logging.Handler]:
 
 
 def log_the_secrets() -> None:
-    log = logging.getLogger("r2migrate.transfer")  # a child: handlers sit on the parent
+    log = logging.getLogger("r2migrate.stages.transfer")  # a child: handlers sit on the parent
     log.info("secret=%s db=%s", SECRET, DB_URL, extra={"file_id": 7, "batch_id": "b-1"})
     log.warning("presigned %s", PRESIGNED, extra={"outcome": "uploaded", "url": PRESIGNED})
     log.debug("headers {'Authorization': b'AWS4-HMAC-SHA256 Credential=AK, Signature=ab'}")
@@ -86,7 +86,7 @@ def test_json_lines_parse_and_carry_extra_fields(tmp_path: Path) -> None:
     entries = [json.loads(line) for line in lines]
     assert [e["level"] for e in entries] == ["INFO", "WARNING", "ERROR"]  # DEBUG filtered
     first, second, third = entries
-    assert first["logger"] == "r2migrate.transfer"
+    assert first["logger"] == "r2migrate.stages.transfer"
     assert first["message"] == "secret=*** db=postgresql://app:***@db.internal:5432/app"
     assert (first["file_id"], first["batch_id"]) == (7, "b-1")
     assert second["outcome"] == "uploaded"

@@ -22,14 +22,15 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from r2migrate import inventory, plan, text
-from r2migrate.api import create_app
-from r2migrate.bucket import Bucket
-from r2migrate.cli import main
+import r2migrate.report.text as text
+from r2migrate import inventory, plan
+from r2migrate.api.app import create_app
+from r2migrate.cli.main import main
 from r2migrate.errors import PROBLEM_MEANINGS, Problem
-from r2migrate.logs import configure_logging
-from r2migrate.plan import Action
-from r2migrate.state import State
+from r2migrate.runtime.logs import configure_logging
+from r2migrate.s3.bucket import Bucket
+from r2migrate.stages.plan import Action
+from r2migrate.store.ledger import State
 from tests.cli_env import cli_env as _env
 from tests.test_api import AUTH, TOKEN, running
 
@@ -150,10 +151,10 @@ def test_log_lines_show_names_escaped(tmp_path: Path) -> None:
     log_file = tmp_path / "r2migrate.log"
     configure_logging(log_file=log_file, console=False)
     try:
-        logging.getLogger("r2migrate.transfer").warning(
+        logging.getLogger("r2migrate.stages.transfer").warning(
             "retrying %s in %.1fs after %s", "uploads/a\nFAKE LINE\tx.txt", 1.0, "SlowDown"
         )
-        logging.getLogger("r2migrate.inventory").warning("skipping %s", os.fsdecode(LATIN1))
+        logging.getLogger("r2migrate.stages.inventory").warning("skipping %s", os.fsdecode(LATIN1))
     finally:
         configure_logging(console=False)
     lines = log_file.read_text(encoding="utf-8").splitlines()

@@ -22,11 +22,11 @@ import papermill
 import psycopg
 import pytest
 
-from r2migrate import notebooks
-from r2migrate.bucket import Bucket
+import r2migrate.notebooks.helpers as notebooks
 from r2migrate.errors import ConfigError, ExitCode
-from r2migrate.notebooks import NotebookFailed, run_notebook
-from r2migrate.state import BatchStatus, FileStatus, State
+from r2migrate.notebooks.helpers import NotebookFailed, run_notebook
+from r2migrate.s3.bucket import Bucket
+from r2migrate.store.ledger import BatchStatus, FileStatus, State
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -287,7 +287,7 @@ def test_notebook_run_exits_1_when_the_report_is_not_all_proven(nb_settings, mon
     """Through the CLI, the bucket given only as a flag: it must reach the notebook's kernel."""
     from click.testing import CliRunner
 
-    from r2migrate.cli import main
+    from r2migrate.cli.main import main
 
     monkeypatch.delenv("R2MIGRATE_BUCKET_NAME")
     flag = ["--bucket", nb_settings.bucket_name]

@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from r2migrate import devsample
-from r2migrate.cli import main
-from r2migrate.doctor import POSTGRES_SUPPORTED
-from r2migrate.state import SCHEMA_VERSION, State
+from r2migrate.cli.main import main
+from r2migrate.dev import sample as devsample
+from r2migrate.report.doctor import POSTGRES_SUPPORTED
+from r2migrate.store.ledger import SCHEMA_VERSION, State
 from tests.pgserver import PgServer, throwaway_server
 
 ENV_VAR = "R2MIGRATE_TEST_PG_BINDIRS"

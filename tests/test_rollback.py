@@ -11,12 +11,12 @@ import pytest
 
 from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
 from r2migrate.errors import BatchBusy, BatchNotFound
-from r2migrate.plan import Action
-from r2migrate.rollback import RollbackOutcome, rollback
-from r2migrate.state import BatchStatus, FileStatus, State, new_owner_id
-from r2migrate.verify import verify
+from r2migrate.s3.bucket import Bucket
+from r2migrate.stages.plan import Action
+from r2migrate.stages.rollback import RollbackOutcome, rollback
+from r2migrate.stages.verify import verify
+from r2migrate.store.ledger import BatchStatus, FileStatus, State, new_owner_id
 from tests.proxy import FaultProxy, Flaky
 from tests.test_verify import migrate, replace_object, row_for, seed_tree
 

@@ -29,7 +29,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from r2migrate.devstack import StackInfo
+from r2migrate.dev.stack import StackInfo
 
 WINDOW = 16  # a piece of a secret this long is a leak too (a truncated or half-masked value)
 COMMAND_TIMEOUT_S = 120

@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from r2migrate import source
 from r2migrate.errors import Problem, SourceError, UnsafePath
-from r2migrate.source import (
+from r2migrate.media import disk as source
+from r2migrate.media.disk import (
     HashingReader,
     SourceStat,
     files_identical_stat,

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from r2migrate.binding import SourceSpec, Target
 from r2migrate.errors import BatchNotFound, DatabaseUnavailable, SchemaTooNew
-from r2migrate.state import (
+from r2migrate.rules.binding import SourceSpec, Target
+from r2migrate.store.ledger import (
     SCHEMA_VERSION,
     FileStatus,
     NewFile,
@@ -127,7 +127,7 @@ def test_dead_local_owner_is_released_at_once(state):
 
 
 def test_outcomes_from_a_runner_that_lost_its_lease_are_ignored(state):
-    from r2migrate.state import Outcome
+    from r2migrate.store.ledger import Outcome
 
     state.create_batch("b4", _files(1), batch_size=1, target=_T, source=_S, settings={})
     (rec,) = state.claim_files("b4", owner="old:1:a", limit=1, lease_s=60)
@@ -141,7 +141,7 @@ def test_outcomes_from_a_runner_that_lost_its_lease_are_ignored(state):
 
 def test_a_group_of_outcomes_is_written_as_given(state):
     """Every column, NULLs, quoted ETags and event details (non-ASCII, nested) survive the trip."""
-    from r2migrate.state import Outcome
+    from r2migrate.store.ledger import Outcome
 
     state.create_batch("b5", _files(3), batch_size=3, target=_T, source=_S, settings={})
     owner = new_owner_id()

@@ -22,15 +22,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from r2migrate import devcert, devsample, devstack, inventory, plan
+from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket, tls_verify
-from r2migrate.cli import main
-from r2migrate.config import Settings, load_settings
-from r2migrate.devstack import StackInfo
+from r2migrate.cli.main import main
+from r2migrate.dev import cert as devcert
+from r2migrate.dev import sample as devsample
+from r2migrate.dev import stack as devstack
+from r2migrate.dev.stack import StackInfo
 from r2migrate.errors import BucketError, ConfigError, ToolkitError, TransientBucketError
-from r2migrate.fastput import FastPut
-from r2migrate.state import FileStatus, State
+from r2migrate.s3.bucket import Bucket, tls_verify
+from r2migrate.s3.fastput import FastPut
+from r2migrate.settings.config import Settings, load_settings
+from r2migrate.store.ledger import FileStatus, State
 
 MIB = 1024 * 1024
 
@@ -327,7 +330,7 @@ def test_verify_false_alone_works_and_warns_once(planned, caplog):
 
 
 def test_doctor_checks_the_bundle_and_never_calls_a_bad_file_a_bug(tls_settings, tmp_path):
-    from r2migrate.doctor import doctor
+    from r2migrate.report.doctor import doctor
 
     good = doctor(tls_settings).get("ca_bundle")
     assert good.status.value == "ok", good

@@ -14,9 +14,9 @@ import pytest
 
 from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
 from r2migrate.errors import BucketUnavailable
-from r2migrate.state import BatchStatus, FileStatus, State
+from r2migrate.s3.bucket import Bucket
+from r2migrate.store.ledger import BatchStatus, FileStatus, State
 from tests.proxy import FaultProxy
 
 MIB = 1024 * 1024

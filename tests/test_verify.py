@@ -13,10 +13,10 @@ import pytest
 
 from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.bucket import Bucket
 from r2migrate.errors import BatchNotFound, ConfigError
-from r2migrate.state import FileRecord, FileStatus, State
-from r2migrate.verify import CLASS_B_USD_PER_MILLION, VerifyOutcome, key_space, verify
+from r2migrate.s3.bucket import Bucket
+from r2migrate.stages.verify import CLASS_B_USD_PER_MILLION, VerifyOutcome, key_space, verify
+from r2migrate.store.ledger import FileRecord, FileStatus, State
 from tests.proxy import FaultProxy, Flaky
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from r2migrate.devstack import StackInfo
+from r2migrate.dev.stack import StackInfo
 from tests.resilience.harness import World, make_world
 
 

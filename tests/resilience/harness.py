@@ -41,9 +41,9 @@ import psycopg
 from botocore.config import Config
 
 from r2migrate import inventory, plan, verify
-from r2migrate.bucket import Bucket
-from r2migrate.config import Settings, load_settings
-from r2migrate.state import State
+from r2migrate.s3.bucket import Bucket
+from r2migrate.settings.config import Settings, load_settings
+from r2migrate.store.ledger import State
 from tests.resilience.faults import ChaosProxy
 
 REPO = Path(__file__).resolve().parents[2]

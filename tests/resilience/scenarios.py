@@ -21,9 +21,10 @@ from typing import Any
 import psutil
 import psycopg
 
-from r2migrate import devstack, rollback
-from r2migrate.bucket import Bucket
-from r2migrate.state import State
+from r2migrate import rollback
+from r2migrate.dev import stack as devstack
+from r2migrate.s3.bucket import Bucket
+from r2migrate.store.ledger import State
 from tests.resilience.faults import ALL_FAULTS, always, seeded_faults
 from tests.resilience.harness import (
     DONE,

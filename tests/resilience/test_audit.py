@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from r2migrate import run
-from r2migrate.state import State
+from r2migrate.store.ledger import State
 from tests.resilience.harness import (
     World,
     audit,

@@ -16,7 +16,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from r2migrate.devstack import StackInfo
+from r2migrate.dev.stack import StackInfo
 from tests.resilience.faults import ChaosProxy, always, seeded_faults
 
 pytestmark = pytest.mark.resilience

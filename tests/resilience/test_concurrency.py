@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from r2migrate.state import State
+from r2migrate.store.ledger import State
 from tests.resilience import scenarios
 from tests.resilience.harness import (
     World,
@@ -123,7 +123,7 @@ def test_a_remote_owners_files_are_taken_only_after_its_lease_expires(world: Wor
 
 CLAIM = """
 import sys
-from r2migrate.state import State, new_owner_id
+from r2migrate.store.ledger import State, new_owner_id
 with State.open(sys.argv[1], migrate=False) as st:
     st.claim_files(sys.argv[2], owner=new_owner_id(), limit=3, lease_s=300)
 """

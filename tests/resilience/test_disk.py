@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from r2migrate import run, verify
-from r2migrate.state import State
+from r2migrate.store.ledger import State
 from tests.resilience import scenarios
 from tests.resilience.harness import World, ledger, make_tree, plan_batches, seed_rows
 

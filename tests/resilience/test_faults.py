@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from r2migrate import rollback, run
-from r2migrate.bucket import Bucket
-from r2migrate.state import State
+from r2migrate.s3.bucket import Bucket
+from r2migrate.store.ledger import State
 from tests.proxy import Request
 from tests.resilience import scenarios
 from tests.resilience.faults import ALL_FAULTS

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from r2migrate import devstack
-from r2migrate.devstack import StackInfo
+from r2migrate.dev import stack as devstack
+from r2migrate.dev.stack import StackInfo
 from tests.resilience import scenarios
 from tests.resilience.harness import World, make_world
 

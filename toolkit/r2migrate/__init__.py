@@ -11,13 +11,9 @@ prints and never reads the environment except through ``load_settings``.
 
 Each stage function has the name of its module (``inventory``, ``plan``, ``verify``,
 ``rollback``, ``doctor``), so ``r2migrate.verify`` is the function; import a module's other names
-from the module itself: ``from r2migrate.verify import VerifyOutcome``.
+from the module itself: ``from r2migrate.stages.verify import VerifyOutcome``.
 """
 
-from r2migrate.binding import SourceSpec, Target
-from r2migrate.bucket import Bucket, ObjectInfo
-from r2migrate.config import Settings, load_settings
-from r2migrate.doctor import Check, CheckStatus, DoctorReport, doctor
 from r2migrate.errors import (
     AccessDenied,
     BatchBusy,
@@ -47,20 +43,24 @@ from r2migrate.errors import (
     TransientBucketError,
     UnsafePath,
 )
-from r2migrate.inventory import CostEstimate, InventorySummary, inventory
-from r2migrate.keys import content_headers_for, object_key_for
-from r2migrate.plan import Action, PlanItem, PlanSummary, plan
-from r2migrate.repair import RepairSummary, repair
-from r2migrate.rollback import (
+from r2migrate.repairs import RepairSummary, repair
+from r2migrate.report.doctor import Check, CheckStatus, DoctorReport, doctor
+from r2migrate.rules.binding import SourceSpec, Target
+from r2migrate.rules.keys import content_headers_for, object_key_for
+from r2migrate.s3.bucket import Bucket, ObjectInfo
+from r2migrate.settings.config import Settings, load_settings
+from r2migrate.stages.inventory import CostEstimate, InventorySummary, inventory
+from r2migrate.stages.plan import Action, PlanItem, PlanSummary, plan
+from r2migrate.stages.rollback import (
     RollbackItem,
     RollbackOutcome,
     RollbackProgress,
     RollbackSummary,
     rollback,
 )
-from r2migrate.state import Batch, BatchStatus, FileRecord, FileStatus, MediaFile, State
-from r2migrate.transfer import BatchResult, Progress, RunSummary, run
-from r2migrate.verify import FileCheck, VerifyOutcome, VerifyProgress, VerifySummary, verify
+from r2migrate.stages.transfer import BatchResult, Progress, RunSummary, run
+from r2migrate.stages.verify import FileCheck, VerifyOutcome, VerifyProgress, VerifySummary, verify
+from r2migrate.store.ledger import Batch, BatchStatus, FileRecord, FileStatus, MediaFile, State
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """`python -m r2migrate` runs the command line."""
 
-from r2migrate.cli import main
+from r2migrate.cli.main import main
 
 main()

@@ -19,8 +19,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from r2migrate.django.conf import ProjectSettings, load_django_settings
 from r2migrate.errors import ExitCode, Interrupted, ToolkitError
-from r2migrate.logs import configure_logging
-from r2migrate.state import State
+from r2migrate.runtime.logs import configure_logging
+from r2migrate.store.ledger import State
 
 __all__ = ["USAGE_EXIT_CODE", "ToolkitCommand", "command_error", "open_state"]
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from r2migrate.config import Settings, load_settings
 from r2migrate.django.discovery import (
     FieldReference,
     discover_file_fields,
     reference_id_column_for,
 )
 from r2migrate.errors import ConfigError
+from r2migrate.settings.config import Settings, load_settings
 
 __all__ = [
     "ADAPTER_KEYS",

@@ -39,13 +39,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from r2migrate import binding, catalog, source
-from r2migrate.bucket import translate_error
-from r2migrate.config import Settings
 from r2migrate.django.render import table
 from r2migrate.errors import ConfigError, ExitCode, Problem, SourceError
-from r2migrate.inventory import examine_reference, unicode_collisions
-from r2migrate.state import BatchStatus, State, connect
+from r2migrate.media import disk as source
+from r2migrate.rules import binding
+from r2migrate.s3.bucket import translate_error
+from r2migrate.settings.config import Settings
+from r2migrate.stages.inventory import examine_reference, unicode_collisions
+from r2migrate.store import catalog
+from r2migrate.store.ledger import BatchStatus, State, connect
 
 __all__ = [
     "CutoverItem",

@@ -1,7 +1,7 @@
 """``R2MigrationFields``: the original system's migration columns as an abstract model mixin.
 
 Must never define a concrete model: the toolkit's own tables live in the ``r2migrate`` schema and
-are migrated by ``r2migrate.state``, not by Django.
+are migrated by ``r2migrate.store.ledger``, not by Django.
 
 The columns belong on the *project's* file model, so the project owns their migration::
 
@@ -13,7 +13,7 @@ The columns belong on the *project's* file model, so the project owns their migr
     $ python manage.py makemigrations && python manage.py migrate
 
 then set ``R2MIGRATE = {"write_back": True}``. Names and types match what
-``r2migrate.catalog.ensure_write_back_columns`` would add (``text``/``timestamptz``); it looks
+``r2migrate.store.catalog.ensure_write_back_columns`` would add (``text``/``timestamptz``); it looks
 first and never alters a table that has them. To keep the model class as it is, use
 ``manage.py r2migrate_writeback_migration app_label.Model`` instead (a migration holding
 ``r2migrate.django.operations.AddMigrationColumns``). Without either, ``write_back`` still works

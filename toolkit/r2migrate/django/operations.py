@@ -30,7 +30,7 @@ from typing import Any
 
 from django.db.migrations.operations.base import Operation
 
-from r2migrate.catalog import WRITE_BACK_COLUMNS
+from r2migrate.store.catalog import WRITE_BACK_COLUMNS
 
 __all__ = ["AddMigrationColumns", "declared_write_back_fields"]
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from r2migrate.errors import Problem
-from r2migrate.inventory import InventorySummary
-from r2migrate.plan import Action, PlanSummary
-from r2migrate.rollback import RollbackSummary
-from r2migrate.state import Batch, FileRecord, FileStatus
-from r2migrate.text import batch_table, human_bytes, meanings, run_summary_line, table
-from r2migrate.transfer import RunSummary
-from r2migrate.verify import VerifySummary
+from r2migrate.report.text import batch_table, human_bytes, meanings, run_summary_line, table
+from r2migrate.stages.inventory import InventorySummary
+from r2migrate.stages.plan import Action, PlanSummary
+from r2migrate.stages.rollback import RollbackSummary
+from r2migrate.stages.transfer import RunSummary
+from r2migrate.stages.verify import VerifySummary
+from r2migrate.store.ledger import Batch, FileRecord, FileStatus
 
 __all__ = [
     "FieldCount",

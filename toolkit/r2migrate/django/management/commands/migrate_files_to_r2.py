@@ -24,12 +24,12 @@ from typing import Any
 from r2migrate.django import render
 from r2migrate.django.base import ToolkitCommand, open_state
 from r2migrate.django.conf import ProjectSettings
-from r2migrate.inventory import inventory, is_blocked
-from r2migrate.plan import plan
-from r2migrate.rollback import rollback
-from r2migrate.state import MediaFile
-from r2migrate.transfer import RunSummary, run
-from r2migrate.verify import verify
+from r2migrate.stages.inventory import inventory, is_blocked
+from r2migrate.stages.plan import plan
+from r2migrate.stages.rollback import rollback
+from r2migrate.stages.transfer import RunSummary, run
+from r2migrate.stages.verify import verify
+from r2migrate.store.ledger import MediaFile
 
 
 def _positive(text: str) -> int:

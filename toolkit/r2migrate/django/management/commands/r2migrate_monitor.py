@@ -18,7 +18,7 @@ from typing import Any
 
 from r2migrate.django import render
 from r2migrate.django.base import ToolkitCommand, open_state
-from r2migrate.state import Batch, BatchStatus, State
+from r2migrate.store.ledger import Batch, BatchStatus, State
 
 # A watched batch in one of these has nothing more to report until someone acts on it.
 SETTLED = frozenset(

@@ -1,0 +1,4 @@
+"""HTTP API and dashboard: parse, call the library, render.
+
+Must not hold migration logic.
+"""

@@ -1,0 +1,4 @@
+"""Command line: parse, call the library, render.
+
+Must not hold migration logic.
+"""

@@ -1,0 +1,4 @@
+"""Notebook helpers: settings display, tables, widgets, papermill runs.
+
+Must not hold migration logic.
+"""

@@ -1,0 +1,783 @@
+"""The bucket side, the only boto3 user: create-only PUT with SHA-256, multipart, HEAD, GET.
+
+Must not touch the database, batches or decide what to upload; botocore errors are translated here
+and nowhere else, into the error tree with ``retryable`` set.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import ssl
+import stat
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from r2migrate.errors import (
+    AccessDenied,
+    BucketError,
+    BucketUnavailable,
+    CertificateRefused,
+    ConfigError,
+    DigestMismatch,
+    NoSuchBucket,
+    ObjectChanged,
+    ObjectExists,
+    TransientBucketError,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from r2migrate.settings.config import Settings
+
+log = logging.getLogger(__name__)
+
+SHA256_METADATA_KEY = "sha256"  # sent as x-amz-meta-sha256, hex digest of the whole file
+MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_PARTS = 10_000
+_HASH_BLOCK_BYTES = 1 << 20  # one reusable read buffer per multipart upload
+
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "TooManyRequests",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "OperationAborted",
+    }
+)
+DENIED_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden", "403"}
+)
+DIGEST_CODES = frozenset(
+    {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
+)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size_bytes: int
+    etag: str
+    sha256_hex: str | None  # from our metadata; None when the object is not ours
+    checksum_sha256: str | None  # what the server stored (base64), when it reports it
+    content_type: str | None
+    content_encoding: str | None
+    last_modified: datetime | None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    etag: str
+    part_size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class FileRegion:
+    """``size`` bytes of the open file ``fd`` from ``offset``: a part sent without copying it."""
+
+    fd: int
+    offset: int
+    size: int
+
+
+class SourceShort(OSError):
+    """The file ended before its region did, so the request was cut off: the source shrank."""
+
+
+class SourceUnreadable(OSError):
+    """Reading the file for a part failed (EIO, ...): a source problem, not a network one."""
+
+
+class SourceMoved(DigestMismatch):
+    """The file changed before any byte of it was sent: worth another try, as for small files."""
+
+    retryable = True
+
+
+# Sends one part of a multipart upload and returns its ETag: (key, upload id, part number, the
+# bytes, their SHA-256 in base64). fastput.FastPut.upload_part is one; raises BucketError.
+PartSender = Callable[[str, str, int, FileRegion, str], str]
+
+
+def sha256_b64(hex_digest: str) -> str:
+    """The ChecksumSHA256 header value: base64 of the raw digest."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
+
+
+def part_size_for(size_bytes: int, chunk_bytes: int) -> int:
+    """Equal parts of at least `chunk_bytes`, grown until the file fits in 10,000 parts."""
+    part = max(chunk_bytes, MIN_PART_BYTES)
+    while size_bytes > part * MAX_PARTS:
+        part *= 2
+    return part
+
+
+def tls_verify(settings: Settings) -> bool | str:
+    """botocore's ``verify``: False (no checks), True (certifi's bundle) or a CA bundle's path.
+
+    A ``ca_bundle`` that is not a readable file is a ConfigError here, before any request, not
+    an unreadable-bundle error on the first connection.
+    """
+    if not settings.verify:
+        _warn_insecure_once(settings.effective_endpoint_url)
+        return False
+    if settings.ca_bundle is None:
+        return True
+    try:
+        with settings.ca_bundle.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ConfigError(
+            f"ca_bundle {settings.ca_bundle}: {exc.strerror or exc}",
+            hint="Point ca_bundle (or AWS_CA_BUNDLE) at a PEM file of CA certificates.",
+        ) from exc
+    return str(settings.ca_bundle)
+
+
+_insecure_warned = threading.Event()
+
+
+def _warn_insecure_once(endpoint: str | None) -> None:
+    """`verify = false`: one warning per process, instead of urllib3's one per request."""
+    import urllib3
+
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    if not _insecure_warned.is_set():
+        _insecure_warned.set()
+        log.warning(
+            "verify is false: TLS certificates of %s are not checked (this warning is shown once)",
+            endpoint or "the endpoint",
+        )
+
+
+def tls_hint(settings: Settings) -> str:
+    """What to do about a refused certificate, naming the bundle in use and where it came from."""
+    if settings.ca_bundle is None:
+        trusted = "certifi's CA bundle (ca_bundle is not set)"
+    else:
+        where = settings.sources.get("ca_bundle", "default")
+        trusted = f"ca_bundle {settings.ca_bundle} (from {where})"
+    return (
+        f"The endpoint's certificate is not signed by a CA in {trusted}. Point ca_bundle "
+        "(--set ca_bundle=PATH, R2MIGRATE_CA_BUNDLE or AWS_CA_BUNDLE) at the PEM file of the CA "
+        "that signed it; `--set ca_bundle=` (empty) clears an inherited AWS_CA_BUNDLE; "
+        "`r2migrate doctor` checks the bundle."
+    )
+
+
+def make_client(settings: Settings, *, max_pool_connections: int | None = None) -> S3Client:
+    """A client with R2-safe checksum settings and no hidden retries (we record every attempt)."""
+    config = Config(
+        region_name=settings.effective_region_name or "us-east-1",
+        signature_version="s3v4",
+        s3={"addressing_style": settings.addressing_style},  # type: ignore[arg-type]
+        connect_timeout=settings.connect_timeout_s,
+        read_timeout=settings.read_timeout_s,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        # Every worker thread may send up to 4 parts of a large file at once (transfer).
+        max_pool_connections=max_pool_connections or max(10, settings.workers * 4 + 4),
+        # botocore >= 1.36 adds CRC checksums R2 has rejected; we send SHA-256 ourselves.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra="r2migrate",
+    )
+    session = boto3.session.Session(
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        aws_session_token=settings.session_token,
+    )
+    client: S3Client = session.client(
+        "s3",
+        endpoint_url=settings.effective_endpoint_url,
+        verify=tls_verify(settings),
+        config=config,
+    )
+    return client
+
+
+def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = None) -> BucketError:
+    """Map a botocore exception onto the tree; callers `raise translate_error(...) from exc`."""
+    where = f"{op} s3://{bucket}/{key}" if key is not None else f"{op} s3://{bucket}"
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = str(err.get("Message") or code or status)
+        if code in ("PreconditionFailed", "412") or status == 412:
+            if op.startswith("DELETE"):
+                return ObjectChanged(
+                    f"{where}: the object changed since it was checked", code="PreconditionFailed"
+                )
+            return ObjectExists(
+                f"{where}: the key already holds an object", code="PreconditionFailed"
+            )
+        if code in DIGEST_CODES:
+            return DigestMismatch(f"{where}: the server rejected the SHA-256 ({code})", code=code)
+        if code == "NoSuchBucket" or (status == 404 and key is None):
+            return NoSuchBucket(f"Bucket {bucket!r} does not exist", code="NoSuchBucket")
+        if code in DENIED_CODES or status == 403:
+            return AccessDenied(f"{where}: access denied ({code or status})", code=code or "403")
+        if code in TRANSIENT_CODES or status in (429, 500, 502, 503, 504) or status >= 500:
+            return TransientBucketError(f"{where}: {code or status}: {message}", code=code)
+        return BucketError(f"{where}: {code or status}: {message}", code=code)
+    if isinstance(exc, botocore.exceptions.SSLError | ssl.SSLError):
+        return CertificateRefused(f"{where}: SSLError: {exc}", code="SSLError")
+    if isinstance(
+        exc,
+        botocore.exceptions.EndpointConnectionError
+        | botocore.exceptions.ConnectTimeoutError
+        | botocore.exceptions.ReadTimeoutError
+        | botocore.exceptions.ConnectionClosedError
+        | botocore.exceptions.ProxyConnectionError
+        | botocore.exceptions.ResponseStreamingError
+        | botocore.exceptions.IncompleteReadError,
+    ):
+        return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
+    if isinstance(exc, botocore.exceptions.HTTPClientError | ConnectionError | TimeoutError):
+        return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDenied(f"{where}: no credentials configured", code="NoCredentials")
+    return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
+
+
+class _PartWindow:
+    """Bytes ``[offset, offset + size)`` of a seekable stream, as a file botocore can stream.
+
+    botocore takes the length from ``len()``, rewinds with ``seek``/``tell`` and reads in
+    blocks; every read seeks the underlying stream first, so nothing else need keep its place.
+    """
+
+    def __init__(
+        self, stream: IO[bytes], offset: int, size: int, lock: threading.Lock | None = None
+    ) -> None:
+        self._stream = stream
+        self.offset = offset
+        self._size = max(0, size)
+        self._pos = 0
+        # Windows of one stream sent in parallel share this lock: a seek and its read are one step.
+        self._lock = lock or threading.Lock()
+        self.shrank = False  # the stream ended early while botocore read it
+
+    def __len__(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = min(max(0, base + pos), self._size)
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._size - self._pos
+        count = left if size is None or size < 0 else min(size, left)
+        if count <= 0:
+            return b""
+        with self._lock:
+            self._stream.seek(self.offset + self._pos)
+            data = self._stream.read(count)
+        if len(data) < count:
+            # Shrunk since it was hashed: end the request now rather than leave the server
+            # waiting for the promised Content-Length until the read timeout.
+            self.shrank = True
+            raise OSError(f"the source ended {count - len(data)} bytes early")
+        self._pos += len(data)
+        return data
+
+    def region(self) -> FileRegion:
+        """The window as a region of the stream's file (the stream must be a real file)."""
+        return FileRegion(self._stream.fileno(), self.offset, self._size)
+
+    def still_hashes_to(self, digest_b64: str) -> bool:
+        """Read the window again: does it still have the SHA-256 it had when it was hashed?"""
+        again = hashlib.sha256()
+        got = self.hash(bytearray(_HASH_BLOCK_BYTES), again)
+        return got == self._size and base64.b64encode(again.digest()).decode() == digest_b64
+
+    def hash(self, scratch: bytearray, *digests: Any) -> int:
+        """Feed the window to ``digests`` through ``scratch``; the bytes found (short at EOF)."""
+        readinto = getattr(self._stream, "readinto", None)
+        done = 0
+        with memoryview(scratch) as view:
+            while done < self._size:
+                want = min(len(view), self._size - done)
+                with self._lock:
+                    self._stream.seek(self.offset + done)
+                    if readinto is not None:
+                        count = int(readinto(view[:want]) or 0)
+                        chunk: Any = view[:count]
+                    else:  # a stream without readinto: one copy per read
+                        chunk = self._stream.read(want)
+                        count = len(chunk)
+                if not count:
+                    break
+                for digest in digests:
+                    digest.update(chunk)
+                done += count
+        return done
+
+
+def _is_regular_file(stream: IO[bytes]) -> bool:
+    """True for a stream on a regular file, which parts may read at any offset in parallel."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _source_changed(key: str, read_bytes: int, size_bytes: int) -> DigestMismatch:
+    return DigestMismatch(
+        f"{key}: the file changed while it was uploaded "
+        f"({read_bytes} bytes read, {size_bytes} expected)",
+        code="SourceChanged",
+    )
+
+
+class Bucket:
+    """One bucket through one client. Thread-safe: boto3 clients may be shared between threads."""
+
+    def __init__(self, settings: Settings, *, client: S3Client | None = None) -> None:
+        if not settings.bucket_name:
+            from r2migrate.errors import ConfigError
+
+            raise ConfigError(
+                "No bucket configured.",
+                hint="Set bucket_name in r2migrate.toml or R2MIGRATE_BUCKET_NAME.",
+            )
+        self.name: str = settings.bucket_name
+        self.endpoint_url = settings.effective_endpoint_url
+        self.client = client or make_client(settings)
+        self.object_parameters = dict(settings.object_parameters)
+        self.tls_hint = tls_hint(settings)
+
+    def _error(
+        self, exc: Exception, *, op: str, bucket: str, key: str | None = None
+    ) -> BucketError:
+        """``translate_error``, with a refused certificate's hint naming this client's bundle."""
+        err = translate_error(exc, op=op, bucket=bucket, key=key)
+        if isinstance(err, CertificateRefused):
+            err.hint = self.tls_hint
+        return err
+
+    @classmethod
+    def for_settings(cls, settings: Settings, given: Bucket | None = None) -> Bucket:
+        """`given` when it is the bucket `settings` name (same name and endpoint), else a new one.
+
+        A caller may hand a stage a bucket made from the configured settings; a stage acting on
+        a batch bound elsewhere must never send to it.
+        """
+        if (
+            given is not None
+            and given.name == settings.bucket_name
+            and given.endpoint_url == settings.effective_endpoint_url
+        ):
+            return given
+        return cls(settings)
+
+    # -- whole-bucket ---------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """HEAD the bucket: NoSuchBucket, AccessDenied, or BucketUnavailable when unreachable."""
+        try:
+            self.client.head_bucket(Bucket=self.name)
+        except Exception as exc:
+            err = self._error(exc, op="HEAD bucket", bucket=self.name)
+            if isinstance(err, TransientBucketError):
+                raise BucketUnavailable(
+                    f"Cannot reach the S3 endpoint for bucket {self.name!r}: {err.message}"
+                ) from exc
+            raise err from exc
+
+    def create(self) -> None:
+        try:
+            self.client.create_bucket(Bucket=self.name)
+        except Exception as exc:
+            raise self._error(exc, op="CREATE bucket", bucket=self.name) from exc
+
+    def iter_objects(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under prefix, paged."""
+        for page in self.iter_object_pages(prefix):
+            yield from page
+
+    def iter_object_pages(self, prefix: str = "") -> Iterator[list[tuple[str, int]]]:
+        """(key, size) of every object under prefix, one list per LIST request.
+
+        Each page is one ListObjectsV2 call (a Class A operation on R2), so a caller can count
+        what a listing cost and keep only one page (up to 1,000 keys) in memory.
+        """
+        token: str | None = None
+        while True:
+            page, token = self.list_page(prefix, token)
+            yield page
+            if token is None:
+                return
+
+    def list_page(
+        self, prefix: str = "", token: str | None = None
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        """One ListObjectsV2 call: (key, size) of up to 1,000 objects, and the token of the next
+        page (None after the last). A failed page can be asked again with the same token."""
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix}
+        if token:
+            kwargs["ContinuationToken"] = token
+        try:
+            page = self.client.list_objects_v2(**kwargs)
+        except Exception as exc:
+            raise self._error(exc, op="LIST", bucket=self.name, key=prefix) from exc
+        items = [(item["Key"], int(item["Size"])) for item in page.get("Contents", [])]
+        following = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+        return items, following or None
+
+    # -- one object -----------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag and our SHA-256 metadata; None when there is no object."""
+        try:
+            resp = self.client.head_object(Bucket=self.name, Key=key, ChecksumMode="ENABLED")
+        except botocore.exceptions.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code")
+            if status == 404 and code != "NoSuchBucket":
+                return None
+            raise self._error(exc, op="HEAD", bucket=self.name, key=key) from exc
+        except Exception as exc:
+            raise self._error(exc, op="HEAD", bucket=self.name, key=key) from exc
+        metadata = {k.lower(): v for k, v in resp.get("Metadata", {}).items()}
+        return ObjectInfo(
+            key=key,
+            size_bytes=int(resp.get("ContentLength", 0)),
+            etag=str(resp.get("ETag", "")),
+            sha256_hex=metadata.get(SHA256_METADATA_KEY),
+            checksum_sha256=resp.get("ChecksumSHA256"),
+            content_type=resp.get("ContentType"),
+            content_encoding=resp.get("ContentEncoding"),
+            last_modified=resp.get("LastModified"),
+            metadata=metadata,
+        )
+
+    def _write_params(
+        self, sha256_hex: str, content_type: str, content_encoding: str | None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, value in self.object_parameters.items():
+            params[name] = value
+        params["ContentType"] = params.get("ContentType", content_type)
+        if content_encoding and "ContentEncoding" not in params:
+            params["ContentEncoding"] = content_encoding
+        metadata = dict(params.pop("Metadata", {}) or {})
+        metadata[SHA256_METADATA_KEY] = sha256_hex
+        params["Metadata"] = metadata
+        return params
+
+    def put_object_checked(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        sha256_hex: str,
+        content_type: str,
+        content_encoding: str | None = None,
+    ) -> PutResult:
+        """Create-only PUT (If-None-Match: *) carrying ChecksumSHA256; the server checks both."""
+        params = self._write_params(sha256_hex, content_type, content_encoding)
+        try:
+            resp = self.client.put_object(
+                Bucket=self.name,
+                Key=key,
+                Body=body,
+                IfNoneMatch="*",
+                ChecksumSHA256=sha256_b64(sha256_hex),
+                **params,
+            )
+        except Exception as exc:
+            raise self._error(exc, op="PUT", bucket=self.name, key=key) from exc
+        return PutResult(etag=str(resp.get("ETag", "")))
+
+    def put_file_multipart(
+        self,
+        key: str,
+        fh: IO[bytes],
+        *,
+        size_bytes: int,
+        mtime_ns: int,
+        part_size_bytes: int,
+        content_type: str,
+        content_encoding: str | None = None,
+        part_workers: int = 1,
+        send_part: PartSender | None = None,
+    ) -> tuple[str, PutResult]:
+        """Multipart upload of a regular file in equal parts: (its SHA-256 hex, the result).
+
+        The file is read once to hash and once to send. The hashing pass computes every part's
+        SHA-256 and the whole file's together: the whole digest goes in the metadata of
+        CreateMultipartUpload, so it is needed before the first part. Then the parts are sent
+        from the file at their offsets, ``part_workers`` at a time, each with its digest, which
+        the server checks: the object is made of exactly the bytes that were hashed. They go
+        through ``send_part`` (fastput: sendfile, no copy in Python) when given, else through
+        botocore streaming a window of ``fh``. Memory: one 1 MiB buffer and a digest per part.
+
+        A file that changes before anything is sent (a size or mtime other than
+        ``size_bytes``/``mtime_ns`` before or after hashing, or a short read) raises
+        ``SourceMoved``, which is retryable. Once the upload exists, a change fails with
+        ``DigestMismatch`` code ``SourceChanged`` and the upload is aborted: a size or mtime
+        that moved by the end, a part that ends early, a part the server refuses (BadDigest)
+        whose bytes no longer hash the same.
+        """
+        fd = fh.fileno()
+        self._check_unchanged(key, fd, size_bytes, mtime_ns)
+        lock = threading.Lock()
+        windows: list[tuple[_PartWindow, str]] = []
+        whole = hashlib.sha256()
+        scratch = bytearray(_HASH_BLOCK_BYTES)
+        offset = 0
+        while offset < size_bytes or not windows:
+            window = _PartWindow(fh, offset, min(part_size_bytes, size_bytes - offset), lock)
+            part_hash = hashlib.sha256()
+            got = window.hash(scratch, part_hash, whole)
+            if got < len(window):
+                raise SourceMoved(
+                    f"{key}: the file ended at {offset + got:,} bytes while it was hashed, "
+                    f"{size_bytes:,} expected",
+                    code="source_changed",
+                )
+            windows.append((window, base64.b64encode(part_hash.digest()).decode("ascii")))
+            offset += got
+        self._check_unchanged(key, fd, size_bytes, mtime_ns)
+        sha256_hex = whole.hexdigest()
+        upload_id = self._create_upload(key, sha256_hex, content_type, content_encoding)
+        workers = min(part_workers, len(windows))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="r2m-part") if workers > 1 else None
+        with self._aborted_on_failure(key, upload_id, pool):
+            jobs = [
+                (key, upload_id, number, window, digest, size_bytes, send_part)
+                for number, (window, digest) in enumerate(windows, start=1)
+            ]
+            if pool is not None:
+                parts = [f.result() for f in [pool.submit(self._upload_part, *j) for j in jobs]]
+            else:
+                parts = [self._upload_part(*job) for job in jobs]
+            self._check_unchanged(key, fd, size_bytes, mtime_ns, started=True)
+            etag = self._complete_upload(key, upload_id, parts)
+        return sha256_hex, PutResult(etag=etag, part_size_bytes=part_size_bytes)
+
+    @staticmethod
+    def _check_unchanged(
+        key: str, fd: int, size_bytes: int, mtime_ns: int, *, started: bool = False
+    ) -> None:
+        """Raise when the file's size or mtime moved: ``SourceMoved`` (retryable, code
+        ``source_changed`` as transfer gives a small file) while nothing is sent yet, else
+        ``DigestMismatch`` ``SourceChanged`` (the upload is aborted, the file is failed)."""
+        now = os.fstat(fd)
+        if now.st_size == size_bytes and now.st_mtime_ns == mtime_ns:
+            return
+        message = (
+            f"{key}: the file changed while it was uploaded (size {now.st_size:,} bytes, "
+            f"was {size_bytes:,}; modified at {now.st_mtime_ns} ns, was {mtime_ns})"
+        )
+        if started:
+            raise DigestMismatch(message, code="SourceChanged")
+        raise SourceMoved(message, code="source_changed")
+
+    def put_multipart_checked(
+        self,
+        key: str,
+        stream: IO[bytes],
+        *,
+        size_bytes: int,
+        part_size_bytes: int,
+        sha256_hex: str,
+        content_type: str,
+        content_encoding: str | None = None,
+        part_workers: int = 1,
+    ) -> PutResult:
+        """Multipart upload of a stream whose SHA-256 is already known (an HTTP body, sent again).
+
+        For a file on disk, ``put_file_multipart`` reads it one time fewer. Each part is read
+        twice from the (seekable) stream: once to hash it, because its SHA-256 travels in a
+        header before its bytes, then by botocore, which streams it from a window of the stream
+        (``_PartWindow``). The server checks every part against its digest, so a stream that
+        changes in between gets ``BadDigest``, never a wrong object. With ``part_workers`` > 1
+        and a regular file, that many parts are sent at once (the hashing stays in order in
+        this thread); other streams go one part at a time. The whole-file digest is recomputed
+        while the parts are hashed: if it differs from `sha256_hex` (the source changed since
+        it was hashed) the upload is aborted, never completed.
+        """
+        upload_id = self._create_upload(key, sha256_hex, content_type, content_encoding)
+        whole = hashlib.sha256()
+        scratch = bytearray(_HASH_BLOCK_BYTES)
+        lock = threading.Lock()
+        pool = (
+            ThreadPoolExecutor(part_workers, thread_name_prefix="r2m-part")
+            if part_workers > 1 and size_bytes > part_size_bytes and _is_regular_file(stream)
+            else None
+        )
+        sending: list[Future[dict[str, Any]]] = []
+        parts: list[dict[str, Any]] = []
+        sent = 0
+        with self._aborted_on_failure(key, upload_id, pool):
+            number = 0
+            while True:
+                part = _PartWindow(stream, sent, min(part_size_bytes, size_bytes - sent), lock)
+                part_hash = hashlib.sha256()
+                got = part.hash(scratch, part_hash, whole)
+                if got < len(part):
+                    raise _source_changed(key, sent + got, size_bytes)
+                number += 1
+                digest = base64.b64encode(part_hash.digest()).decode("ascii")
+                args = (key, upload_id, number, part, digest, size_bytes)
+                if pool is not None:
+                    sending.append(pool.submit(self._upload_part, *args))
+                else:
+                    parts.append(self._upload_part(*args))
+                sent += got
+                if sent >= size_bytes:
+                    break
+            parts.extend(f.result() for f in sending)  # in part order; the first error raises
+            stream.seek(size_bytes)
+            if stream.read(1):  # the file grew after it was hashed
+                raise _source_changed(key, sent + 1, size_bytes)
+            if whole.hexdigest() != sha256_hex:
+                raise _source_changed(key, sent, size_bytes)
+            etag = self._complete_upload(key, upload_id, parts)
+        return PutResult(etag=etag, part_size_bytes=part_size_bytes)
+
+    @contextlib.contextmanager
+    def _aborted_on_failure(
+        self, key: str, upload_id: str, pool: ThreadPoolExecutor | None
+    ) -> Iterator[None]:
+        """Abort the upload when the block fails, once every part in flight has ended (none may
+        land after the abort); shut the part pool down either way."""
+        try:
+            yield
+        except BaseException:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self._abort(key, upload_id)
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def _create_upload(
+        self, key: str, sha256_hex: str, content_type: str, content_encoding: str | None
+    ) -> str:
+        params = self._write_params(sha256_hex, content_type, content_encoding)
+        try:
+            created = self.client.create_multipart_upload(
+                Bucket=self.name, Key=key, ChecksumAlgorithm="SHA256", **params
+            )
+        except Exception as exc:
+            raise self._error(exc, op="CREATE-MULTIPART", bucket=self.name, key=key) from exc
+        return str(created["UploadId"])
+
+    def _complete_upload(self, key: str, upload_id: str, parts: list[dict[str, Any]]) -> str:
+        try:
+            resp = self.client.complete_multipart_upload(
+                Bucket=self.name,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            raise self._error(exc, op="COMPLETE-MULTIPART", bucket=self.name, key=key) from exc
+        return str(resp.get("ETag", ""))
+
+    def _upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        part: _PartWindow,
+        digest: str,
+        size_bytes: int,
+        send_part: PartSender | None = None,
+    ) -> dict[str, Any]:
+        part.seek(0)
+        try:
+            if send_part is not None:
+                etag = send_part(key, upload_id, number, part.region(), digest)
+            else:
+                resp = self.client.upload_part(
+                    Bucket=self.name,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=part,  # type: ignore[arg-type]
+                    ChecksumSHA256=digest,
+                )
+                etag = resp["ETag"]
+        except SourceShort as exc:
+            raise _source_changed(key, part.offset, size_bytes) from exc
+        except SourceUnreadable as exc:
+            raise BucketError(
+                f"{key}: reading part {number} from the file failed: {exc}",
+                code="source_unreadable",
+            ) from exc
+        except Exception as exc:
+            if part.shrank:
+                raise _source_changed(key, part.offset + part.tell(), size_bytes) from exc
+            error = (
+                exc
+                if isinstance(exc, BucketError)
+                else self._error(exc, op="UPLOAD-PART", bucket=self.name, key=key)
+            )
+            if error.code in DIGEST_CODES and not part.still_hashes_to(digest):
+                # The server saw other bytes than were hashed: the file changed in between.
+                raise _source_changed(key, part.offset, size_bytes) from exc
+            if error is exc:
+                raise
+            raise error from exc
+        return {"PartNumber": number, "ETag": etag, "ChecksumSHA256": digest}
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.name, Key=key, UploadId=upload_id)
+        except Exception as exc:  # the server aborts leftovers itself after 7 days (R2)
+            log.warning("could not abort multipart upload of %s: %s", key, exc)
+
+    def get_sha256(self, key: str, *, chunk_bytes: int = 1 << 20) -> tuple[str, int]:
+        """Stream the object back and hash it: (hex digest, size)."""
+        try:
+            resp = self.client.get_object(Bucket=self.name, Key=key)
+            body = resp["Body"]
+            digest = hashlib.sha256()
+            size = 0
+            for chunk in body.iter_chunks(chunk_bytes):
+                digest.update(chunk)
+                size += len(chunk)
+        except Exception as exc:
+            raise self._error(exc, op="GET", bucket=self.name, key=key) from exc
+        return digest.hexdigest(), size
+
+    def delete_if_match(self, key: str, etag: str) -> None:
+        """Delete only if the object still has `etag` (If-Match); ObjectChanged otherwise.
+
+        Callers prove the object is ours (HEAD: our SHA-256) before calling; the condition closes
+        the window in which it could have been replaced between that HEAD and this DELETE.
+        """
+        try:
+            self.client.delete_object(Bucket=self.name, Key=key, IfMatch=etag)
+        except Exception as exc:
+            raise self._error(exc, op="DELETE", bucket=self.name, key=key) from exc

@@ -1,0 +1,4 @@
+"""Stages: inventory, plan, transfer, verify, rollback.
+
+Must never import each other, nor anything above them (report, worker, front ends).
+"""
