@@ -1,9 +1,9 @@
 """`r2migrate serve`: the original system's batch endpoints over HTTP, token auth, a live page.
 
-Must not hold migration logic of its own: every endpoint calls the library function the CLI calls
-(``plan``, ``run``, ``verify``, ``rollback``, ``State``, ``report.progress_snapshot``) and only maps
-arguments, results and ``ToolkitError`` onto HTTP. Never embeds the token in a page and never
-returns a traceback or a secret.
+Must not hold migration logic of its own: every endpoint calls the ``service`` function the CLI
+calls (``plan_batches``, ``run_batches``, ``verify_batches``, ``rollback_batch``, ``batch_status``,
+``enqueue_batch``) and only maps arguments, results and ``ToolkitError`` onto HTTP. Never
+embeds the token in a page and never returns a traceback or a secret.
 
 Errors are JSON ``{code, message, hint}``: ``BatchNotFound`` 404, ``BatchBusy`` and other
 ``StateError`` 409, ``TargetMismatch`` (the settings name another target than the batch's) 409,
@@ -18,8 +18,8 @@ import ipaddress
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from r2migrate import __version__
+from r2migrate import __version__, service
 from r2migrate.errors import (
     BatchBusy,
     BatchNotFound,
@@ -46,18 +46,12 @@ from r2migrate.errors import (
     TargetMismatch,
     ToolkitError,
 )
-from r2migrate.report.audit import BatchProgress, progress_snapshot
 from r2migrate.rules import binding
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
-from r2migrate.stages.inventory import inventory as take_inventory
 from r2migrate.stages.plan import Action
-from r2migrate.stages.plan import plan as make_plan
-from r2migrate.stages.rollback import rollback as rollback_batch
 from r2migrate.stages.transfer import RunSummary
-from r2migrate.stages.transfer import run as run_batches
-from r2migrate.stages.verify import verify as verify_batches
-from r2migrate.store.ledger import Batch, FileStatus, MediaFile, State
+from r2migrate.store.ledger import FileStatus, State
 
 __all__ = ["MIN_TOKEN_CHARS", "JobRegistry", "check_exposure", "create_app", "serve"]
 
@@ -585,20 +579,6 @@ class _Api:
         self._lock = threading.Lock()
         self._bucket: Bucket | None = None
 
-    @contextmanager
-    def state(self, *, migrate: bool = False, require_ledger: bool = True) -> Iterator[State]:
-        """One connection per request (State is not shared between threads). As in the CLI,
-        only a plan that stores batches may create the ledger; the rest reads it (409 when it
-        is missing or older) and never issues DDL."""
-        self.settings.require("database_url")
-        with State.open(
-            self.settings.database_url,
-            schema=self.settings.state_schema,
-            migrate=migrate,
-            require_ledger=require_ledger,
-        ) as state:
-            yield state
-
     def bucket(self) -> Bucket:
         with self._lock:
             if self._bucket is None:
@@ -756,22 +736,13 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
 
         The same calls as ``r2migrate plan [--dry-run] [--batch-size N] [--max-files N]``.
         """
-        settings.require("database_url", *settings.source_settings, "bucket_name")
-        with ctx.state(migrate=not body.dry_run, require_ledger=False) as state:
-            collected: list[MediaFile] = []
-            if body.dry_run:
-                take_inventory(settings, state, save=False, on_file=collected.append)
-            else:
-                take_inventory(settings, state, save=True)
-            summary = make_plan(
-                settings,
-                state,
-                items=collected if body.dry_run else None,
-                dry_run=body.dry_run,
-                batch_size=body.batch_size,
-                max_files=body.max_files,
-                bucket=ctx.bucket(),
-            )
+        summary = service.plan_batches(
+            settings,
+            dry_run=body.dry_run,
+            batch_size=body.batch_size,
+            max_files=body.max_files,
+            bucket=ctx.bucket(),
+        ).plan
         if summary.dry_run:
             response.status_code = 200
         odd = [i for i in summary.items if i.action not in (Action.UPLOAD, Action.ALREADY_THERE)]
@@ -789,22 +760,12 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
     @api.get("/batches", response_model=BatchList)
     def list_batches() -> BatchList:
         """Every batch, oldest first, with progress, throughput, ETA and recent failures."""
-        with ctx.state() as state:
-            batches = state.list_batches()
-            progress = {p.batch_id: p for p in progress_snapshot(state)}
-        return BatchList(
-            batches=[
-                _batch_out(b, progress[b.batch_id], ctx) for b in batches if b.batch_id in progress
-            ]
-        )
+        return BatchList(batches=[_batch_out(s, ctx) for s in service.list_batches(settings)])
 
     @api.get("/batches/{batch_id}", response_model=BatchOut)
     def get_batch(batch_id: BatchId) -> BatchOut:
         """One batch: counts, bytes, throughput, ETA, status, failures, this server's runner."""
-        with ctx.state() as state:
-            batch = state.get_batch(batch_id)
-            (progress,) = progress_snapshot(state, batch_id)
-        return _batch_out(batch, progress, ctx)
+        return _batch_out(service.batch_status(settings, batch_id), ctx)
 
     @api.post("/batches/{batch_id}/process", response_model=JobOut, status_code=202)
     def process_batch(batch_id: BatchId, body: ProcessBatch | None = None) -> JobOut:
@@ -814,14 +775,14 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         attempts and uploads left in flight by a crash are resolved by HEAD, as with the CLI.
         """
         settings.require("database_url")  # the batch brings its own target and source
-        with ctx.state() as state:
+        with service.open_state(settings) as state:
             batch = state.get_batch(batch_id)  # 404 now rather than a failed runner later
         binding.settings_for_batch(settings, batch)  # 409 now when bound to another target
         processes = body.processes if body is not None else None
 
         def work(stop: threading.Event) -> RunSummary:
-            with ctx.state() as own:
-                return run_batches(settings, own, batch_id=batch_id, stop=stop, processes=processes)
+            ran = service.run_batches(settings, batch_id=batch_id, stop=stop, processes=processes)
+            return ran.summary
 
         return ctx.jobs.start(batch_id, work)
 
@@ -830,12 +791,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         """Hand the batch to the `r2migrate worker` processes (on any machine) instead of this
         server: one job in the queue in PostgreSQL. Failed files get a new round of attempts.
         """
-        from r2migrate import worker as jobs
-
-        with ctx.state() as state:
-            state.get_batch(batch_id)
-            queued = jobs.queue_batch(settings, state, batch_id)
-            return QueuedOut(batch_id=batch_id, queued=queued, jobs=jobs.job_counts(state))
+        return QueuedOut.model_validate(service.enqueue_batch(settings, batch_id))
 
     @api.post("/batches/{batch_id}/stop", response_model=JobOut | None, status_code=202)
     def stop_batch(batch_id: BatchId, response: Response) -> JobOut | None:
@@ -843,7 +799,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
 
         202 with the runner while it stops; 200 with null when this server runs nothing for it.
         """
-        with ctx.state() as state:
+        with service.open_state(settings) as state:
             state.get_batch(batch_id)
         if not ctx.jobs.running(batch_id):
             response.status_code = 200
@@ -858,17 +814,14 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         match (the CLI's exit 1), and ``problems`` lists those files.
         """
         body = body or VerifyBatch()
-        settings.require("database_url")  # the batch brings its own target and source
-        with ctx.state() as state:
-            summary = verify_batches(
-                settings,
-                state,
-                batch_id=batch_id,
-                deep=body.deep,
-                sample=body.sample,
-                seed=body.seed,
-                bucket=ctx.bucket(),
-            )
+        summary = service.verify_batches(
+            settings,
+            batch_id=batch_id,
+            deep=body.deep,
+            sample=body.sample,
+            seed=body.seed,
+            bucket=ctx.bucket(),
+        )
         return VerifyOut.model_validate(summary)
 
     @api.post("/batches/{batch_id}/rollback", response_model=RollbackOut)
@@ -877,17 +830,15 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
 
         ``r2migrate rollback BATCH [--dry-run]``. 409 while a runner holds the batch's files.
         """
-        settings.require("database_url")  # the batch brings its own bucket
         if ctx.jobs.running(batch_id):
             raise BatchBusy(
                 f"Batch {batch_id} is being processed by this server; it cannot be rolled back "
                 "meanwhile.",
                 hint=f"POST /batches/{batch_id}/stop first, then roll back.",
             )
-        with ctx.state() as state:
-            summary = rollback_batch(
-                settings, state, batch_id, dry_run=body.dry_run, bucket=ctx.bucket()
-            )
+        summary = service.rollback_batch(
+            settings, batch_id, dry_run=body.dry_run, bucket=ctx.bucket()
+        )
         return RollbackOut.model_validate(summary)
 
     @api.get("/batches/{batch_id}/files", response_model=FilePage)
@@ -898,7 +849,7 @@ def create_app(settings: Settings, *, no_auth: bool = False) -> FastAPI:
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     ) -> FilePage:
         """The batch's ledger rows in order, a page at a time, optionally of one status."""
-        with ctx.state() as state:
+        with service.open_state(settings) as state:
             state.get_batch(batch_id)
             files = state.batch_files(batch_id, status=status)
         return FilePage(
@@ -927,7 +878,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _batch_out(batch: Batch, progress: BatchProgress, ctx: _Api) -> BatchOut:
+def _batch_out(status: service.BatchStatus, ctx: _Api) -> BatchOut:
+    batch, progress = status.batch, status.progress
     fields = {name: getattr(batch, name) for name in BatchOut.model_fields if hasattr(batch, name)}
     return BatchOut.model_validate(
         {
