@@ -126,3 +126,17 @@ def test_enqueue_hands_a_batch_to_the_workers_once(settings, sample):
     again = service.enqueue_batch(settings, batch_id)
     assert (again.queued, again.jobs) == (False, {"todo": 1})
     assert service.batch_status(settings, batch_id).batch.status.value == "planned"
+
+
+def test_repair_sends_again_only_what_verify_found_missing(settings, sample, s3_admin):
+    (batch_id,) = service.plan_batches(settings, max_files=8).plan.batch_ids
+    service.run_batches(settings, batch_id=batch_id)
+    keys = sorted(Bucket(settings).iter_objects())
+    s3_admin.delete_object(Bucket=settings.bucket_name, Key=keys[0][0])
+    assert service.verify_batches(settings, batch_id=batch_id).counts["missing"] == 1
+    repaired = service.repair_batches(settings, batch_id=batch_id)
+    assert repaired.summary.requeued == 1
+    assert repaired.summary.failed == 0
+    assert [b.batch_id for b in repaired.batches] == [batch_id]
+    assert sorted(Bucket(settings).iter_objects()) == keys
+    assert service.verify_batches(settings, batch_id=batch_id).ok

@@ -1,4 +1,4 @@
-"""The use-cases every front end calls: plan batches, run, verify, roll back, status, enqueue.
+"""The use-cases every front end calls: plan, run, repair, verify, roll back, status, enqueue.
 
 Must never parse arguments or render anything: the CLI, the API, the Django commands and the
 notebooks parse, call one function here, and render what it returns. Each function takes the
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from r2migrate.repairs import RepairSummary, repair
 from r2migrate.report.audit import BatchProgress, progress_snapshot
 from r2migrate.rules import binding
 from r2migrate.s3.bucket import Bucket
@@ -30,16 +31,18 @@ from r2migrate.stages.verify import VerifyProgress, VerifySummary, verify
 from r2migrate.store.ledger import Batch, FileRecord, MediaFile, State
 
 __all__ = [
-    "BatchStatus",
+    "BatchOverview",
     "Enqueued",
     "PlannedBatches",
     "RanBatches",
+    "RepairedBatches",
     "batch_status",
     "batches_to_run",
     "enqueue_batch",
     "list_batches",
     "open_state",
     "plan_batches",
+    "repair_batches",
     "rollback_batch",
     "run_batches",
     "verify_batches",
@@ -63,7 +66,15 @@ class RanBatches:
 
 
 @dataclass(frozen=True)
-class BatchStatus:
+class RepairedBatches:
+    """What ``repair_batches`` did, and each batch it looked at as the ledger holds it after."""
+
+    summary: RepairSummary
+    batches: list[Batch]
+
+
+@dataclass(frozen=True)
+class BatchOverview:
     """One batch as the ledger holds it, where it stands, and (when asked for) its files."""
 
     batch: Batch
@@ -203,6 +214,27 @@ def run_batches(
     return RanBatches(summary=summary, batches=batches)
 
 
+def repair_batches(
+    settings: Settings,
+    *,
+    batch_id: str | None = None,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    bucket: Bucket | None = None,
+    state: State | None = None,
+) -> RepairedBatches:
+    """Send again only the files verify found missing or different and those whose source
+    changed, in one batch (``batch_id``) or every batch of the configured target; the rest of
+    each batch is left alone and a key holding someone else's object stays a conflict."""
+    settings.require("database_url", *(() if batch_id else _target_settings(settings)))
+    with _using(settings, state) as st:
+        summary = repair(
+            settings, st, batch_id=batch_id, bucket=bucket, stop=stop, on_progress=on_progress
+        )
+        batches = [st.get_batch(b) for b in summary.batch_ids]
+    return RepairedBatches(summary=summary, batches=batches)
+
+
 def verify_batches(
     settings: Settings,
     *,
@@ -249,24 +281,24 @@ def rollback_batch(
         )
 
 
-def list_batches(settings: Settings, *, state: State | None = None) -> list[BatchStatus]:
+def list_batches(settings: Settings, *, state: State | None = None) -> list[BatchOverview]:
     """Every batch, oldest first, with its progress (no files)."""
     with _using(settings, state) as st:
         batches = st.list_batches()
         progress = {p.batch_id: p for p in progress_snapshot(st)}
-    return [BatchStatus(b, progress[b.batch_id]) for b in batches if b.batch_id in progress]
+    return [BatchOverview(b, progress[b.batch_id]) for b in batches if b.batch_id in progress]
 
 
 def batch_status(
     settings: Settings, batch_id: str, *, with_files: bool = False, state: State | None = None
-) -> BatchStatus:
+) -> BatchOverview:
     """One batch (``BatchNotFound`` when unknown), its progress, and with ``with_files`` every
     ledger row of it in order."""
     with _using(settings, state) as st:
         batch = st.get_batch(batch_id)
         (progress,) = progress_snapshot(st, batch_id)
         files = st.batch_files(batch_id) if with_files else []
-    return BatchStatus(batch, progress, files)
+    return BatchOverview(batch, progress, files)
 
 
 def enqueue_batch(settings: Settings, batch_id: str, *, state: State | None = None) -> Enqueued:

@@ -878,7 +878,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _batch_out(status: service.BatchStatus, ctx: _Api) -> BatchOut:
+def _batch_out(status: service.BatchOverview, ctx: _Api) -> BatchOut:
     batch, progress = status.batch, status.progress
     fields = {name: getattr(batch, name) for name in BatchOut.model_fields if hasattr(batch, name)}
     return BatchOut.model_validate(
