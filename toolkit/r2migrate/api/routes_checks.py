@@ -6,7 +6,9 @@ Must never delete or compare anything itself: each route calls ``service.verify_
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from r2migrate import service
@@ -22,19 +24,27 @@ router = APIRouter(dependencies=[Depends(require_token)], responses=ERROR_RESPON
 
 
 @router.post("/batches/{batch_id}/verify", response_model=VerifyOut)
-def verify_batch(ctx: Ctx, batch_id: BatchId, body: VerifyBatch | None = None) -> BaseModel:
+def verify_batch(
+    ctx: Ctx,
+    batch_id: BatchId,
+    body: VerifyBatch | None = None,
+    deep: Annotated[bool, Query(description="as the body's deep")] = False,
+    sample: Annotated[int | None, Query(ge=0, le=1_000_000, description="as the body's")] = None,
+    seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="as the body's")] = None,
+) -> BaseModel:
     """Check the batch against the bucket: cheap (HEAD), ``deep`` or a ``sample`` read back.
 
     ``r2migrate verify BATCH [--deep | --sample N]``; ``ok`` is false when any file is not a
-    match (the CLI's exit 1), and ``problems`` lists those files.
+    match (the CLI's exit 1), and ``problems`` lists those files. The options go in the JSON
+    body or the query (``?deep=true``, ``?sample=N&seed=S``); the body wins where both are set.
     """
     body = body or VerifyBatch()
     summary = service.verify_batches(
         ctx.settings,
         batch_id=batch_id,
-        deep=body.deep,
-        sample=body.sample,
-        seed=body.seed,
+        deep=body.deep or deep,
+        sample=body.sample if body.sample is not None else sample,
+        seed=body.seed if body.seed is not None else seed,
         bucket=ctx.bucket(),
     )
     return VerifyOut.model_validate(summary)
@@ -55,4 +65,10 @@ def rollback(ctx: Ctx, batch_id: BatchId, body: RollbackBatch) -> BaseModel:
     summary = service.rollback_batch(
         ctx.settings, batch_id, dry_run=body.dry_run, bucket=ctx.bucket()
     )
-    return RollbackOut.model_validate(summary)
+    keys = list(summary.deleted)  # in a dry run: the keys that would be deleted
+    return RollbackOut.model_validate(summary).model_copy(
+        update={
+            "deleted": [] if summary.dry_run else keys,
+            "would_delete": keys if summary.dry_run else [],
+        }
+    )

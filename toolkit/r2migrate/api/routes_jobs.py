@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import threading
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from r2migrate import service
 from r2migrate.api.context import Ctx, require_token
-from r2migrate.api.handlers import ERROR_RESPONSES
+from r2migrate.api.handlers import ERROR_RESPONSES, json_error
 from r2migrate.api.routes_batches import BatchId
-from r2migrate.api.schemas import JobOut, ProcessBatch, QueuedOut
+from r2migrate.api.schemas import ErrorOut, JobOut, ProcessBatch, QueuedOut
 from r2migrate.rules import binding
 from r2migrate.stages.transfer import RunSummary
 
@@ -41,7 +42,11 @@ def process_batch(ctx: Ctx, batch_id: BatchId, body: ProcessBatch | None = None)
         ran = service.run_batches(settings, batch_id=batch_id, stop=stop, processes=processes)
         return ran.summary
 
-    return ctx.jobs.start(batch_id, work)
+    def uploaded_so_far() -> int:
+        now = service.batch_status(settings, batch_id).batch
+        return now.uploaded_files - batch.uploaded_files
+
+    return ctx.jobs.start(batch_id, work, uploaded_so_far=uploaded_so_far)
 
 
 @router.post("/batches/{batch_id}/enqueue", response_model=QueuedOut, status_code=202)
@@ -52,15 +57,32 @@ def enqueue_batch(ctx: Ctx, batch_id: BatchId) -> BaseModel:
     return QueuedOut.model_validate(service.enqueue_batch(ctx.settings, batch_id))
 
 
-@router.post("/batches/{batch_id}/stop", response_model=JobOut | None, status_code=202)
-def stop_batch(ctx: Ctx, batch_id: BatchId, response: Response) -> JobOut | None:
+@router.post(
+    "/batches/{batch_id}/stop",
+    response_model=JobOut,
+    status_code=202,
+    responses={409: {"model": ErrorOut, "description": "this server runs nothing for the batch"}},
+)
+def stop_batch(ctx: Ctx, batch_id: BatchId) -> JobOut | JSONResponse:
     """Ask this server's runner to finish the uploads in flight and stop (resumable).
 
-    202 with the runner while it stops; 200 with null when this server runs nothing for it.
+    202 with the runner while it stops; 409 ``not_running`` when this server runs nothing for
+    the batch (never started here, already ended, or handed to the workers).
     """
     with service.open_state(ctx.settings) as state:
         state.get_batch(batch_id)
-    if not ctx.jobs.running(batch_id):
-        response.status_code = 200
-        return None
-    return ctx.jobs.stop(batch_id)
+    job = ctx.jobs.stop(batch_id) if ctx.jobs.running(batch_id) else None
+    if job is None:
+        last = ctx.jobs.view(batch_id)
+        ended = f" Its last run here ended: {last.state}." if last is not None else ""
+        return json_error(
+            409,
+            ErrorOut(
+                code="not_running",
+                message=f"This server is not running batch {batch_id}, so there is nothing to "
+                f"stop.{ended}",
+                hint=f"Start it with POST /batches/{batch_id}/process; a batch handed to the "
+                "workers stops with the `r2migrate worker` processes (Ctrl-C or SIGTERM).",
+            ),
+        )
+    return job

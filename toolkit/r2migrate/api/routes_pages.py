@@ -1,8 +1,9 @@
-"""The routes that are not the batch API: the dashboard shell, its script and style, health.
+"""The routes that are not the batch API: the dashboard shell, health, and the API reference.
 
 Must never serve the token or anything from elsewhere: the page shell is public and holds no
 data (its script asks the API with the token the user gives it), ``/health`` says only whether
-PostgreSQL and the bucket answer, and ``/openapi.json`` sits behind the token in the batch API.
+PostgreSQL and the bucket answer, and the API's description (``/docs``, ``/openapi.json``) sits
+behind the token like the API itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from r2migrate import __version__, service
 from r2migrate.api.context import Ctx, require_token
 from r2migrate.api.handlers import code_of
+from r2migrate.api.reference import render_reference
 from r2migrate.api.schemas import HealthOut, ProbeOut
 from r2migrate.errors import ToolkitError
 
@@ -91,6 +93,15 @@ def health(ctx: Ctx) -> JSONResponse:
         status="ok" if ok else "unavailable", version=__version__, database=db, bucket=bk
     )
     return JSONResponse(out.model_dump(mode="json"), status_code=200 if ok else 503)
+
+
+@docs.get("/docs", include_in_schema=False)
+def reference(request: Request) -> Response:
+    """The API reference as HTML (no script, nothing from elsewhere), behind the token."""
+    page = render_reference(request.app.openapi())
+    return Response(
+        page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": _PAGE_CSP}
+    )
 
 
 @docs.get("/openapi.json", include_in_schema=False)

@@ -25,6 +25,8 @@ JOIN_ON_SHUTDOWN_S = 30.0  # then the lease of an unfinished upload expires and 
 
 # ``work(stop)`` runs one batch and stops once ``stop`` is set.
 Work = Callable[[threading.Event], RunSummary]
+# ``uploaded_so_far()`` reads from the ledger how many files the runner recorded as uploaded.
+Count = Callable[[], int]
 
 
 @dataclass
@@ -53,6 +55,14 @@ class _Job:
         )
 
 
+def _count(uploaded_so_far: Count, batch_id: str) -> int:
+    try:
+        return max(0, uploaded_so_far())
+    except ToolkitError as exc:  # the database went away too: say 0 rather than fail the job
+        log.warning("counting the uploads of %s: %s", batch_id, exc.message)
+        return 0
+
+
 class JobRegistry:
     """The runners this server started, one per batch at most; each gets its own State."""
 
@@ -61,8 +71,12 @@ class JobRegistry:
         self._jobs: dict[str, _Job] = {}
         self._scrub = scrub
 
-    def start(self, batch_id: str, work: Work) -> JobOut:
-        """Start ``work`` in a thread; BatchBusy when this server already runs the batch."""
+    def start(self, batch_id: str, work: Work, *, uploaded_so_far: Count | None = None) -> JobOut:
+        """Start ``work`` in a thread; BatchBusy when this server already runs the batch.
+
+        A run that ends early (stopped, or failed mid-way) has no summary; ``uploaded_so_far``
+        then says how many files it uploaded, so the job does not report 0 after hundreds.
+        """
         with self._lock:
             current = self._jobs.get(batch_id)
             if current is not None and current.outcome == "running":
@@ -73,17 +87,21 @@ class JobRegistry:
                 )
             job = _Job(batch_id, threading.Event(), datetime.now(UTC))
             job.thread = threading.Thread(
-                target=self._work, args=(job, work), name=f"r2migrate-run-{batch_id}", daemon=True
+                target=self._work,
+                args=(job, work, uploaded_so_far),
+                name=f"r2migrate-run-{batch_id}",
+                daemon=True,
             )
             self._jobs[batch_id] = job
             job.thread.start()
             return job.view()
 
-    def _work(self, job: _Job, work: Work) -> None:
+    def _work(self, job: _Job, work: Work, uploaded_so_far: Count | None) -> None:
         outcome, error, uploaded, failed = "failed", None, 0, 0
         try:
             summary = work(job.stop)
             outcome, uploaded, failed = "completed", summary.uploaded, summary.failed
+            uploaded_so_far = None  # the summary's count is exact
         except Interrupted as exc:
             outcome, error = "interrupted", error_out(exc, self._scrub)
         except ToolkitError as exc:
@@ -92,6 +110,8 @@ class JobRegistry:
         except Exception:
             log.exception("processing %s failed unexpectedly", job.batch_id)
             error = internal_error()
+        if uploaded_so_far is not None:
+            uploaded = _count(uploaded_so_far, job.batch_id)
         with self._lock:
             job.outcome, job.error, job.uploaded, job.failed = outcome, error, uploaded, failed
             job.finished_at = datetime.now(UTC)

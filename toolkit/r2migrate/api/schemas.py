@@ -142,7 +142,9 @@ class JobOut(_Out):
     state: Literal["running", "stopping", "completed", "interrupted", "failed"]
     started_at: datetime
     finished_at: datetime | None
-    uploaded: int = Field(description="files this runner uploaded (so far, or until stopped)")
+    uploaded: int = Field(
+        description="files this runner recorded as uploaded (when stopped or failed: until then)"
+    )
     failed: int
     error: ErrorOut | None
 
@@ -240,7 +242,11 @@ RollbackOut = model_of(
     extra={
         "ok": bool,
         "batch_status": str,
-        "deleted": (list[str], Field(description="keys deleted (in a dry run: that would be)")),
+        "deleted": (list[str], Field(description="keys deleted (empty in a dry run)")),
+        "would_delete": (
+            list[str],
+            Field(default_factory=list, description="in a dry run: the keys that would be deleted"),
+        ),
         "problems": list[RollbackItemOut],  # type: ignore[valid-type]
     },
 )
