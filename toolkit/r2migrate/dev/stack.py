@@ -50,7 +50,7 @@ from psycopg import sql
 
 from r2migrate.dev import cert as devcert
 from r2migrate.errors import ConfigError, DatabaseUnavailable, ServiceUnavailable, ToolkitError
-from r2migrate.settings.config import redact_url
+from r2migrate.settings.model import redact_url
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from r2migrate.errors import Problem, SourceError, SourceRefused, SourceUnavaila
 from r2migrate.media.disk import _check_name  # the same text rules as the disk side
 
 if TYPE_CHECKING:
-    from r2migrate.settings.config import Settings
+    from r2migrate.settings.model import Settings
 
 __all__ = ["MediaServer", "RemoteBody", "RemoteStat", "SeekWindow", "media_url_for"]
 

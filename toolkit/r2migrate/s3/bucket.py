@@ -41,7 +41,7 @@ from r2migrate.errors import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from r2migrate.settings.config import Settings
+    from r2migrate.settings.model import Settings
 
 log = logging.getLogger(__name__)
 

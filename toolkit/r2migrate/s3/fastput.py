@@ -70,7 +70,7 @@ from r2migrate.s3.bucket import (
 )
 
 if TYPE_CHECKING:
-    from r2migrate.settings.config import Settings
+    from r2migrate.settings.model import Settings
 
 __all__ = [
     "UNSIGNED_PAYLOAD",
