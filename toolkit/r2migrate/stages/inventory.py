@@ -22,14 +22,15 @@ from r2migrate.errors import Problem, SourceError, UnsafePath
 from r2migrate.media.base import MediaSource, open_media_source
 from r2migrate.media.sources import DiskSource
 from r2migrate.rules import binding, keys
+from r2migrate.rules.pricing import (
+    CLASS_A_USD_PER_MILLION,
+    CLASS_B_USD_PER_MILLION,
+    STORAGE_USD_PER_GB_MONTH,
+)
 from r2migrate.settings.config import Settings
 from r2migrate.store import catalog
 from r2migrate.store.ledger import Connection, MediaFile, State, connect
 
-# Cloudflare R2 list prices (USD); Class A = writes and lists, Class B = reads and HEADs.
-CLASS_A_USD_PER_MILLION = 4.50
-CLASS_B_USD_PER_MILLION = 0.36
-STORAGE_USD_PER_GB_MONTH = 0.015
 DEFAULT_FILES_PER_S = 250.0  # measured on 2 cores against a local server; see `make bench`
 DEFAULT_MIB_PER_S = 60.0
 

@@ -51,6 +51,7 @@ from r2migrate.errors import (
 )
 from r2migrate.media.base import FileStat, MediaSource, open_media_source
 from r2migrate.rules import binding
+from r2migrate.rules.pricing import CLASS_A_USD_PER_MILLION, CLASS_B_USD_PER_MILLION
 from r2migrate.runtime.pool import drain
 from r2migrate.runtime.retry import Requests
 from r2migrate.s3.bucket import Bucket, ObjectInfo, sha256_b64
@@ -60,8 +61,6 @@ from r2migrate.store.ledger import DONE_STATUSES, Batch, FileRecord, FileStatus,
 
 log = logging.getLogger(__name__)
 
-CLASS_A_USD_PER_MILLION = 4.50  # R2: writes and LIST
-CLASS_B_USD_PER_MILLION = 0.36  # R2: reads (HEAD, GET)
 FLUSH_EVERY_S = 0.5  # ledger writes are grouped: one transaction per flush, not per file
 FLUSH_EVERY_FILES = 64
 
