@@ -71,14 +71,59 @@
   // Live rate over the last minute while running; the average over the run once it ended.
   function throughput(b) {
     const p = b.progress;
+    if (b.status === "rolled_back") return null;
     if (b.status !== "running" && b.started_at && b.completed_at) {
       const s = (Date.parse(b.completed_at) - Date.parse(b.started_at)) / 1000;
       if (s > 0) {
-        return (b.uploaded_files / s).toFixed(1) + " files/s, " +
-          bytes(b.uploaded_bytes / s) + "/s (average)";
+        return { files: b.uploaded_files / s, bytes: b.uploaded_bytes / s, average: true };
       }
     }
-    return p.files_per_s.toFixed(1) + " files/s, " + bytes(p.bytes_per_s) + "/s";
+    if (b.status !== "running") return null;
+    return { files: p.files_per_s, bytes: p.bytes_per_s, average: false };
+  }
+
+  function throughputCell(b) {
+    const rate = throughput(b);
+    if (!rate) return el("td", "-", "num muted");
+    const cell = el("td", rate.files.toFixed(1) + " files/s", "num");
+    cell.append(el("br"), el("span", bytes(rate.bytes) + "/s", "muted"));
+    cell.title = rate.average ? "average over the run" : "over the last minute";
+    return cell;
+  }
+
+  const STATUS_WORDS = {
+    planned: "planned",
+    running: "running",
+    partial: "partly done",
+    completed: "completed",
+    failed: "failed",
+    rolled_back: "rolled back",
+  };
+
+  // A planned or partly done batch with a job in the worker queue shows as queued.
+  function statusOf(b) {
+    if (b.queued && b.status !== "running" && b.status !== "completed" &&
+        b.status !== "rolled_back") {
+      return "queued";
+    }
+    return b.status;
+  }
+
+  // "verified 50/50", "2 differ, 1 missing", or "not verified yet".
+  function verification(b) {
+    if (b.status === "rolled_back") return { text: "-", className: "muted" };
+    const problems = Object.entries(b.verify_problems || {})
+      .filter(([, n]) => n > 0)
+      .map(([outcome, n]) => n + " " + outcome.replace(/_/g, " "));
+    if (problems.length) return { text: problems.join(", "), className: "bad-text" };
+    if (b.verified_files > 0) {
+      const all = b.verified_files === b.total_files;
+      return {
+        text: "verified " + b.verified_files + "/" + b.total_files,
+        className: all ? "good" : "",
+      };
+    }
+    return { text: "not verified yet", className: "muted" };
   }
 
   function progressBar(p) {
@@ -117,12 +162,16 @@
 
   function batchRow(b) {
     const p = b.progress;
-    const tr = el("tr");
+    const tr = el("tr", undefined, b.status === "rolled_back" ? "rolled-back" : "");
     tr.dataset.batchId = b.batch_id;
     tr.append(el("td", b.batch_id, "key"));
-    tr.append(el("td", b.location ? b.bucket_name + "/" + b.location : b.bucket_name, "key"));
+    const target = el("td", b.bucket_name + (b.location ? " / " + b.location : ""), "target");
+    target.title = "bucket " + b.bucket_name + (b.location ? ", location " + b.location : "") +
+      (b.endpoint_url ? " at " + b.endpoint_url : "");
+    tr.append(target);
     const status = el("td");
-    status.append(el("span", b.status, "status " + b.status));
+    const shown = statusOf(b);
+    status.append(el("span", STATUS_WORDS[shown] || shown, "status " + shown));
     tr.append(status);
     const bar = el("td");
     bar.append(progressBar(p));
@@ -130,17 +179,19 @@
     tr.append(el("td", p.files_done + " / " + p.files_total +
       (p.files_failed ? " (" + p.files_failed + " failed)" : ""), "num"));
     tr.append(el("td", bytes(p.bytes_done) + " / " + bytes(p.bytes_total), "num"));
-    tr.append(el("td", throughput(b), "num"));
+    const checked = verification(b);
+    tr.append(el("td", checked.text, "verification " + checked.className));
+    tr.append(throughputCell(b));
     tr.append(el("td", b.status === "running" ? duration(p.eta_s) : "-", "num"));
     const job = b.job;
     tr.append(el("td", job ? job.state + (job.error ? ": " + job.error.message : "") : "-"));
     const actions = el("td");
     if (job && job.state === "running") {
       actions.append(action("stop", b.batch_id, "/stop"));
-    } else if (b.status !== "completed" && b.status !== "rolled_back") {
+    } else if (b.status !== "completed" && b.status !== "rolled_back" && !b.queued) {
       actions.append(action("process", b.batch_id, "/process"));
     }
-    if (!(job && job.state === "running")) {
+    if (!(job && job.state === "running") && b.status !== "rolled_back") {
       actions.append(action("verify", b.batch_id, "/verify", { deep: false }));
     }
     tr.append(actions);
@@ -169,11 +220,26 @@
     $("failures").tBodies[0].replaceChildren(...failures.map(failureRow));
     $("no-failures").hidden = failures.length > 0;
     $("failures").hidden = failures.length === 0;
-    const done = batches.reduce((n, b) => n + b.progress.files_done, 0);
-    const total = batches.reduce((n, b) => n + b.progress.files_total, 0);
-    const running = batches.filter((b) => b.status === "running").length;
-    $("summary").textContent = batches.length + " batch(es), " + done + " / " + total +
-      " files done, " + running + " running";
+    // Rolled-back batches were undone: their files are not part of what is being migrated.
+    const live = batches.filter((b) => b.status !== "rolled_back");
+    const sum = (key) => live.reduce((n, b) => n + b.progress[key], 0);
+    const running = live.filter((b) => b.status === "running").length;
+    const queued = live.filter((b) => statusOf(b) === "queued").length;
+    const undone = batches.length - live.length;
+    $("summary").textContent = live.length + " batch(es), " + sum("files_done") + " / " +
+      sum("files_total") + " files done, " + running + " running" +
+      (queued ? ", " + queued + " queued for workers" : "") +
+      (undone ? " (" + undone + " rolled back, not counted)" : "");
+    const total = {
+      files_total: sum("files_total"),
+      files_done: sum("files_done"),
+      files_failed: sum("files_failed"),
+    };
+    $("total-bar").replaceChildren(progressBar(total));
+    $("total-text").textContent = "whole migration: " + bytes(sum("bytes_done")) + " of " +
+      bytes(sum("bytes_total")) + " sent, " +
+      live.reduce((n, b) => n + b.verified_files, 0) + " file(s) proven identical";
+    $("total").hidden = live.length === 0;
     $("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
   }
 
@@ -183,7 +249,8 @@
       box.hidden = true;
       return;
     }
-    box.textContent = error.message + (error.hint ? " (" + error.hint + ")" : "");
+    const hint = error.hint ? " " + error.hint.replace(/`/g, "") : "";
+    box.textContent = error.message + hint;
     box.hidden = false;
   }
 
@@ -193,13 +260,23 @@
     try {
       render(await api("GET", "/batches"));
       $("login").hidden = true;
+      $("welcome").hidden = true;
+      document.querySelector("main").hidden = false;
       showError(null);
     } catch (e) {
       if (e.status === 401) {
+        // No token, or a wrong one: a welcome, not an error about HTTP headers.
+        const given = token() !== "";
         $("login").hidden = false;
+        $("welcome").hidden = false;
+        document.querySelector("main").hidden = true;
+        $("total").hidden = true;
         $("summary").textContent = "an API token is needed";
+        showError(given ? { message: "That token was not accepted; check it and try again." }
+          : null);
+      } else {
+        showError(e);
       }
-      showError(e);
     }
     timer = setTimeout(refresh, POLL_MS);
   }
