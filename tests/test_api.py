@@ -585,6 +585,9 @@ def test_dashboard_without_a_token_asks_for_one(base_url, tmp_path, sample):
     assert '<section id="welcome" class="welcome">' in dom.stdout  # shown, not hidden
     assert "`" not in dom.stdout  # no developer hint with literal backticks
     assert "Authorization" not in dom.stdout
+    shot = tmp_path / "dashboard-no-token.png"
+    assert _chromium(tmp_path, f"--screenshot={shot}", f"{base_url}/").returncode == 0
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 @pytest.mark.skipif(
@@ -625,6 +628,9 @@ def test_dashboard_shows_verification_queue_and_leaves_rolled_back_batches_out(
     assert ">process<" not in row(queued)  # the workers have it
     assert ">rolled back<" in row(undone)
     assert ">verify<" not in row(undone) and ">verify<" in row(proven)
+    assert ">roll back…<" in row(proven)  # opens a dry-run preview, then asks to confirm
+    assert ">roll back…<" not in row(undone) + row(queued)
+    assert '<section id="rollback" class="rollback" hidden="">' in page
     assert api_settings.bucket_name in row(proven)
     # the header counts what is being migrated: the rolled-back batch's 10 files are left out
     assert "3 batch(es), 20 / 30 files done" in page

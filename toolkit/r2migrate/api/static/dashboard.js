@@ -160,6 +160,53 @@
     return button;
   }
 
+  // Roll back in two steps: a dry run shows what would be deleted, then a button confirms.
+  let pending = null;
+  function closeRollback(text) {
+    pending = null;
+    $("rollback-confirm").hidden = true;
+    $("rollback-text").textContent = text || "";
+    $("rollback").hidden = !text;
+  }
+
+  async function previewRollback(b) {
+    const path = "/batches/" + encodeURIComponent(b.batch_id) + "/rollback";
+    try {
+      const dry = await api("POST", path, { dry_run: true });
+      const n = dry.would_delete.length;
+      const kept = dry.problems.length;
+      $("rollback-text").textContent = "Rolling back " + b.batch_id + " would delete " + n +
+        " object(s), " + bytes(dry.bytes_deleted) + ", from bucket " + b.bucket_name + "." +
+        (kept ? " " + kept + " object(s) are not ours or have changed and would be kept." : "") +
+        " Source files are never touched.";
+      $("rollback-confirm").textContent = "Delete " + n + " object(s)";
+      $("rollback-confirm").hidden = n === 0;
+      $("rollback").hidden = false;
+      pending = n ? path : null;
+      showError(null);
+    } catch (e) {
+      showError(e);
+    }
+  }
+
+  $("rollback-confirm").addEventListener("click", async () => {
+    if (!pending) return;
+    const path = pending;
+    $("rollback-confirm").disabled = true;
+    try {
+      const done = await api("POST", path, { dry_run: false });
+      closeRollback("Deleted " + done.deleted.length + " object(s), " +
+        bytes(done.bytes_deleted) + "; the batch is now " +
+        (STATUS_WORDS[done.batch_status] || done.batch_status) + ".");
+    } catch (e) {
+      showError(e);
+    } finally {
+      $("rollback-confirm").disabled = false;
+      refresh();
+    }
+  });
+  $("rollback-cancel").addEventListener("click", () => closeRollback(null));
+
   function batchRow(b) {
     const p = b.progress;
     const tr = el("tr", undefined, b.status === "rolled_back" ? "rolled-back" : "");
@@ -193,6 +240,13 @@
     }
     if (!(job && job.state === "running") && b.status !== "rolled_back") {
       actions.append(action("verify", b.batch_id, "/verify", { deep: false }));
+    }
+    if (!(job && job.state === "running") && b.status !== "rolled_back" &&
+        b.uploaded_files > 0) {
+      const undo = el("button", "roll back…");
+      undo.type = "button";
+      undo.addEventListener("click", () => previewRollback(b));
+      actions.append(undo);
     }
     tr.append(actions);
     return tr;
