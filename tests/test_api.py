@@ -637,6 +637,7 @@ def test_dashboard_shows_verification_queue_and_leaves_rolled_back_batches_out(
     assert "1 queued for workers" in page and "1 rolled back, not counted" in page
     total = re.search(r'<div id="total-bar">(.*?)</div>\s*<span', page, re.S)
     assert total and ">67%<" in total.group(1)
+    assert 'aria-label="files per second over time"' in page  # the throughput chart is drawn
 
     shot = tmp_path / "dashboard-mixed.png"
     taken = _chromium(tmp_path, f"--screenshot={shot}", f"{base_url}/#token={TOKEN}")

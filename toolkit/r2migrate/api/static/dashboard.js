@@ -219,6 +219,12 @@
     const status = el("td");
     const shown = statusOf(b);
     status.append(el("span", STATUS_WORDS[shown] || shown, "status " + shown));
+    const job = b.job;
+    if (job && (job.state !== "completed" || job.error)) {
+      // this server's runner, when it has something to say: stopping, interrupted, failed
+      const said = "runner " + job.state + (job.error ? ": " + job.error.message : "");
+      status.append(el("div", said, "muted runner"));
+    }
     tr.append(status);
     const bar = el("td");
     bar.append(progressBar(p));
@@ -230,9 +236,7 @@
     tr.append(el("td", checked.text, "verification " + checked.className));
     tr.append(throughputCell(b));
     tr.append(el("td", b.status === "running" ? duration(p.eta_s) : "-", "num"));
-    const job = b.job;
-    tr.append(el("td", job ? job.state + (job.error ? ": " + job.error.message : "") : "-"));
-    const actions = el("td");
+    const actions = el("td", undefined, "actions");
     if (job && job.state === "running") {
       actions.append(action("stop", b.batch_id, "/stop"));
     } else if (b.status !== "completed" && b.status !== "rolled_back" && !b.queued) {
@@ -260,6 +264,54 @@
     tr.append(el("td", f.code + (f.final ? "" : " (retried)")));
     tr.append(el("td", f.message));
     return tr;
+  }
+
+  // Throughput over time, from the files done at each poll (kept for this tab's session).
+  const SAMPLES_KEY = "r2migrate.samples";
+  const MAX_SAMPLES = 600;
+  const SVG = "http://www.w3.org/2000/svg";
+  let samples = [];
+  try {
+    samples = JSON.parse(sessionStorage.getItem(SAMPLES_KEY) || "[]");
+  } catch (e) {
+    samples = [];
+  }
+
+  function svg(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function drawChart(filesDone) {
+    const now = Date.now();
+    const last = samples[samples.length - 1];
+    if (last && filesDone < last[1]) samples = []; // a rollback or a new ledger: start over
+    samples.push([now, filesDone]);
+    samples = samples.slice(-MAX_SAMPLES);
+    sessionStorage.setItem(SAMPLES_KEY, JSON.stringify(samples));
+    const rates = [];
+    for (let i = 1; i < samples.length; i++) {
+      const s = (samples[i][0] - samples[i - 1][0]) / 1000;
+      if (s > 0) rates.push([samples[i][0], (samples[i][1] - samples[i - 1][1]) / s]);
+    }
+    const W = 1000, H = 120, top = Math.max(1, ...rates.map((r) => r[1]));
+    const chart = svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none",
+      role: "img", "aria-label": "files per second over time" });
+    if (rates.length > 1) {
+      const t0 = rates[0][0], span = Math.max(1, rates[rates.length - 1][0] - t0);
+      const points = rates.map((r) => ((r[0] - t0) / span * (W - 10) + 5).toFixed(1) + "," +
+        (H - 18 - r[1] / top * (H - 30)).toFixed(1));
+      chart.append(svg("polyline", { points: points.join(" "), class: "line" }));
+      const minutes = span / 60000;
+      const ago = minutes < 1 ? Math.round(span / 1000) + " s ago" : minutes.toFixed(1) + " min ago";
+      chart.append(svg("text", { x: 5, y: H - 4, class: "axis" }, ago));
+      chart.append(svg("text", { x: W - 40, y: H - 4, class: "axis" }, "now"));
+    }
+    chart.append(svg("text", { x: 5, y: 12, class: "axis" }, "peak " + top.toFixed(1) +
+      " files/s"));
+    $("chart").replaceChildren(chart);
   }
 
   function render(data) {
@@ -294,6 +346,7 @@
       bytes(sum("bytes_total")) + " sent, " +
       live.reduce((n, b) => n + b.verified_files, 0) + " file(s) proven identical";
     $("total").hidden = live.length === 0;
+    drawChart(sum("files_done"));
     $("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + " UTC";
   }
 
