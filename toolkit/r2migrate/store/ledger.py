@@ -1043,6 +1043,21 @@ class State:
             ).fetchone()
         return int(row["n"]) if row else 0
 
+    def verify_problem_counts(self) -> dict[str, dict[str, int]]:
+        """Per batch, files whose last check failed, by outcome (``{"b1": {"differ": 2}}``)."""
+        with translate_db_errors("counting verification problems"):
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT batch_id, substr(error_code, 8) AS outcome, count(*) AS n"
+                    " FROM {s}.files WHERE error_code LIKE %s GROUP BY 1, 2"
+                ),
+                ("verify:%",),
+            ).fetchall()
+        found: dict[str, dict[str, int]] = {}
+        for r in rows:
+            found.setdefault(r["batch_id"], {})[r["outcome"]] = int(r["n"])
+        return found
+
     def _has_worker_table(self) -> bool:
         row = self.conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL AS present",
