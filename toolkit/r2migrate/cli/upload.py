@@ -1,0 +1,191 @@
+"""`run`: upload planned batches (also resuming and repairing them), with one progress bar.
+
+Must not choose files or compute keys: it calls the transfer stage (or repair) and renders.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+import r2migrate.report.text as text
+from r2migrate.cli.context import Ctx, graceful_stop, open_state, pass_ctx, source_options
+from r2migrate.cli.output import echo_failures, echo_json, render_batches
+from r2migrate.cli.progress import ProgressBar
+from r2migrate.errors import ExitCode
+
+if TYPE_CHECKING:
+    from r2migrate.settings.config import Settings
+    from r2migrate.stages.transfer import Progress, RunSummary
+    from r2migrate.store.ledger import Batch, State
+
+
+@click.command()
+@click.option("--batch", "batch_id", help="Run only this batch.")
+@click.option(
+    "--resume-batch",
+    help="Resume this batch: abandoned uploads resolved by HEAD, failed files retried.",
+)
+@click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Send again only the files verify found missing or different (when the object is ours"
+    " or gone) and those that failed because the source changed (re-measured first); the rest"
+    " of the batch is left alone.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    show_default="setting workers",
+    help="Upload threads per process.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(0, 256),
+    show_default="setting processes",
+    help="Upload processes (0 = one per core for 500+ files).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@source_options
+@pass_ctx
+def run(
+    obj: Ctx,
+    batch_id: str | None,
+    resume_batch: str | None,
+    max_batches: int | None,
+    repair: bool,
+    workers: int | None,
+    processes: int | None,
+    as_json: bool,
+    source: str | None,
+    media_url: str | None,
+) -> None:
+    """Upload planned batches: create-only PUT with SHA-256, retries, every step recorded.
+
+    Each batch goes to the target and is read from the source it was planned for: a batch named
+    under settings for another bucket, endpoint, location or MEDIA_ROOT is refused (exit 2), and
+    without --batch only the configured target's batches run (others are counted, not touched).
+
+    Without --batch, runs every batch that has work left, oldest first. Ctrl-C stops cleanly
+    (exit 130); a killed run loses nothing: the next run HEADs files that were in flight and
+    never sends a file the bucket already holds with its SHA-256.
+
+    With --source http every file is read with a GET from --media-url: the SHA-256 is taken
+    over the bytes received, their count must equal the Content-Length and the inventory's size,
+    and the PUT is the same create-only one. Files above multipart_threshold_bytes are fetched
+    twice (hash, then send), the second pass re-hashed.
+
+    With --repair, no rollback is needed after a failed verify or a changed source: each such
+    file is re-measured, a stale object of ours at its key is deleted (If-Match), and the file
+    goes through the same create-only PUT; a key holding anyone else's object stays a conflict.
+    """
+    if batch_id and resume_batch:
+        raise click.UsageError("Give --batch or --resume-batch, not both.")
+    settings = obj.settings(
+        workers=workers, processes=processes, source=source, media_url=media_url
+    )
+    target = batch_id or resume_batch
+    # A named batch brings its own target and source; all batches need the settings to name them.
+    settings.require(
+        "database_url", *(() if target else (*settings.source_settings, "bucket_name"))
+    )
+    if repair:
+        _run_repair(settings, target, as_json)
+        return
+    from r2migrate.stages.transfer import run as run_batches
+
+    with open_state(settings) as state:
+        todo = _batches_to_run(settings, state, target, max_batches)
+        if not todo:
+            click.echo("No batch has work left. Create some with `r2migrate plan`.")
+            return
+        bar = _UploadBar(todo)
+        with bar, graceful_stop() as stop:
+            summary = run_batches(
+                settings,
+                state,
+                batch_id=target,
+                resume=resume_batch is not None,
+                max_batches=max_batches,
+                on_progress=bar.on_progress,
+                stop=stop,
+            )
+        batches = [state.get_batch(b.batch_id) for b in summary.batches]
+    _render_run(summary, batches, as_json)
+    if summary.failed:
+        sys.exit(int(ExitCode.FILES_FAILED))
+
+
+def _batches_to_run(
+    settings: Settings, state: State, target: str | None, max_batches: int | None
+) -> list[Batch]:
+    from r2migrate.rules import binding
+
+    if target:
+        todo = [state.get_batch(target)]
+    else:
+        todo, _ = binding.split_by_binding(settings, state.batches_to_run())
+    return todo if max_batches is None else todo[:max_batches]
+
+
+class _UploadBar(ProgressBar):
+    """All the batches' files on one bar; each batch reports its own count of files done."""
+
+    def __init__(self, todo: Sequence[Batch]) -> None:
+        self._start = {b.batch_id: b.uploaded_files + b.skipped_files for b in todo}
+        self._before = sum(self._start.values())
+        self._done: dict[str, int] = {}
+        super().__init__(
+            "upload", total=sum(b.total_files for b in todo), initial=self._before, leave=True
+        )
+
+    def on_progress(self, p: Progress) -> None:
+        self._done[p.batch_id] = p.files_done
+        sent = sum(max(0, n - self._start.get(b, 0)) for b, n in self._done.items())
+        self.show(self._before + sent, note=p.batch_id)
+
+
+def _render_run(summary: RunSummary, batches: Sequence[Batch], as_json: bool) -> None:
+    if as_json:
+        echo_json(
+            {
+                "batches": summary.batches,
+                "failed": summary.failed,
+                "uploaded": summary.uploaded,
+                "resolved_by_head": summary.resolved_by_head,
+                "bytes_sent": summary.bytes_sent,
+                "elapsed_s": round(summary.elapsed_s, 3),
+            }
+        )
+        return
+    render_batches(batches)
+    click.echo("\n" + text.run_summary_line(summary))
+    echo_failures(summary.batches)
+    if summary.left_out_note:
+        click.echo(f"\n{summary.left_out_note}", err=True)
+
+
+def _run_repair(settings: Settings, batch_id: str | None, as_json: bool) -> None:
+    from r2migrate.repairs import repair as repair_batches
+
+    with open_state(settings) as state, graceful_stop() as stop:
+        summary = repair_batches(settings, state, batch_id=batch_id, stop=stop)
+        batches = [state.get_batch(b) for b in summary.batch_ids]
+    if as_json:
+        echo_json(summary)
+    else:
+        if batches:
+            render_batches(batches)
+        click.echo(
+            f"\nRepair: {summary.requeued} file(s) sent again "
+            f"({summary.run.uploaded if summary.run else 0} uploaded), {summary.deleted} stale "
+            f"object(s) of ours deleted first, {summary.conflicts} conflict(s) left alone, "
+            f"{summary.unreadable} source(s) unreadable."
+        )
+        echo_failures(summary.run.batches if summary.run else ())
+    if summary.failed:
+        sys.exit(int(ExitCode.FILES_FAILED))
