@@ -10,17 +10,20 @@ from pathlib import Path
 
 import click
 
-from r2migrate.cli.context import Ctx, open_state, pass_ctx
-from r2migrate.cli.output import echo_json, table
+from r2migrate.cli.context import Ctx, batch_option, open_state, pass_ctx
+from r2migrate.cli.output import echo_json, examples, table
 from r2migrate.errors import ConfigError, ExitCode
 
 
-@click.group()
+@click.group(epilog=examples("r2migrate config show", "r2migrate config names"))
 def config() -> None:
     """Inspect the effective settings."""
 
 
-@config.command("show")
+@config.command(
+    "show",
+    epilog=examples("r2migrate config show", "r2migrate --set batch_size=100 config show --json"),
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def config_show(obj: Ctx, as_json: bool) -> None:
@@ -32,7 +35,41 @@ def config_show(obj: Ctx, as_json: bool) -> None:
     click.echo(table(["setting", "value", "from"], settings.describe()))
 
 
-@click.group()
+@config.command(
+    "names", epilog=examples("r2migrate config names", "r2migrate config names | grep bucket")
+)
+def config_names() -> None:
+    """Every setting's name, its environment variables and its default; reads no settings.
+
+    Works when the settings themselves do not load (a misspelled name, a bad value), so it is
+    where an error about an unknown setting points. `config show` then shows the values.
+    """
+    import dataclasses
+
+    from r2migrate.settings.config import ENV_PREFIX, SECRET_FIELDS, STANDARD_ENV, Settings
+
+    rows = []
+    for f in dataclasses.fields(Settings):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default: object = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        variables = " ".join((f"{ENV_PREFIX}{f.name.upper()}", *STANDARD_ENV.get(f.name, ())))
+        shown = "(secret)" if f.name in SECRET_FIELDS else "" if default is None else default
+        rows.append((f.name, variables, shown))
+    click.echo(table(["setting", "environment", "default"], rows))
+
+
+@click.group(
+    epilog=examples(
+        "r2migrate db upgrade",
+        "r2migrate db sql > ledger.sql && r2migrate db grants app_role > grants.sql",
+    )
+)
 def db() -> None:
     """The ledger (r2migrate's tables and job queue in state_schema): create, upgrade, print.
 
@@ -46,7 +83,7 @@ def db() -> None:
     """
 
 
-@db.command("upgrade")
+@db.command("upgrade", epilog=examples("r2migrate db upgrade"))
 @pass_ctx
 def db_upgrade(obj: Ctx) -> None:
     """Create the ledger, or bring it up to this r2migrate; idempotent, safe to run again."""
@@ -64,7 +101,9 @@ def db_upgrade(obj: Ctx) -> None:
         )
 
 
-@db.command("sql")
+@db.command(
+    "sql", epilog=examples("r2migrate db sql > ledger.sql && psql -v ON_ERROR_STOP=1 -f ledger.sql")
+)
 @pass_ctx
 def db_sql(obj: Ctx) -> None:
     """Print the SQL that creates the ledger, for a DBA to run (`psql -v ON_ERROR_STOP=1 -f`).
@@ -78,7 +117,7 @@ def db_sql(obj: Ctx) -> None:
     click.echo(ledger_sql(obj.settings().state_schema), nl=False)
 
 
-@db.command("grants")
+@db.command("grants", epilog=examples("r2migrate db grants app_role | psql -v ON_ERROR_STOP=1"))
 @click.argument("role")
 @pass_ctx
 def db_grants(obj: Ctx, role: str) -> None:
@@ -88,8 +127,8 @@ def db_grants(obj: Ctx, role: str) -> None:
     click.echo(grants_sql(obj.settings().state_schema, role), nl=False)
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.command(epilog=examples("r2migrate doctor", "r2migrate doctor --json > doctor.json"))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def doctor(obj: Ctx, as_json: bool) -> None:
     """Check the set-up before starting: settings, PostgreSQL, source table, MEDIA_ROOT, bucket.
@@ -132,8 +171,13 @@ def doctor(obj: Ctx, as_json: bool) -> None:
     sys.exit(0 if report.ok else int(ExitCode.FILES_FAILED))
 
 
-@click.command()
-@click.argument("batch_id", required=False)
+@click.command(
+    epilog=examples(
+        "r2migrate report --all --out audit-2026-12-05",
+        "r2migrate report --batch b20261205-101500-3f9c2a --out audit-b1",
+    )
+)
+@batch_option(help="Report on this batch.")
 @click.option("--all", "all_batches", is_flag=True, help="Every batch.")
 @click.option(
     "--out",
@@ -159,7 +203,7 @@ def report(obj: Ctx, batch_id: str | None, all_batches: bool, out_dir: Path) -> 
     from r2migrate.report.audit import target_scope, verdict_text, write_audit_report
 
     if bool(batch_id) == all_batches:
-        raise click.UsageError("Give a BATCH or --all.")
+        raise click.UsageError("Give --batch ID or --all.")
     settings = obj.settings()
     left_out = ""
     with open_state(settings) as state:

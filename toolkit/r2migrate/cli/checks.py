@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from r2migrate.cli.context import Ctx, open_state, pass_ctx, source_options
-from r2migrate.cli.output import echo_json, human_bytes, table
+from r2migrate.cli.context import Ctx, batch_option, open_state, pass_ctx, source_options
+from r2migrate.cli.output import echo_json, examples, human_bytes, table
 from r2migrate.cli.progress import ProgressBar
 from r2migrate.errors import ExitCode
 
@@ -19,13 +19,19 @@ if TYPE_CHECKING:
     from r2migrate.stages.verify import VerifySummary
 
 
-@click.command()
-@click.argument("batch_id", required=False)
+@click.command(
+    epilog=examples(
+        "r2migrate verify --all",
+        "r2migrate verify --batch b20261205-101500-3f9c2a --deep",
+        "r2migrate verify --all --sample 100 --seed 7",
+    )
+)
+@batch_option(help="Verify this batch, in the bucket it was planned for.")
 @click.option("--all", "all_batches", is_flag=True, help="Verify every batch.")
 @click.option("--deep", is_flag=True, help="Read every object back and re-hash it and its source.")
 @click.option("--sample", type=click.IntRange(0), help="Deep-check a random sample of N files.")
 @click.option("--seed", type=int, help="Seed for --sample (reported, so a sample can be redone).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--show", default=20, show_default=True, help="How many problem files to list.")
 @source_options
 @pass_ctx
@@ -53,7 +59,7 @@ def verify(
     refused (exit 2). --all checks the configured target's batches and counts the others.
     """
     if bool(batch_id) == all_batches:
-        raise click.UsageError("Give a BATCH or --all.")
+        raise click.UsageError("Give --batch ID or --all.")
     settings = obj.settings(source=source, media_url=media_url)
     # A named batch brings its own target and source; --all acts on the configured target's.
     settings.require(
@@ -110,10 +116,15 @@ def _render_verify(summary: VerifySummary, batch_id: str | None, show: int) -> N
         click.echo(f"\n{summary.left_out_note}", err=True)
 
 
-@click.command()
-@click.argument("batch_id")
+@click.command(
+    epilog=examples(
+        "r2migrate rollback --batch b20261205-101500-3f9c2a --dry-run",
+        "r2migrate rollback --batch b20261205-101500-3f9c2a",
+    )
+)
+@batch_option("--rollback-batch", required=True, help="The batch to undo.")
 @click.option("--dry-run", is_flag=True, help="List what would be deleted; change nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def rollback(obj: Ctx, batch_id: str, dry_run: bool, as_json: bool) -> None:
     """Undo a batch: delete only objects this tool wrote that still hold its SHA-256.
@@ -153,7 +164,10 @@ def rollback(obj: Ctx, batch_id: str, dry_run: bool, as_json: bool) -> None:
     sys.exit(int(summary.exit_code))
 
 
-@click.command("cutover-check")
+@click.command(
+    "cutover-check",
+    epilog=examples("r2migrate cutover-check", "r2migrate cutover-check --deep --show 50"),
+)
 @click.option(
     "--deep", is_flag=True, help="Also read every file back through storage.open() and compare."
 )

@@ -5,7 +5,9 @@ Must not render output or hold business rules; heavy libraries are imported only
 
 from __future__ import annotations
 
+import functools
 import os
+import shlex
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from r2migrate.errors import ConfigError
 from r2migrate.settings.config import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -50,12 +53,18 @@ class Ctx:
         from r2migrate.runtime.logs import configure_logging
 
         given = {**self.flags, **{k: v for k, v in more.items() if v is not None}}
-        settings = load_settings(
-            config_file=self.config_file,
-            set_values=self.set_values,
-            overrides=given,
-            override_labels={name: f"option {flag_name(name)}" for name in given},
-        )
+        try:
+            settings = load_settings(
+                config_file=self.config_file,
+                set_values=self.set_values,
+                overrides=given,
+                override_labels={name: f"option {flag_name(name)}" for name in given},
+            )
+        except ConfigError as exc:
+            # `config show` loads the same settings and would fail the same way.
+            if exc.hint == ConfigError.default_hint:
+                exc.hint = UNLOADABLE_HINT
+            raise
         configure_logging(
             level=settings.log_level,
             log_file=settings.effective_log_file,
@@ -67,6 +76,18 @@ class Ctx:
         )
         return settings
 
+    def command_line(self, *args: str) -> str:
+        """``r2migrate`` with this invocation's group options, then ``args``: a command to print
+        for the operator to run next (a resume line) that sees the same settings."""
+        words = ["r2migrate"]
+        if self.config_file is not None:
+            words += ["--config", str(self.config_file)]
+        for key, value in self.set_values.items():
+            words += ["--set", f"{key}={value}"]
+        for key, value in self.flags.items():
+            words += [flag_name(key), str(value)]
+        return shlex.join([*words, *args])
+
     def kernel_environ(self) -> dict[str, str]:
         """The settings file, ``--set`` values and flags as the variables a notebook kernel
         reads, so ``load_settings()`` there sees what this command saw (all of them beat the
@@ -77,6 +98,11 @@ class Ctx:
             out[CONFIG_ENV] = str(self.config_file.absolute())
         return out
 
+
+UNLOADABLE_HINT = (
+    "Correct or remove it where the message says it is set. `r2migrate config names` lists "
+    "every setting with its variable and default (it reads no settings, so it works now)."
+)
 
 _FLAG_NAMES = {"bucket_name": "--bucket"}
 
@@ -163,3 +189,43 @@ def graceful_stop() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class _HiddenArgument(click.Argument):
+    """A positional kept for old command lines, left out of the usage line."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return []
+
+
+def batch_option(*aliases: str, required: bool = False, help: str) -> Callable[[F], F]:
+    """``--batch ID`` (plus the original system's ``aliases``), the one way to name a batch.
+
+    The positional ``BATCH_ID`` of earlier versions is still accepted, unlisted. The command
+    receives ``batch_id`` (None when none was given and ``required`` is false).
+    """
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(
+            *args: Any, batch_arg: str | None, batch_opt: tuple[str, ...], **kw: Any
+        ) -> Any:
+            named = {*batch_opt, *([batch_arg] if batch_arg else [])}
+            if len(named) > 1:
+                raise click.UsageError(f"Name one batch, not {len(named)}: --batch ID.")
+            if required and not named:
+                raise click.UsageError("Name the batch: --batch ID.")
+            return command(*args, batch_id=next(iter(named), None), **kw)
+
+        with_arg = click.argument("batch_arg", required=False, cls=_HiddenArgument)(wrapper)
+        return click.option(
+            "--batch",
+            *aliases,
+            "batch_opt",
+            metavar="ID",
+            multiple=True,
+            help=help
+            + (f" ({', '.join(aliases)}: the original system's name.)" if aliases else ""),
+        )(with_arg)  # type: ignore[return-value]
+
+    return decorate

@@ -11,10 +11,13 @@ import sys
 import click
 
 from r2migrate.cli.context import Ctx, graceful_stop, pass_ctx, source_options
+from r2migrate.cli.output import examples
 from r2migrate.errors import ConfigError, ExitCode
 
 
-@click.command()
+@click.command(
+    epilog=examples("r2migrate worker", "r2migrate worker --processes 2 --workers 16 --once")
+)
 @click.option(
     "--workers",
     type=click.IntRange(1, 1024),
@@ -81,23 +84,48 @@ def worker(
         sys.exit(int(ExitCode.FILES_FAILED))
 
 
-@click.command()
+@click.command(
+    epilog=examples(
+        "R2MIGRATE_API_TOKEN=... r2migrate serve", "r2migrate serve --no-auth --port 8001"
+    )
+)
 @click.option(
     "--host",
     default="127.0.0.1",
     show_default=True,
     help="Address to bind. Beyond loopback, put a TLS proxy in front.",
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="TCP port to listen on.",
+)
 @click.option("--no-auth", is_flag=True, help="Serve without a token (loopback addresses only).")
 @pass_ctx
 def serve(obj: Ctx, host: str, port: int, no_auth: bool) -> None:
     """HTTP API and live dashboard over the same functions as these commands.
 
     Requires R2MIGRATE_API_TOKEN (a bearer token of 16+ characters) unless --no-auth on a
-    loopback address. Endpoints: POST/GET /batches, GET /batches/ID, POST
-    /batches/ID/process|stop|verify|rollback, GET /batches/ID/files, GET /health; the
-    dashboard is at /.
+    loopback address; open the dashboard as http://HOST:PORT/#token=TOKEN.
+
+    \b
+    Endpoints (all but / and /health need the token as `Authorization: Bearer TOKEN`):
+      GET  /                          the dashboard
+      GET  /health                    database and bucket reachable (no token)
+      POST /batches                   inventory + plan ({"dry_run": true} decides only)
+      GET  /batches                   every batch with progress, throughput, ETA
+      GET  /batches/ID                one batch
+      GET  /batches/ID/files          its files, a page at a time
+      POST /batches/ID/process        upload it in this server
+      POST /batches/ID/enqueue        hand it to the `r2migrate worker` queue instead
+      POST /batches/ID/stop           stop this server's upload of it
+      POST /batches/ID/verify         verify it ({"deep": true} reads every object back)
+      POST /batches/ID/rollback       roll it back ({"dry_run": true} lists only)
+      GET  /openapi.json              the schema
+    The queue of batches handed to workers (waiting, running, held by dead workers) is shown
+    by `r2migrate watch`.
     """
     try:
         from r2migrate.api.app import check_exposure

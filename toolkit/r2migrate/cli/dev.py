@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from r2migrate.cli.context import Ctx, pass_ctx
-from r2migrate.cli.output import echo_json, table
+from r2migrate.cli.output import echo_json, examples, table
 
 
-@click.group()
+@click.group(epilog=examples("r2migrate dev up && r2migrate dev sample-data", "r2migrate dev down"))
 def dev() -> None:
     """The embedded stack: PostgreSQL and SeaweedFS on 127.0.0.1, for demos and tests.
 
@@ -23,7 +23,7 @@ def dev() -> None:
     """
 
 
-@dev.command("up")
+@dev.command("up", epilog=examples("r2migrate dev up", "r2migrate dev up --tls --bucket staging"))
 @click.option(
     "--bucket",
     "bucket_name",
@@ -70,7 +70,7 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
-@dev.command("down")
+@dev.command("down", epilog=examples("r2migrate dev down"))
 @pass_ctx
 def dev_down(obj: Ctx) -> None:
     """Stop the embedded stack (only the processes it started, by recorded pid)."""
@@ -81,7 +81,7 @@ def dev_down(obj: Ctx) -> None:
         click.echo(line)
 
 
-@dev.command("status")
+@dev.command("status", epilog=examples("r2migrate dev status"))
 @pass_ctx
 def dev_status(obj: Ctx) -> None:
     """Is the embedded stack running, and where."""
@@ -92,9 +92,14 @@ def dev_status(obj: Ctx) -> None:
     echo_json(status)
 
 
-@dev.command("sample-data")
+@dev.command(
+    "sample-data",
+    epilog=examples("r2migrate dev sample-data", "r2migrate dev sample-data --files 1000 --seed 3"),
+)
 @click.option("--files", default=120, show_default=True, help="How many referenced files.")
-@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of the generator: same seed, same files."
+)
 @pass_ctx
 def dev_sample_data(obj: Ctx, files: int, seed: int) -> None:
     """Create a realistic Django media tree and the list_cutter_savedfile table pointing at it."""

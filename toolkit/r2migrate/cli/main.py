@@ -29,13 +29,20 @@ EXIT_CODES_HELP = """
 \b
 Exit codes:
   0    everything asked for succeeded
-  1    some files failed (see `r2migrate status BATCH`); for verify, report and
+  1    some files failed (see `r2migrate status --batch ID`); for verify, report and
        notebook run: not every file in scope is proven (the report is still written)
   2    configuration problem (settings, credentials, missing bucket, an invalid value)
   3    a service is unreachable (PostgreSQL or the S3 endpoint)
   4    the state says no (unknown batch, ledger missing, older or newer than
        this r2migrate, a database privilege missing)
-  130  interrupted (Ctrl-C); nothing is lost, resume with `run --resume-batch`
+  130  interrupted (Ctrl-C); nothing is lost, resume with `r2migrate run --batch ID`
+  (the command prints the exact line)
+
+\b
+Examples:
+  r2migrate dev up && r2migrate dev sample-data
+  r2migrate inventory && r2migrate plan --dry-run
+  r2migrate plan && r2migrate run && r2migrate verify --all
 """
 
 
@@ -86,7 +93,9 @@ def _parse_set(values: Sequence[str]) -> dict[str, object]:
     "--state-dir", type=click.Path(path_type=Path), help="Folder for logs and the embedded stack."
 )
 @click.option(
-    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Log level for the log file; given, the terminal shows every line at it too.",
 )
 @click.option(
     "--log-file",
@@ -125,8 +134,8 @@ def main(
       r2migrate plan                   store batches (default 50 files each)
       r2migrate run                    upload them: SHA-256 checked, create-only, resumable
       r2migrate verify --all [--deep]  prove every object is intact
-      r2migrate batches / status ID    progress, failures and reasons
-      r2migrate rollback ID            delete only what a batch wrote, if still unchanged
+      r2migrate batches / status --batch ID   progress, failures and reasons
+      r2migrate rollback --batch ID    delete only what a batch wrote, if still unchanged
       r2migrate doctor                 check the set-up before starting
       r2migrate watch                  live progress, from any terminal
       r2migrate serve                  HTTP API and a live dashboard

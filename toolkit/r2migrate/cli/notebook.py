@@ -11,15 +11,18 @@ from pathlib import Path
 import click
 
 from r2migrate.cli.context import Ctx, environ, pass_ctx
+from r2migrate.cli.output import examples
 from r2migrate.errors import ExitCode
 
 
-@click.group()
+@click.group(
+    epilog=examples("r2migrate notebook list", "r2migrate notebook run 04_verification_report")
+)
 def notebook() -> None:
     """The parameterized notebooks, run headless: runs/<time>-<name>/ with an HTML report."""
 
 
-@notebook.command("list")
+@notebook.command("list", epilog=examples("r2migrate notebook list"))
 def notebook_list() -> None:
     """Every notebook with its parameters and their defaults."""
     from r2migrate.notebooks.helpers import list_notebooks
@@ -30,7 +33,13 @@ def notebook_list() -> None:
             click.echo(f"    -p {p.name} {p.default!r}" + (f"   # {p.help}" if p.help else ""))
 
 
-@notebook.command("run")
+@notebook.command(
+    "run",
+    epilog=examples(
+        "r2migrate notebook run 01_inventory",
+        "r2migrate notebook run 03_execute -p batch_size 50 -p dry_run false",
+    ),
+)
 @click.argument("name")
 @click.option(
     "-p",
@@ -41,7 +50,14 @@ def notebook_list() -> None:
     metavar="NAME VALUE",
     help="A notebook parameter (repeatable). Secrets are refused: use the environment.",
 )
-@click.option("--runs-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("runs"))
+@click.option(
+    "--runs-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("runs"),
+    show_default=True,
+    help="Folder for the run: RUNS_DIR/<UTC time>-<name>/ gets the .ipynb, report.html and "
+    "results.json.",
+)
 @pass_ctx
 def notebook_run(obj: Ctx, name: str, params: tuple[tuple[str, str], ...], runs_dir: Path) -> None:
     """Execute a notebook with papermill; write the .ipynb, report.html and results.json.

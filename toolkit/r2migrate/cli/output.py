@@ -47,6 +47,11 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(jsonable(value), indent=2, ensure_ascii=False))
 
 
+def examples(*lines: str) -> str:
+    """A command's epilog: example command lines, printed as written (click's ``\\b``)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def render_batches(batches: Sequence[Batch]) -> None:
     click.echo("\n".join(text.batch_table(batches)))
 

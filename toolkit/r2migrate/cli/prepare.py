@@ -15,7 +15,7 @@ import click
 
 import r2migrate.report.text as text
 from r2migrate.cli.context import Ctx, open_state, pass_ctx, source_options
-from r2migrate.cli.output import echo_json, human_bytes, table
+from r2migrate.cli.output import echo_json, examples, human_bytes, table
 from r2migrate.cli.progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -32,7 +32,9 @@ def _inventory_default(name: str) -> float:
     return float(getattr(stage, name))
 
 
-@click.command()
+@click.command(
+    epilog=examples("r2migrate inventory", "r2migrate inventory --csv inventory.csv --no-save")
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option(
     "--csv",
@@ -183,7 +185,7 @@ def _render_inventory(s: InventorySummary, show: int) -> None:
 # -- plan -------------------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(epilog=examples("r2migrate plan --dry-run", "r2migrate plan --batch-size 200"))
 @click.option("--dry-run", is_flag=True, help="Show what would happen; write nothing anywhere.")
 @click.option(
     "--batch-size",

@@ -9,13 +9,23 @@ import sys
 
 import click
 
-from r2migrate.cli.context import Ctx, open_state, pass_ctx
-from r2migrate.cli.output import echo_json, human_bytes, render_batches, table
+from r2migrate.cli.context import Ctx, batch_option, open_state, pass_ctx
+from r2migrate.cli.output import echo_json, examples, human_bytes, render_batches, table
 
 
-@click.command()
-@click.argument("batch_id", required=False)
-@click.option("--interval-s", type=click.FloatRange(0.2), default=1.0, show_default=True)
+@click.command(
+    epilog=examples(
+        "r2migrate watch", "r2migrate watch --batch b20261205-101500-3f9c2a --interval-s 5"
+    )
+)
+@batch_option(help="Watch this batch only (default: every batch).")
+@click.option(
+    "--interval-s",
+    type=click.FloatRange(0.2),
+    default=1.0,
+    show_default=True,
+    help="Seconds between two snapshots.",
+)
 @click.option("--once", is_flag=True, help="Print one snapshot and exit.")
 @pass_ctx
 def watch(obj: Ctx, batch_id: str | None, interval_s: float, once: bool) -> None:
@@ -89,8 +99,8 @@ def watch(obj: Ctx, batch_id: str | None, interval_s: float, once: bool) -> None
             return
 
 
-@click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.command(epilog=examples("r2migrate batches", "r2migrate batches --json"))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def batches(obj: Ctx, as_json: bool) -> None:
     """List batches (the original system's --list-batches)."""
@@ -105,9 +115,14 @@ def batches(obj: Ctx, as_json: bool) -> None:
         render_batches(found)
 
 
-@click.command()
-@click.argument("batch_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.command(
+    epilog=examples(
+        "r2migrate status --batch b20261205-101500-3f9c2a",
+        "r2migrate status --batch b20261205-101500-3f9c2a --files --json",
+    )
+)
+@batch_option("--batch-status", required=True, help="The batch to show.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--files", "show_files", is_flag=True, help="List every file of the batch.")
 @pass_ctx
 def status(obj: Ctx, batch_id: str, as_json: bool, show_files: bool) -> None:

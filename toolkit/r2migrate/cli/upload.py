@@ -12,10 +12,17 @@ from typing import TYPE_CHECKING
 import click
 
 import r2migrate.report.text as text
-from r2migrate.cli.context import Ctx, graceful_stop, open_state, pass_ctx, source_options
-from r2migrate.cli.output import echo_failures, echo_json, render_batches
+from r2migrate.cli.context import (
+    Ctx,
+    batch_option,
+    graceful_stop,
+    open_state,
+    pass_ctx,
+    source_options,
+)
+from r2migrate.cli.output import echo_failures, echo_json, examples, render_batches
 from r2migrate.cli.progress import ProgressBar
-from r2migrate.errors import ExitCode
+from r2migrate.errors import ExitCode, Interrupted
 
 if TYPE_CHECKING:
     from r2migrate.settings.config import Settings
@@ -23,11 +30,17 @@ if TYPE_CHECKING:
     from r2migrate.store.ledger import Batch, State
 
 
-@click.command()
-@click.option("--batch", "batch_id", help="Run only this batch.")
-@click.option(
+@click.command(
+    epilog=examples(
+        "r2migrate run",
+        "r2migrate run --batch b20261205-101500-3f9c2a",
+        "r2migrate run --repair --batch b20261205-101500-3f9c2a",
+    )
+)
+@batch_option(
     "--resume-batch",
-    help="Resume this batch: abandoned uploads resolved by HEAD, failed files retried.",
+    help="Run (or resume) only this batch: abandoned uploads are settled by HEAD, failed "
+    "files retried. Default: every batch of the configured target with work left.",
 )
 @click.option("--max-batches", type=click.IntRange(1), help="Stop after this many batches.")
 @click.option(
@@ -55,7 +68,6 @@ if TYPE_CHECKING:
 def run(
     obj: Ctx,
     batch_id: str | None,
-    resume_batch: str | None,
     max_batches: int | None,
     repair: bool,
     workers: int | None,
@@ -83,12 +95,10 @@ def run(
     file is re-measured, a stale object of ours at its key is deleted (If-Match), and the file
     goes through the same create-only PUT; a key holding anyone else's object stays a conflict.
     """
-    if batch_id and resume_batch:
-        raise click.UsageError("Give --batch or --resume-batch, not both.")
     settings = obj.settings(
         workers=workers, processes=processes, source=source, media_url=media_url
     )
-    target = batch_id or resume_batch
+    target = batch_id
     # A named batch brings its own target and source; all batches need the settings to name them.
     settings.require(
         "database_url", *(() if target else (*settings.source_settings, "bucket_name"))
@@ -104,16 +114,18 @@ def run(
             click.echo("No batch has work left. Create some with `r2migrate plan`.")
             return
         bar = _UploadBar(todo)
-        with bar, graceful_stop() as stop:
-            summary = run_batches(
-                settings,
-                state,
-                batch_id=target,
-                resume=resume_batch is not None,
-                max_batches=max_batches,
-                on_progress=bar.on_progress,
-                stop=stop,
-            )
+        try:
+            with bar, graceful_stop() as stop:
+                summary = run_batches(
+                    settings,
+                    state,
+                    batch_id=target,
+                    max_batches=max_batches,
+                    on_progress=bar.on_progress,
+                    stop=stop,
+                )
+        except (Interrupted, KeyboardInterrupt) as exc:
+            raise _interrupted(obj, state, todo, bar) from exc
         batches = [state.get_batch(b.batch_id) for b in summary.batches]
     _render_run(summary, batches, as_json)
     if summary.failed:
@@ -147,6 +159,30 @@ class _UploadBar(ProgressBar):
         self._done[p.batch_id] = p.files_done
         sent = sum(max(0, n - self._start.get(b, 0)) for b, n in self._done.items())
         self.show(self._before + sent, note=p.batch_id)
+
+
+def _interrupted(obj: Ctx, state: State, todo: Sequence[Batch], bar: _UploadBar) -> Interrupted:
+    """What this run did before Ctrl-C, which batches are left partial, and the exact command
+    that resumes them (the ledger says; if it cannot be read, the progress bar's counts do)."""
+    sent = bar.done - bar.initial
+    try:
+        now = [state.get_batch(b.batch_id) for b in todo]
+        unfinished = [b for b in now if b.status.value in ("running", "partial")]
+        where = ", ".join(
+            f"{b.batch_id} ({b.uploaded_files + b.skipped_files}/{b.total_files} done)"
+            for b in unfinished
+        )
+        names = [b.batch_id for b in unfinished]
+    except Exception:  # a second Ctrl-C may have cut the connection; the bar still knows
+        names = [bar.note] if bar.note else []
+        where = ", ".join(names)
+    message = f"Interrupted: {sent} file(s) done by this run, every one recorded"
+    message += f"; partial: {where}." if where else "; no batch was left partial."
+    if len(names) == 1:
+        hint = f"Resume with `{obj.command_line('run', '--batch', names[0])}`."
+    else:
+        hint = f"Resume with `{obj.command_line('run')}` (every batch with work left)."
+    return Interrupted(message, hint=hint)
 
 
 def _render_run(summary: RunSummary, batches: Sequence[Batch], as_json: bool) -> None:
