@@ -65,14 +65,12 @@ def verify(
     settings.require(
         "database_url", *(() if batch_id else (*settings.source_settings, "bucket_name"))
     )
-    from r2migrate.stages.verify import verify as verify_batches
+    from r2migrate.service import verify_batches
 
-    with open_state(settings) as state, ProgressBar("verify") as bar:
+    with ProgressBar("verify") as bar:
         summary = verify_batches(
             settings,
-            state,
             batch_id=batch_id,
-            all_batches=all_batches,
             deep=deep,
             sample=sample,
             seed=seed,
@@ -134,14 +132,13 @@ def rollback(obj: Ctx, batch_id: str, dry_run: bool, as_json: bool) -> None:
     reported, never deleted. Source files are never touched. Safe to run again. Deletions happen
     only in the bucket the batch was planned for: settings naming another are refused (exit 2).
     """
+    from r2migrate.service import rollback_batch
+
     settings = obj.settings()
     settings.require("database_url")  # the bucket is the batch's own
-    from r2migrate.stages.rollback import rollback as rollback_batch
-
-    with open_state(settings) as state, ProgressBar("rollback") as bar:
+    with ProgressBar("rollback") as bar:
         summary = rollback_batch(
             settings,
-            state,
             batch_id,
             dry_run=dry_run,
             on_progress=lambda p: bar.show(p.files_done, p.files_total),

@@ -216,29 +216,18 @@ def plan(
     treated as ours when it carries this file's SHA-256. With --dry-run nothing is written: not to
     the bucket, not to the state tables.
     """
-    from r2migrate.stages.inventory import inventory as take_inventory
-    from r2migrate.stages.plan import plan as make_plan
+    from r2migrate.service import plan_batches
 
     settings = obj.settings(batch_size=batch_size, source=source, media_url=media_url)
     settings.require("database_url", *settings.source_settings, "bucket_name")
-    with open_state(settings, migrate=not dry_run, require_ledger=False) as state:
-        collected: list[MediaFile] = []
-        with ProgressBar("inventory") as bar:
-            if dry_run:
-                take_inventory(
-                    settings, state, save=False, on_file=collected.append, on_progress=bar.advance
-                )
-            else:
-                take_inventory(settings, state, save=True, on_progress=bar.advance)
-        with ProgressBar("HEAD") as bar:
-            summary = make_plan(
-                settings,
-                state,
-                items=collected if dry_run else None,
-                dry_run=dry_run,
-                max_files=max_files,
-                on_progress=bar.advance,
-            )
+    with ProgressBar("inventory") as scanned, ProgressBar("HEAD") as looked_up:
+        summary = plan_batches(
+            settings,
+            dry_run=dry_run,
+            max_files=max_files,
+            on_inventory_progress=scanned.advance,
+            on_plan_progress=looked_up.advance,
+        ).plan
     if as_json:
         echo_json(summary)
         return

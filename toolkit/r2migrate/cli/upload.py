@@ -16,7 +16,6 @@ from r2migrate.cli.context import (
     Ctx,
     batch_option,
     graceful_stop,
-    open_state,
     pass_ctx,
     source_options,
 )
@@ -106,42 +105,31 @@ def run(
     if repair:
         _run_repair(settings, target, as_json)
         return
-    from r2migrate.stages.transfer import run as run_batches
+    from r2migrate import service
 
-    with open_state(settings) as state:
-        todo = _batches_to_run(settings, state, target, max_batches)
+    with service.open_state(settings) as state:
+        todo = service.batches_to_run(
+            settings, batch_id=target, max_batches=max_batches, state=state
+        )
         if not todo:
             click.echo("No batch has work left. Create some with `r2migrate plan`.")
             return
         bar = _UploadBar(todo)
         try:
             with bar, graceful_stop() as stop:
-                summary = run_batches(
+                ran = service.run_batches(
                     settings,
-                    state,
                     batch_id=target,
                     max_batches=max_batches,
                     on_progress=bar.on_progress,
                     stop=stop,
+                    state=state,
                 )
         except (Interrupted, KeyboardInterrupt) as exc:
             raise _interrupted(obj, state, todo, bar) from exc
-        batches = [state.get_batch(b.batch_id) for b in summary.batches]
-    _render_run(summary, batches, as_json)
-    if summary.failed:
+    _render_run(ran.summary, ran.batches, as_json)
+    if ran.summary.failed:
         sys.exit(int(ExitCode.FILES_FAILED))
-
-
-def _batches_to_run(
-    settings: Settings, state: State, target: str | None, max_batches: int | None
-) -> list[Batch]:
-    from r2migrate.rules import binding
-
-    if target:
-        todo = [state.get_batch(target)]
-    else:
-        todo, _ = binding.split_by_binding(settings, state.batches_to_run())
-    return todo if max_batches is None else todo[:max_batches]
 
 
 class _UploadBar(ProgressBar):
@@ -206,11 +194,11 @@ def _render_run(summary: RunSummary, batches: Sequence[Batch], as_json: bool) ->
 
 
 def _run_repair(settings: Settings, batch_id: str | None, as_json: bool) -> None:
-    from r2migrate.repairs import repair as repair_batches
+    from r2migrate.service import repair_batches
 
-    with open_state(settings) as state, graceful_stop() as stop:
-        summary = repair_batches(settings, state, batch_id=batch_id, stop=stop)
-        batches = [state.get_batch(b) for b in summary.batch_ids]
+    with graceful_stop() as stop:
+        repaired = repair_batches(settings, batch_id=batch_id, stop=stop)
+    summary, batches = repaired.summary, repaired.batches
     if as_json:
         echo_json(summary)
     else:
