@@ -597,9 +597,14 @@ def test_progress_off_a_terminal_is_a_plain_line_every_interval():
     assert lines[0].startswith("upload: 3/10 files (30%)")
     assert lines[-1].startswith("upload: 7/10 files (70%)") and lines[-1].endswith(", b1")
     quiet = io.StringIO()
-    with ProgressBar("upload", total=10, stream=quiet, interval_s=3600) as bar:
+    with ProgressBar("upload", total=10, stream=quiet, interval_s=3600, leave=True) as bar:
         bar.advance(4)
-    assert quiet.getvalue().splitlines() == [quiet.getvalue().strip()]  # only the closing line
+    (closing,) = quiet.getvalue().splitlines()  # the interval never passed: the last line only
+    assert closing.startswith("upload: 4/10 files (40%)")
+    transient = io.StringIO()  # like a bar a terminal clears: no closing line
+    with ProgressBar("inventory", stream=transient, interval_s=3600) as bar:
+        bar.advance(4)
+    assert transient.getvalue() == ""
     assert "\x1b" not in stream.getvalue() + quiet.getvalue()
     assert "\r" not in stream.getvalue() + quiet.getvalue()
 

@@ -20,8 +20,8 @@ class ProgressBar:
     """Progress on stderr, fed either increments (`advance`) or absolute counts (`show`).
 
     On a terminal it is a tqdm bar. Anywhere else (a pipe, a log file, systemd's journal) it
-    writes one plain line every ``interval_s`` and a last one when it closes: no ANSI codes,
-    no carriage returns.
+    writes one plain line every ``interval_s``, and a last one when it closes if ``leave``
+    (as a terminal keeps such a bar): no ANSI codes, no carriage returns.
     """
 
     def __init__(
@@ -38,6 +38,7 @@ class ProgressBar:
         self.desc, self.unit, self.total = desc, unit, total
         self.done, self.initial, self.note = initial, initial, ""
         self._stream = stream or sys.stderr
+        self._leave = leave
         self._interval_s = interval_s
         self._started = self._last_line = time.monotonic()
         self._bar: tqdm[Never] | None = None
@@ -82,7 +83,7 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.done != self.initial:
+        elif self._leave and self.done != self.initial:
             self._write_line()
 
     def __enter__(self) -> ProgressBar:
