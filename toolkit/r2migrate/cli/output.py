@@ -7,40 +7,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 import r2migrate.report.text as text
+from r2migrate.rules.text import human_bytes, jsonable
+
+__all__ = ["echo_failures", "echo_json", "examples", "human_bytes", "render_batches", "table"]
 
 if TYPE_CHECKING:
     from r2migrate.store.ledger import Batch
-
-
-def human_bytes(n: float | None) -> str:
-    return text.human_bytes(n)
 
 
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], *, max_cell: int = text.MAX_CELL_CHARS
 ) -> str:
     return "\n".join(text.table(headers, rows, max_cell_chars=max_cell))
-
-
-def jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {k: jsonable(v) for k, v in asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 def echo_json(value: Any) -> None:
