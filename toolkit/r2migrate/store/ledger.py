@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from procrastinate.schema import SchemaManager
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -455,6 +454,8 @@ def ledger_sql(schema: str = "r2migrate") -> str:
     parts.append(f"-- procrastinate {procrastinate_version()}: its file names no schema")
     parts.append(_QUEUE_SCHEMA.replace("{schema}", s) + ";")
     parts.append(f"SET LOCAL search_path TO {s};")
+    from procrastinate.schema import SchemaManager  # only to create the queue: keeps startup fast
+
     parts.append(SchemaManager.get_schema().rstrip())
     parts.append(
         f"INSERT INTO {s}.queue_schema (procrastinate_version) "
@@ -679,6 +680,8 @@ class State:
         log.info("installing procrastinate %s's tables in schema %s", installed, self.schema)
         self.conn.execute(self._q(_QUEUE_SCHEMA.replace("{schema}", "{s}")))
         self.conn.execute(self._q("SET LOCAL search_path TO {s}"))  # its file names no schema
+        from procrastinate.schema import SchemaManager
+
         self.conn.execute(SchemaManager.get_schema().encode())
         self.conn.execute(
             self._q("INSERT INTO {s}.queue_schema (procrastinate_version) VALUES (%s)"),
