@@ -1,0 +1,432 @@
+"""Sending one claimed file: read or fetch its bytes, hash them, create-only PUT, settle by HEAD.
+
+Must never touch the ledger (it returns an Outcome for the scheduler to record) nor choose which
+files to send; it runs in worker threads, one file per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any, cast
+
+from r2migrate.errors import (
+    BucketError,
+    ConfigError,
+    ObjectExists,
+    Problem,
+    SourceError,
+    SourceRefused,
+    SourceUnavailable,
+)
+from r2migrate.media import disk as source
+from r2migrate.media.http import MediaServer, SeekWindow
+from r2migrate.runtime.retry import backoff_s, is_retryable, retry_transient
+from r2migrate.s3.bucket import Bucket, ObjectInfo, part_size_for
+from r2migrate.s3.fastput import FastPut
+from r2migrate.settings.config import Settings
+from r2migrate.store.ledger import FileRecord, FileStatus, Outcome
+
+log = logging.getLogger(__name__)
+
+# Parts of one large file sent at once, so a batch holding one big file still uses several
+# connections; they stream from the file (no part is held in memory).
+PART_WORKERS = 4
+
+
+def _check_against_ledger(rec: FileRecord, found: source.SourceStat) -> None:
+    """Send only the file inventory measured: another size (or mtime, where recorded) is a
+    ``source_changed`` failure, never an upload of other bytes under the planned key."""
+    if found.size_bytes == rec.size_bytes and rec.mtime_ns in (None, found.mtime_ns):
+        return
+    now = f"{found.size_bytes} bytes, mtime_ns {found.mtime_ns}"
+    raise SourceError(
+        f"{rec.relative_path} is now {now}; inventory measured {rec.size_bytes} bytes, "
+        f"mtime_ns {rec.mtime_ns}. Nothing was sent.",
+        problem=Problem.SOURCE_CHANGED,
+        hint="Take the inventory and plan again for the changed file.",
+    )
+
+
+class SourceChanged(Exception):
+    """The file changed between the stat before reading and the stat after (retryable)."""
+
+
+class Sender:
+    """Sends one claimed file with retries; runs in worker threads, never touches the DB."""
+
+    def __init__(self, settings: Settings, bucket: Bucket, stop: threading.Event) -> None:
+        # source = "http": the bytes come from the application's MEDIA_URL, not from the disk.
+        self.http: MediaServer | None = None
+        if settings.source == "http":
+            self.http = MediaServer.from_settings(settings)
+        elif settings.media_root is None:
+            raise ConfigError(
+                "media_root is not set.", hint="Set media_root (Django's MEDIA_ROOT)."
+            )
+        self.settings = settings
+        self.media_root = Path(settings.media_root or ".")
+        self.bucket = bucket
+        self.stop = stop
+        self.rng = random.Random()
+        self.retries: Counter[str] = Counter()  # retries per cause, summarised by close()
+        self._retry_lock = threading.Lock()
+        self.fast: FastPut | None = None
+        if settings.fast_put:
+            try:
+                self.fast = FastPut(settings)
+            except ConfigError as exc:
+                log.warning("fast_put is off for this run: %s", exc.message)
+
+    def _note_retry(self, code: str, key: str, delay_s: float) -> None:
+        """One warning when a cause first appears; the rest are counted (see close): a media
+        server that dies must not print one line per file and attempt."""
+        with self._retry_lock:
+            self.retries[code] += 1
+            first = self.retries[code] == 1
+        if first:
+            log.warning(
+                "retrying %s in %.1fs after %s (further retries after %s are counted)",
+                key,
+                delay_s,
+                code,
+                code,
+            )
+        else:
+            log.debug("retrying %s in %.1fs after %s", key, delay_s, code)
+
+    def close(self) -> None:
+        with self._retry_lock:
+            counted, self.retries = self.retries, Counter()
+        for code, n in sorted(counted.items()):
+            log.warning("%d retries after %s", n, code)
+        if self.fast is not None:
+            self.fast.close()
+        if self.http is not None:
+            self.http.close()
+
+    def _put_small(self, rec: FileRecord, data: bytes, sha: str) -> str:
+        """One create-only PUT: the lean path when on, boto3 for what it cannot send."""
+        if self.fast is not None:
+            try:
+                return self.fast.put_object_checked(
+                    rec.object_key,
+                    data,
+                    sha256_hex=sha,
+                    content_type=rec.content_type,
+                    content_encoding=rec.content_encoding,
+                ).etag
+            except BucketError as exc:
+                if exc.code != "FastPutUnsupported":
+                    raise
+        return self.bucket.put_object_checked(
+            rec.object_key,
+            data,
+            sha256_hex=sha,
+            content_type=rec.content_type,
+            content_encoding=rec.content_encoding,
+        ).etag
+
+    def send(self, rec: FileRecord) -> Outcome:
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        if rec.previous_status is FileStatus.UPLOADING:
+            # A runner died after writing its intent: the PUT may have landed. HEAD before any
+            # byte is sent again.
+            resolved = self._resolve_abandoned(rec, events)
+            if resolved is not None:
+                return resolved
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                sha, etag, part_size, size, mtime_ns = self._put(rec)
+            except ObjectExists:
+                return self._resolve_existing(rec, attempt, events)
+            except SourceRefused:
+                raise  # 401/403 from the media server: wrong for every file, the run stops
+            except SourceError as exc:
+                events.append(("attempt", "failed", {"code": exc.problem.value}))
+                return self._failed(rec, attempt, exc.problem.value, exc.message, events)
+            except SourceChanged as exc:
+                code, message, retryable = "source_changed", str(exc), True
+            except SourceUnavailable as exc:  # the media server (source = "http"): 5xx, reset
+                code, message, retryable = "source_unavailable", exc.message, True
+            except BucketError as exc:
+                code, message, retryable = (
+                    exc.code or type(exc).__name__,
+                    exc.message,
+                    exc.retryable,
+                )
+            else:
+                events.append(("attempt", "uploaded", {"attempt": attempt, "etag": etag}))
+                # The ledger row is the record of every upload; the log line is for debugging.
+                log.debug(
+                    "uploaded %s (%d bytes, attempt %d)",
+                    rec.object_key,
+                    size,
+                    attempt,
+                    extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "uploaded"},
+                )
+                return Outcome(
+                    row_id=rec.id,
+                    status=FileStatus.UPLOADED,
+                    attempts_made=attempt,
+                    source_sha256=sha,
+                    object_sha256=sha,
+                    etag=etag,
+                    part_size_bytes=part_size,
+                    mtime_ns=mtime_ns,
+                    size_bytes=size,
+                    events=tuple(events),
+                )
+            events.append(
+                ("attempt", "error", {"attempt": attempt, "code": code, "error": message})
+            )
+            if not retryable or attempt >= self.settings.max_attempts or self.stop.is_set():
+                return self._failed(rec, attempt, code, message, events, transient=retryable)
+            delay = backoff_s(
+                attempt,
+                base_s=self.settings.backoff_base_s,
+                max_s=self.settings.backoff_max_s,
+                rng=self.rng,
+            )
+            self._note_retry(code, rec.object_key, delay)
+            if self.stop.wait(delay):
+                return self._failed(rec, attempt, code, message, events, transient=retryable)
+
+    def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int, int | None]:
+        if self.http is not None:
+            return self._put_http(rec, self.http)
+        # One safe path resolution per file; the checks after the read use the descriptor
+        # (fstat), which is what was read, so a rename or swap afterwards cannot fool them.
+        fh, before = source.open_media_file_with_stat(self.media_root, rec.relative_path)
+        with fh:
+            _check_against_ledger(rec, before)
+            if before.size_bytes <= self.settings.multipart_threshold_bytes:
+                data = fh.read()
+                after = os.fstat(fh.fileno())
+                if (
+                    after.st_size != before.size_bytes
+                    or after.st_mtime_ns != before.mtime_ns
+                    or len(data) != before.size_bytes
+                ):
+                    raise SourceChanged(f"{rec.relative_path} changed while it was read")
+                sha = hashlib.sha256(data).hexdigest()
+                etag = self._put_small(rec, data, sha)
+                return sha, etag, None, len(data), before.mtime_ns
+            # Large: one pass hashes the parts and the whole file, then the parts go from the
+            # file at their offsets (fastput: sendfile), each checked by the server.
+            part = part_size_for(before.size_bytes, self.settings.multipart_chunksize_bytes)
+            sha, result = self.bucket.put_file_multipart(
+                rec.object_key,
+                fh,
+                size_bytes=before.size_bytes,
+                mtime_ns=before.mtime_ns,
+                part_size_bytes=part,
+                content_type=rec.content_type,
+                content_encoding=rec.content_encoding,
+                part_workers=PART_WORKERS,
+                send_part=self.fast.upload_part if self.fast is not None else None,
+            )
+            return sha, result.etag, part, before.size_bytes, before.mtime_ns
+
+    def _put_http(
+        self, rec: FileRecord, server: MediaServer
+    ) -> tuple[str, str, int | None, int, int | None]:
+        """The same proof over HTTP: the SHA-256 of the bytes received, their count equal to the
+        Content-Length and to the size inventory recorded, then the same create-only PUT.
+
+        A body shorter than its Content-Length raises SourceUnavailable (retried); a size other
+        than the ledger's is a SIZE_MISMATCH failure and nothing is sent.
+        """
+        expected = rec.size_bytes
+        with server.open(rec.relative_path) as body:
+            self._check_remote_size(rec, body.content_length, "its Content-Length")
+            mtime_ns = body.mtime_ns if body.mtime_ns is not None else rec.mtime_ns
+            if expected <= self.settings.multipart_threshold_bytes:
+                data = body.read(expected + 1)  # one byte more than expected shows a longer body
+                self._check_remote_size(rec, len(data), "the body received")
+                sha = hashlib.sha256(data).hexdigest()
+                etag = self._put_small(rec, data, sha)
+                return sha, etag, None, len(data), mtime_ns
+            # Large: the digest travels in the metadata sent before the parts, so it needs a
+            # first pass; the body is not kept, so the parts come from a second GET, which
+            # put_multipart_checked re-hashes and aborts on if the two differ. That GET is
+            # held one part at a time (SeekWindow): the multipart path reads each part twice.
+            digest = hashlib.sha256()
+            while chunk := body.read(1 << 20):
+                digest.update(chunk)
+            self._check_remote_size(rec, body.bytes_read, "the body received")
+        sha = digest.hexdigest()
+        part = part_size_for(expected, self.settings.multipart_chunksize_bytes)
+        with server.open(rec.relative_path) as again:
+            self._check_remote_size(rec, again.content_length, "its Content-Length")
+            result = self.bucket.put_multipart_checked(
+                rec.object_key,
+                cast("IO[bytes]", SeekWindow(again, part)),  # read, readinto, forward seeks
+                size_bytes=expected,
+                part_size_bytes=part,
+                sha256_hex=sha,
+                content_type=rec.content_type,
+                content_encoding=rec.content_encoding,
+            )
+        return sha, result.etag, part, expected, mtime_ns
+
+    @staticmethod
+    def _check_remote_size(rec: FileRecord, size: int | None, what: str) -> None:
+        """``size`` (None: not told) must be the size inventory recorded for the file."""
+        if size is not None and size != rec.size_bytes:
+            raise SourceError(
+                f"{rec.relative_path!r}: {what} is {size} bytes, the inventory recorded "
+                f"{rec.size_bytes}; nothing was uploaded",
+                problem=Problem.SIZE_MISMATCH,
+                hint="If the file changed on purpose, take a new inventory and plan.",
+            )
+
+    def _source_sha256(self, name: str) -> tuple[str, int]:
+        if self.http is not None:
+            return self.http.sha256(name)
+        return source.sha256_file(self.media_root, name)
+
+    def _head(self, key: str) -> ObjectInfo | None:
+        """HEAD with the same retry rules as a PUT: transient failures back off and try again."""
+        return retry_transient(
+            lambda: self.bucket.head(key),
+            self.settings,
+            is_transient=is_retryable,
+            stop=self.stop,
+            rng=self.rng,
+        )
+
+    def _resolve_abandoned(
+        self, rec: FileRecord, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> Outcome | None:
+        try:
+            info = self._head(rec.object_key)
+        except BucketError as exc:
+            events.append(("resolve", "error", {"error": exc.message}))
+            return None
+        if info is None:
+            events.append(("resolve", "absent", {}))
+            return None
+        return self._judge_existing(rec, 0, info, events)
+
+    def _resolve_existing(
+        self, rec: FileRecord, attempt: int, events: list[tuple[str, str, dict[str, Any]]]
+    ) -> Outcome:
+        try:
+            info = self._head(rec.object_key)
+        except BucketError as exc:
+            return self._failed(rec, attempt, exc.code or "head_failed", exc.message, events)
+        if info is None:  # deleted in between: leave it for the next round
+            return self._failed(
+                rec, attempt, "vanished", "create-only PUT refused but no object found", events
+            )
+        return self._judge_existing(rec, attempt, info, events)
+
+    def _judge_existing(
+        self,
+        rec: FileRecord,
+        attempt: int,
+        info: ObjectInfo,
+        events: list[tuple[str, str, dict[str, Any]]],
+    ) -> Outcome:
+        """An object holds the key: it is ours only if it carries this file's SHA-256.
+
+        A "not ours" answer is asked again (up to max_attempts HEADs): a response cut inside its
+        header block parses as a complete one that lacks headers (http.client stops at EOF), so
+        an object of ours can look foreign once; a conflict never rests on a single answer.
+        """
+        try:
+            sha, size = self._source_sha256(rec.relative_path)
+        except SourceError as exc:
+            return self._failed(rec, attempt, exc.problem.value, exc.message, events)
+        except SourceUnavailable as exc:
+            return self._failed(
+                rec, attempt, "source_unavailable", exc.message, events, transient=True
+            )
+        looks = 1
+        wanted = (sha, size)
+        while (info.sha256_hex, info.size_bytes) != wanted and looks < self.settings.max_attempts:
+            delay = backoff_s(
+                looks,
+                base_s=self.settings.backoff_base_s,
+                max_s=self.settings.backoff_max_s,
+                rng=self.rng,
+            )
+            if self.stop.wait(delay):
+                break
+            try:
+                again = self._head(rec.object_key)
+            except BucketError:
+                break
+            looks += 1
+            if again is None:
+                break
+            info = again
+        object_sha, etag = info.sha256_hex, info.etag
+        if object_sha == sha and info.size_bytes == size:
+            events.append(("resolve", "ours", {"etag": etag, "looks": looks}))
+            log.info(
+                "%s already holds this file's SHA-256; not sent again",
+                rec.object_key,
+                extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "resolved"},
+            )
+            return Outcome(
+                row_id=rec.id,
+                status=FileStatus.UPLOADED,
+                attempts_made=attempt,
+                source_sha256=sha,
+                object_sha256=object_sha,
+                etag=etag,
+                size_bytes=size,
+                error_code="resolved_by_head",
+                events=tuple(events),
+            )
+        events.append(("resolve", "conflict", {"object_sha256": object_sha, "looks": looks}))
+        log.error(
+            "%s holds another object; it is never overwritten",
+            rec.object_key,
+            extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "conflict"},
+        )
+        return Outcome(
+            row_id=rec.id,
+            status=FileStatus.CONFLICT,
+            attempts_made=attempt,
+            source_sha256=sha,
+            object_sha256=object_sha,
+            error_code="conflict",
+            error_message="the key holds an object with another SHA-256 (or none of ours)",
+            events=tuple(events),
+        )
+
+    def _failed(
+        self,
+        rec: FileRecord,
+        attempt: int,
+        code: str,
+        message: str,
+        events: list[tuple[str, str, dict[str, Any]]],
+        *,
+        transient: bool = False,
+    ) -> Outcome:
+        log.error(
+            "failed %s after %d attempt(s): %s",
+            rec.object_key,
+            attempt,
+            message,
+            extra={"batch_id": rec.batch_id, "file_id": rec.file_id, "outcome": "failed"},
+        )
+        return Outcome(
+            row_id=rec.id,
+            status=FileStatus.FAILED,
+            attempts_made=attempt,
+            error_code=("transient:" if transient else "") + code,
+            error_message=message[:2000],
+            events=tuple(events),
+        )
