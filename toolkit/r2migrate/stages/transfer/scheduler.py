@@ -18,9 +18,15 @@ from datetime import UTC, datetime
 from r2migrate.errors import BucketUnavailable, SourceRefused, SourceUnavailable
 from r2migrate.runtime.pool import collect_finished
 from r2migrate.settings.config import Settings
+from r2migrate.stages.recorder import (
+    FLUSH_EVERY_S,
+    FailureStreak,
+    GroupedWrites,
+    write_back_done,
+    write_back_status,
+)
 from r2migrate.stages.transfer.results import BatchResult, BatchRun, Progress
 from r2migrate.stages.transfer.sender import Sender
-from r2migrate.store import catalog
 from r2migrate.store.ledger import (
     BatchStatus,
     FileRecord,
@@ -31,9 +37,6 @@ from r2migrate.store.ledger import (
 )
 
 log = logging.getLogger(__name__)
-
-FLUSH_EVERY_S = 0.5  # ledger writes are grouped: one transaction per flush, not per file
-FLUSH_EVERY_FILES = 64
 
 
 class BatchScheduler:
@@ -76,11 +79,10 @@ class BatchScheduler:
         self.runs: dict[str, BatchRun] = {}  # started, not yet finished
         self.results: list[BatchResult] = []
         self.claiming: BatchRun | None = None
-        self.unflushed: list[Outcome] = []
+        self.writes = GroupedWrites[tuple[Outcome, FileRecord]](self._write)
         self.in_flight: dict[Future[Outcome], FileRecord] = {}
-        self.records: dict[int, FileRecord] = {}  # finished but not yet flushed, for write-back
-        self.last_flush = self.last_renew = time.monotonic()
-        self.retryable_streak = 0
+        self.last_renew = time.monotonic()
+        self.streak = FailureStreak(settings.workers)
         self.outage: str | None = None
         self.outage_code = ""
         self.refused: SourceRefused | None = None  # 401/403 from the media server: every file
@@ -136,9 +138,8 @@ class BatchScheduler:
         for fut in collect_finished(self.done_queue, timeout_s=FLUSH_EVERY_S):
             if fut in self.in_flight:  # else cancelled by give_back_unstarted: handed back
                 self._collect(fut, self.in_flight.pop(fut))
+        self.writes.maybe_flush()
         now = time.monotonic()
-        if len(self.unflushed) >= FLUSH_EVERY_FILES or now - self.last_flush >= FLUSH_EVERY_S:
-            self._flush()
         if now - self.last_renew >= self.settings.lease_s / 3:
             self.state.renew_leases(
                 [r.id for r in self.in_flight.values()],
@@ -187,8 +188,7 @@ class BatchScheduler:
             if self.refused is None:
                 self.refused, self.outage, self.outage_code = exc, exc.message, "refused"
             return
-        self.records[rec.id] = rec
-        self.unflushed.append(outcome)
+        self.writes.add((outcome, rec))
         self._tally(run, rec, outcome)
         if self.on_progress is not None:
             self.on_progress(
@@ -206,7 +206,7 @@ class BatchScheduler:
     def _tally(self, run: BatchRun, rec: FileRecord, outcome: Outcome) -> None:
         run.tally["attempts"] += outcome.attempts_made
         if outcome.status is FileStatus.UPLOADED:
-            self.retryable_streak = 0
+            self.streak.reset()
             if outcome.error_code == "resolved_by_head":
                 run.tally["resolved"] += 1  # nothing sent: not an upload
             else:
@@ -222,12 +222,11 @@ class BatchScheduler:
             run.failures.append(
                 (rec.object_key, outcome.error_code or "", outcome.error_message or "")
             )
-            if (outcome.error_code or "").startswith("transient:"):
-                self.retryable_streak += 1
-                if self.retryable_streak >= max(10, self.settings.workers) and self.outage is None:
-                    self.outage = outcome.error_message or "every request failed"
-                    self.outage_code = outcome.error_code or ""
-                    log.error("stopping: the endpoint keeps failing (%s)", self.outage)
+            transient = (outcome.error_code or "").startswith("transient:")
+            if transient and self.streak.failed() and self.outage is None:
+                self.outage = outcome.error_message or "every request failed"
+                self.outage_code = outcome.error_code or ""
+                log.error("stopping: the endpoint keeps failing (%s)", self.outage)
 
     # -- batches ----------------------------------------------------------------------------
 
@@ -262,7 +261,7 @@ class BatchScheduler:
             if now < run.next_check:
                 wake = min(wake or run.next_check, run.next_check)
                 continue
-            self._flush()
+            self.writes.flush()
             if self.state.open_file_count(run.batch_id) == 0:
                 self._finish(run, finalize_batch(self.state, run.batch_id, run.failures))
                 continue
@@ -290,17 +289,14 @@ class BatchScheduler:
         )
         self.results.append(result)
 
-    def _flush(self) -> None:
-        by_batch: dict[str, list[Outcome]] = {}
-        for outcome in self.unflushed:
-            by_batch.setdefault(self.records[outcome.row_id].batch_id, []).append(outcome)
-        for batch_id, outcomes in by_batch.items():
-            self.state.record_outcomes(batch_id, outcomes, owner=self.owner)
+    def _write(self, done: list[tuple[Outcome, FileRecord]]) -> None:
+        by_batch: dict[str, list[tuple[Outcome, FileRecord]]] = {}
+        for outcome, rec in done:
+            by_batch.setdefault(rec.batch_id, []).append((outcome, rec))
+        for batch_id, group in by_batch.items():
+            self.state.record_outcomes(batch_id, [o for o, _ in group], owner=self.owner)
             if self.settings.write_back:
-                _write_back(self.settings, self.state, batch_id, outcomes, self.records)
-        self.unflushed.clear()
-        self.records.clear()
-        self.last_flush = time.monotonic()
+                _write_back(self.settings, self.state, batch_id, group)
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -312,8 +308,7 @@ class BatchScheduler:
         log.warning("interrupted: waiting for %d upload(s) in flight", len(self.in_flight))
         for fut, rec in list(self.in_flight.items()):
             try:
-                self.unflushed.append(fut.result())
-                self.records[rec.id] = rec
+                self.writes.add((fut.result(), rec))
             except Exception:
                 log.exception("upload of %s ended abnormally", rec.object_key)
         self.in_flight.clear()
@@ -325,7 +320,7 @@ class BatchScheduler:
             for fut in self.in_flight:
                 fut.cancel()
             futures_wait(list(self.in_flight))
-        self._flush()
+        self.writes.flush()
         # Anything still leased by this runner has an unknown outcome (an interrupt hit between
         # a PUT and its record): expire the lease so the next run HEADs it before sending.
         for batch_id in self.runs:
@@ -397,40 +392,17 @@ def finalize_batch(
 
 
 def _write_back(
-    settings: Settings,
-    state: State,
-    batch_id: str,
-    outcomes: Sequence[Outcome],
-    records: dict[int, FileRecord],
+    settings: Settings, state: State, batch_id: str, done: Sequence[tuple[Outcome, FileRecord]]
 ) -> None:
     """Fill the original system's migration columns: the whole set for uploaded files, the
     status alone ('failed', 'conflict') for the others, so none keeps an earlier 'verified'."""
-    others: dict[FileStatus, list[str]] = {}  # status -> file ids: one UPDATE per table each
-    for o in outcomes:
-        rec = records.get(o.row_id)
-        if rec is None:
-            continue
-        if o.status is not FileStatus.UPLOADED:
-            others.setdefault(o.status, []).extend(rec.source_refs or (rec.file_id,))
-            continue
-        by_ref = catalog.source_ids_by_reference(rec.source_refs or (rec.file_id,))
-        for ref_label, ids in by_ref.items():
-            ref = catalog.parse_reference(ref_label, id_column=settings.reference_id_column)
-            catalog.write_back(
-                state.conn,
-                ref,
-                ids,
-                object_key=rec.object_key,
-                status=FileStatus.UPLOADED.value,
-                batch_id=batch_id,
-                sha256_hex=o.source_sha256,
-                migrated_at=datetime.now(UTC),
-            )
-    for status, file_ids in others.items():
-        catalog.write_back_status_of(
-            state.conn,
-            file_ids,
-            status=status.value,
-            batch_id=batch_id,
-            id_column=settings.reference_id_column,
-        )
+    uploaded = [
+        (rec, o.source_sha256, datetime.now(UTC))
+        for o, rec in done
+        if o.status is FileStatus.UPLOADED
+    ]
+    write_back_done(settings, state, batch_id, uploaded, FileStatus.UPLOADED)
+    for status in (FileStatus.FAILED, FileStatus.CONFLICT):
+        others = [rec for o, rec in done if o.status is status]
+        if others:
+            write_back_status(settings, state, batch_id, others, status)
