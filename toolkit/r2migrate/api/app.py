@@ -535,9 +535,8 @@ def _check_token(settings: Settings) -> str:
 # -- the app ------------------------------------------------------------------------------------
 
 
-class _BodyTooLarge(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(413, f"Request body larger than {MAX_BODY_BYTES} bytes.")
+def _body_too_large() -> HTTPException:
+    return HTTPException(413, f"Request body larger than {MAX_BODY_BYTES} bytes.")
 
 
 class _LimitBody:
@@ -557,7 +556,7 @@ class _LimitBody:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
-                body = ErrorOut(code="body_too_large", message=_BodyTooLarge().detail)
+                body = ErrorOut(code="body_too_large", message=_body_too_large().detail)
                 await _json_error(413, body)(scope, receive, send)
                 return
         seen = 0
@@ -568,7 +567,7 @@ class _LimitBody:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > MAX_BODY_BYTES:
-                    raise _BodyTooLarge()
+                    raise _body_too_large()
             return message
 
         await self.app(scope, limited, send)

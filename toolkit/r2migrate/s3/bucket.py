@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import boto3
 import botocore.exceptions
+import urllib3.exceptions
 from botocore.config import Config
 
 from r2migrate.errors import (
@@ -37,6 +38,9 @@ from r2migrate.errors import (
     ObjectExists,
     TransientBucketError,
 )
+from r2migrate.errors import SourceMoved as SourceMoved
+from r2migrate.errors import SourceShort as SourceShort
+from r2migrate.errors import SourceUnreadable as SourceUnreadable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -98,20 +102,6 @@ class FileRegion:
     fd: int
     offset: int
     size: int
-
-
-class SourceShort(OSError):
-    """The file ended before its region did, so the request was cut off: the source shrank."""
-
-
-class SourceUnreadable(OSError):
-    """Reading the file for a part failed (EIO, ...): a source problem, not a network one."""
-
-
-class SourceMoved(DigestMismatch):
-    """The file changed before any byte of it was sent: worth another try, as for small files."""
-
-    retryable = True
 
 
 # Sends one part of a multipart upload and returns its ETag: (key, upload id, part number, the
@@ -216,7 +206,11 @@ def make_client(settings: Settings, *, max_pool_connections: int | None = None) 
 
 
 def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = None) -> BucketError:
-    """Map a botocore exception onto the tree; callers `raise translate_error(...) from exc`."""
+    """Map a botocore exception onto the tree; callers `raise translate_error(...) from exc`.
+
+    What is no S3 failure (a TypeError, a KeyError: a bug, not a failed file) is raised again as
+    it is, from here: only botocore's errors, urllib3's and the OS's network errors are mapped.
+    """
     where = f"{op} s3://{bucket}/{key}" if key is not None else f"{op} s3://{bucket}"
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
@@ -257,7 +251,9 @@ def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = N
         return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{where}: no credentials configured", code="NoCredentials")
-    return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
+    if isinstance(exc, botocore.exceptions.BotoCoreError | urllib3.exceptions.HTTPError | OSError):
+        return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
+    raise exc
 
 
 class _PartWindow:
@@ -761,12 +757,12 @@ class Bucket:
         """Stream the object back and hash it: (hex digest, size)."""
         try:
             resp = self.client.get_object(Bucket=self.name, Key=key)
-            body = resp["Body"]
             digest = hashlib.sha256()
             size = 0
-            for chunk in body.iter_chunks(chunk_bytes):
-                digest.update(chunk)
-                size += len(chunk)
+            with contextlib.closing(resp["Body"]) as body:  # closed on failure too
+                for chunk in body.iter_chunks(chunk_bytes):
+                    digest.update(chunk)
+                    size += len(chunk)
         except Exception as exc:
             raise self._error(exc, op="GET", bucket=self.name, key=key) from exc
         return digest.hexdigest(), size

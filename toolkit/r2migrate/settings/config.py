@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from r2migrate.errors import ConfigError
+from r2migrate.errors import SettingValueError as _ParseError
 
 __all__ = [
     "CONFIG_ENV",
@@ -613,10 +614,6 @@ def _how_to_set(name: str) -> str:
 
 
 # -- parsing ------------------------------------------------------------------------------------
-
-
-class _ParseError(ValueError):
-    pass
 
 
 # Choices compared case-insensitively; stored in the spelling the rest of the code expects.

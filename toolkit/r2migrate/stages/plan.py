@@ -88,7 +88,7 @@ def _decide(
     try:
         info: ObjectInfo | None = bucket.head(key)
     except BucketError as exc:
-        if exc.exit_code != 1:  # access denied / no bucket: the whole plan is wrong
+        if exc.whole_run:  # access denied, no bucket, certificate: the whole plan is wrong
             raise
         return Action.ERROR, exc.message, None
     if info is None:

@@ -155,7 +155,7 @@ class _Done:
     heads: int = 0
     gets: int = 0
     deletes: int = 0
-    transient: bool = False
+    retryable: bool = False
 
 
 def _item(
@@ -226,16 +226,16 @@ class _Remover:
             reason: str = "",
             *,
             etag: str | None = None,
-            transient: bool = False,
+            retryable: bool = False,
         ) -> _Done:
             sent = ask.sent
             item = _item(rec, outcome, reason, etag=etag)
-            return _Done(item, sent["HEAD"], sent["GET"], sent["DELETE"], transient)
+            return _Done(item, sent["HEAD"], sent["GET"], sent["DELETE"], retryable)
 
         try:
             info = ask("HEAD", lambda: self.bucket.head(rec.object_key))
         except BucketError as exc:
-            return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+            return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
         if info is None:
             return done(RollbackOutcome.ALREADY_GONE, "no object at the key")
         expected, size, why_not = self._expected(rec)
@@ -252,7 +252,7 @@ class _Remover:
             except BucketError as exc:
                 if exc.code in ("NoSuchKey", "404"):
                     return done(RollbackOutcome.ALREADY_GONE, "deleted while it was checked")
-                return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+                return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
             if digest != expected or got != size:
                 return done(
                     RollbackOutcome.REFUSED,
@@ -271,7 +271,7 @@ class _Remover:
             try:
                 again = ask("HEAD", lambda: self.bucket.head(rec.object_key))
             except BucketError as exc:
-                return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+                return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
             if again is None and retried:
                 # An earlier try of our DELETE landed and only its answer was lost.
                 return done(
@@ -287,7 +287,7 @@ class _Remover:
                 etag=again.etag,
             )
         except BucketError as exc:
-            return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+            return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
         return done(RollbackOutcome.DELETED, etag=info.etag)
 
     def _expected(self, rec: FileRecord) -> tuple[str | None, int, str]:
@@ -440,7 +440,7 @@ class _Tally:
         self.deletes += done.deletes
         if item.outcome in (RollbackOutcome.DELETED, RollbackOutcome.WOULD_DELETE):
             self.bytes_deleted += item.size_bytes
-        if done.transient:
+        if done.retryable:
             if self._streak.failed() and self.aborted is None:
                 self.aborted = (
                     f"the endpoint failed for {self._streak.count} files in a row"

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from r2migrate.errors import BatchRolledBack, BucketUnavailable, Interrupted
+from r2migrate.errors import BatchRolledBack, BucketUnavailable, Interrupted, SourceChanged
 from r2migrate.media import disk as source
 from r2migrate.rules import binding
 from r2migrate.runtime.retry import retry_transient
@@ -38,7 +38,7 @@ from r2migrate.stages.transfer.processes import (
 )
 from r2migrate.stages.transfer.results import BatchResult, Progress, RunSummary
 from r2migrate.stages.transfer.scheduler import BatchScheduler, send_batches
-from r2migrate.stages.transfer.sender import PART_WORKERS, Sender, SourceChanged
+from r2migrate.stages.transfer.sender import PART_WORKERS, Sender
 from r2migrate.store import catalog
 from r2migrate.store.ledger import Batch, BatchStatus, State
 

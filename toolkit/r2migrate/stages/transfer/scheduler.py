@@ -26,7 +26,7 @@ from r2migrate.stages.recorder import (
     write_back_status,
 )
 from r2migrate.stages.transfer.results import BatchResult, BatchRun, Progress
-from r2migrate.stages.transfer.sender import Sender
+from r2migrate.stages.transfer.sender import SOURCE_UNAVAILABLE, Sender
 from r2migrate.store.ledger import (
     BatchStatus,
     FileRecord,
@@ -207,7 +207,7 @@ class BatchScheduler:
         run.tally["attempts"] += outcome.attempts_made
         if outcome.status is FileStatus.UPLOADED:
             self.streak.reset()
-            if outcome.error_code == "resolved_by_head":
+            if outcome.settled_by_head:
                 run.tally["resolved"] += 1  # nothing sent: not an upload
             else:
                 run.tally["uploaded"] += 1
@@ -222,8 +222,7 @@ class BatchScheduler:
             run.failures.append(
                 (rec.object_key, outcome.error_code or "", outcome.error_message or "")
             )
-            transient = (outcome.error_code or "").startswith("transient:")
-            if transient and self.streak.failed() and self.outage is None:
+            if outcome.retryable and self.streak.failed() and self.outage is None:
                 self.outage = outcome.error_message or "every request failed"
                 self.outage_code = outcome.error_code or ""
                 log.error("stopping: the endpoint keeps failing (%s)", self.outage)
@@ -334,7 +333,7 @@ class BatchScheduler:
         unfinished = [r.batch_id for r in self.results if r.status is BatchStatus.PARTIAL]
         first = unfinished[0] if unfinished else batch_ids[0]
         resume = f"resume with `r2migrate run --resume-batch {first}`"
-        if self.outage_code == "transient:source_unavailable":
+        if self.outage_code == SOURCE_UNAVAILABLE:
             raise SourceUnavailable(
                 f"Batch {first} stopped: the media server failed every recent request "
                 f"({self.outage}).",

@@ -18,8 +18,10 @@ from typing import IO, Any, cast
 from r2migrate.errors import (
     BucketError,
     ConfigError,
+    FastPutUnsupported,
     ObjectExists,
     Problem,
+    SourceChanged,
     SourceError,
     SourceRefused,
     SourceUnavailable,
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 # Parts of one large file sent at once, so a batch holding one big file still uses several
 # connections; they stream from the file (no part is held in memory).
 PART_WORKERS = 4
+# The error code of a file the media server (source = "http") failed to serve, 5xx or reset.
+SOURCE_UNAVAILABLE = "source_unavailable"
 
 
 def _check_against_ledger(rec: FileRecord, found: source.SourceStat) -> None:
@@ -51,10 +55,6 @@ def _check_against_ledger(rec: FileRecord, found: source.SourceStat) -> None:
         problem=Problem.SOURCE_CHANGED,
         hint="Take the inventory and plan again for the changed file.",
     )
-
-
-class SourceChanged(Exception):
-    """The file changed between the stat before reading and the stat after (retryable)."""
 
 
 class Sender:
@@ -121,9 +121,8 @@ class Sender:
                     content_type=rec.content_type,
                     content_encoding=rec.content_encoding,
                 ).etag
-            except BucketError as exc:
-                if exc.code != "FastPutUnsupported":
-                    raise
+            except FastPutUnsupported:
+                pass  # a header value fast_put does not encode: boto3 sends this one
         return self.bucket.put_object_checked(
             rec.object_key,
             data,
@@ -149,13 +148,13 @@ class Sender:
                 return self._resolve_existing(rec, attempt, events)
             except SourceRefused:
                 raise  # 401/403 from the media server: wrong for every file, the run stops
+            except SourceChanged as exc:  # while it was read: another try may find it still
+                code, message, retryable = exc.problem.value, exc.message, True
             except SourceError as exc:
                 events.append(("attempt", "failed", {"code": exc.problem.value}))
                 return self._failed(rec, attempt, exc.problem.value, exc.message, events)
-            except SourceChanged as exc:
-                code, message, retryable = "source_changed", str(exc), True
             except SourceUnavailable as exc:  # the media server (source = "http"): 5xx, reset
-                code, message, retryable = "source_unavailable", exc.message, True
+                code, message, retryable = SOURCE_UNAVAILABLE, exc.message, True
             except BucketError as exc:
                 code, message, retryable = (
                     exc.code or type(exc).__name__,
@@ -188,7 +187,7 @@ class Sender:
                 ("attempt", "error", {"attempt": attempt, "code": code, "error": message})
             )
             if not retryable or attempt >= self.settings.max_attempts or self.stop.is_set():
-                return self._failed(rec, attempt, code, message, events, transient=retryable)
+                return self._failed(rec, attempt, code, message, events, retryable=retryable)
             delay = backoff_s(
                 attempt,
                 base_s=self.settings.backoff_base_s,
@@ -197,7 +196,7 @@ class Sender:
             )
             self._note_retry(code, rec.object_key, delay)
             if self.stop.wait(delay):
-                return self._failed(rec, attempt, code, message, events, transient=retryable)
+                return self._failed(rec, attempt, code, message, events, retryable=retryable)
 
     def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int, int | None]:
         if self.http is not None:
@@ -348,7 +347,7 @@ class Sender:
             return self._failed(rec, attempt, exc.problem.value, exc.message, events)
         except SourceUnavailable as exc:
             return self._failed(
-                rec, attempt, "source_unavailable", exc.message, events, transient=True
+                rec, attempt, SOURCE_UNAVAILABLE, exc.message, events, retryable=True
             )
         looks = 1
         wanted = (sha, size)
@@ -385,8 +384,9 @@ class Sender:
                 object_sha256=object_sha,
                 etag=etag,
                 size_bytes=size,
-                error_code="resolved_by_head",
+                error_code="resolved_by_head",  # the ledger's record of why nothing was sent
                 events=tuple(events),
+                settled_by_head=True,
             )
         events.append(("resolve", "conflict", {"object_sha256": object_sha, "looks": looks}))
         log.error(
@@ -413,7 +413,7 @@ class Sender:
         message: str,
         events: list[tuple[str, str, dict[str, Any]]],
         *,
-        transient: bool = False,
+        retryable: bool = False,
     ) -> Outcome:
         log.error(
             "failed %s after %d attempt(s): %s",
@@ -426,7 +426,8 @@ class Sender:
             row_id=rec.id,
             status=FileStatus.FAILED,
             attempts_made=attempt,
-            error_code=("transient:" if transient else "") + code,
+            error_code=code,
             error_message=message[:2000],
             events=tuple(events),
+            retryable=retryable,
         )

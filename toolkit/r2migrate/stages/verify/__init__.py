@@ -46,6 +46,7 @@ from r2migrate.errors import (
     ConfigError,
     ExitCode,
     Interrupted,
+    split_error_code,
 )
 from r2migrate.media.http import MediaServer
 from r2migrate.rules import binding
@@ -206,7 +207,8 @@ def verify(
     tally = _Tally(settings, state, on_progress, files_total=len(rows))
     for rec in rows:
         if rec.status not in DONE_STATUSES:
-            why = f"status {rec.status.value}" + (f" ({rec.error_code})" if rec.error_code else "")
+            code, _ = split_error_code(rec.error_code)  # older rows: 'transient:<code>'
+            why = f"status {rec.status.value}" + (f" ({code})" if code else "")
             tally.add(Checked(file_check(rec, VerifyOutcome.NOT_UPLOADED, why)), rec)
     _check_all(settings, bucket, stop, tally, checkable, deep_ids)
     prefixes: list[str] = []
@@ -362,7 +364,7 @@ class _Tally:
             self.bytes_proven += check.size_bytes
         else:
             self.problems.append(check)
-        if checked.transient:
+        if checked.retryable:
             if self._streak.failed() and self.aborted is None:
                 self.aborted = (
                     f"the endpoint failed for {self._streak.count} files in a row"

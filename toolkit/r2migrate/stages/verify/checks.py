@@ -63,7 +63,7 @@ class Checked:
     heads: int = 0
     gets: int = 0
     bytes_read: int = 0
-    transient: bool = False  # an endpoint failure worth counting towards an outage
+    retryable: bool = False  # an endpoint failure worth counting towards an outage
 
 
 class Checker:
@@ -97,7 +97,7 @@ class Checker:
             reason: str = "",
             *,
             etag: str | None = None,
-            transient: bool = False,
+            retryable: bool = False,
         ) -> Checked:
             gets = ask.sent["GET"]
             return Checked(
@@ -105,7 +105,7 @@ class Checker:
                 ask.sent["HEAD"],
                 gets,
                 read,
-                transient,
+                retryable,
             )
 
         expected = rec.object_sha256 or rec.source_sha256
@@ -114,7 +114,7 @@ class Checker:
         try:
             info = ask("HEAD", lambda: self.bucket.head(rec.object_key))
         except BucketError as exc:
-            return done(VerifyOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+            return done(VerifyOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
         if info is None:
             return done(VerifyOutcome.MISSING, "no object at the key")
         mismatch = _compare_head(rec, info, expected)
@@ -127,7 +127,7 @@ class Checker:
             except BucketError as exc:
                 if exc.code in ("NoSuchKey", "404"):
                     return done(VerifyOutcome.MISSING, "the object vanished while it was read")
-                return done(VerifyOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+                return done(VerifyOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
             read = size
             if size != rec.size_bytes or digest != expected:
                 what = "rewritten (ETag changed) and its" if rewritten else "the object's"
@@ -140,7 +140,7 @@ class Checker:
         try:
             changed = self._source_changed(rec, deep)
         except SourceUnavailable as exc:
-            return done(VerifyOutcome.ERROR, exc.message, etag=info.etag, transient=True)
+            return done(VerifyOutcome.ERROR, exc.message, etag=info.etag, retryable=True)
         if changed:
             return done(VerifyOutcome.SOURCE_CHANGED, changed, etag=info.etag)
         return done(VerifyOutcome.MATCH, etag=info.etag)
