@@ -37,7 +37,7 @@ LAYERS = {
 }
 STAGES = "stages"
 # Modules of stages/ that are no stage: every stage may import them, and they import no stage.
-STAGE_SHARED = {"recorder"}
+STAGE_SHARED = {"progress", "recorder"}
 
 
 def _imports(path: Path) -> set[str]:

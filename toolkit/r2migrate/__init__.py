@@ -51,6 +51,7 @@ from r2migrate.s3.bucket import Bucket, ObjectInfo
 from r2migrate.settings.config import Settings, load_settings
 from r2migrate.stages.inventory import CostEstimate, InventorySummary, inventory
 from r2migrate.stages.plan import Action, PlanItem, PlanSummary, plan
+from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.rollback import (
     RollbackItem,
     RollbackOutcome,
@@ -113,6 +114,7 @@ __all__ = [
     "SourceRefused",
     "SourceSpec",
     "SourceUnavailable",
+    "StageProgress",
     "State",
     "StateError",
     "Target",

@@ -40,6 +40,7 @@ from r2migrate.stages.inventory import (
 )
 from r2migrate.stages.plan import Action
 from r2migrate.stages.plan import plan as make_plan
+from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.rollback import RollbackProgress
 from r2migrate.stages.rollback import rollback as rollback_batch
 from r2migrate.stages.transfer import Progress
@@ -288,13 +289,15 @@ def _echo_json(value: Any) -> None:
 
 
 @contextmanager
-def _progress(total: int | None, desc: str, unit: str = "file") -> Iterator[Callable[[int], None]]:
+def _progress(
+    total: int | None, desc: str, unit: str = "file"
+) -> Iterator[Callable[[StageProgress], None]]:
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False)
 
-    def tick(n: int) -> None:
-        bar.update(n)
+    def tick(p: StageProgress) -> None:
+        bar.update(p.files_done - bar.n)
 
     try:
         yield tick

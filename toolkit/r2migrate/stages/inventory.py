@@ -23,6 +23,7 @@ from r2migrate.media import disk as source
 from r2migrate.media.http import MediaServer
 from r2migrate.rules import binding, keys
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.store import catalog
 from r2migrate.store.ledger import Connection, MediaFile, State, connect
 
@@ -427,7 +428,7 @@ def inventory(
     files_per_s: float = DEFAULT_FILES_PER_S,
     mib_per_s: float = DEFAULT_MIB_PER_S,
     on_file: Callable[[MediaFile], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     max_examples: int = 1000,
 ) -> InventorySummary:
     """Scan references and disk; store the snapshot unless `save` is False (dry runs)."""
@@ -439,7 +440,7 @@ def inventory(
             if on_file is not None:
                 on_file(item)
             if on_progress is not None:
-                on_progress(1)
+                on_progress(census.progress(item))
             yield item
 
     scanned = observe(scan_media(settings))
@@ -493,6 +494,19 @@ class _Census:
                     self._add_migratable(item.size_bytes or 0)
         if item.problems and len(self.examples) < self.max_examples:
             self.examples.append(item)
+
+    def progress(self, item: MediaFile) -> StageProgress:
+        """Where the scan is, after ``item`` (files_total 0: the walk does not know it yet)."""
+        totals = self.totals
+        return StageProgress(
+            "",
+            totals["rows"] + totals["orphans"],
+            0,
+            bytes_done=totals["bytes_ok"] + totals["orphan_bytes"],
+            last_key=item.relative_path or item.file_id,
+            last_status=",".join(item.problems) or "ok",
+            stage="inventory",
+        )
 
     def _add_migratable(self, size: int) -> None:
         self.totals["migratable"] += 1

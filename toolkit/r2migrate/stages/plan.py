@@ -19,6 +19,7 @@ from r2migrate.media.http import MediaServer
 from r2migrate.rules import binding, keys
 from r2migrate.s3.bucket import Bucket, ObjectInfo
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.store.ledger import FileStatus, MediaFile, NewFile, State
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def plan(
     batch_size: int | None = None,
     max_files: int | None = None,
     bucket: Bucket | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     keep_items: bool = True,
 ) -> PlanSummary:
     """Decide what to do with each object key and, unless dry_run, store the batches."""
@@ -155,7 +156,16 @@ def plan(
             ):
                 headed.append((result, digest, group))
                 if on_progress is not None:
-                    on_progress(1)
+                    on_progress(
+                        StageProgress(
+                            "",
+                            len(headed),
+                            len(to_head),
+                            last_key=result.object_key or "",
+                            last_status=result.action.value,
+                            stage="plan",
+                        )
+                    )
     finally:
         header.close()
     sendable = [h for h in headed if h[0].action in _SENDABLE]

@@ -56,6 +56,7 @@ from r2migrate.runtime.pool import drain
 from r2migrate.runtime.retry import Requests
 from r2migrate.s3.bucket import Bucket, ObjectInfo
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.recorder import (
     FLUSH_EVERY_S,
     FailureStreak,
@@ -105,12 +106,7 @@ class RollbackItem:
     etag: str | None = None  # of the object deleted (or that would be)
 
 
-@dataclass(frozen=True)
-class RollbackProgress:
-    files_done: int
-    files_total: int
-    last_key: str
-    last_outcome: str
+RollbackProgress = StageProgress  # the former name of rollback's progress
 
 
 @dataclass(frozen=True)
@@ -322,7 +318,7 @@ def rollback(
     batch_id: str,
     *,
     dry_run: bool = False,
-    on_progress: Callable[[RollbackProgress], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     bucket: Bucket | None = None,
 ) -> RollbackSummary:
     """Undo one batch: delete the objects it wrote that still hold its SHA-256, mark the rows.
@@ -413,7 +409,7 @@ class _Tally:
         settings: Settings,
         state: State,
         batch_id: str,
-        on_progress: Callable[[RollbackProgress], None] | None,
+        on_progress: Callable[[StageProgress], None] | None,
         *,
         dry_run: bool,
         files_total: int,
@@ -458,8 +454,13 @@ class _Tally:
         self.items.append(item)
         if self.on_progress is not None:
             self.on_progress(
-                RollbackProgress(
-                    len(self.items), self.files_total, item.object_key, item.outcome.value
+                StageProgress(
+                    self.batch_id,
+                    len(self.items),
+                    self.files_total,
+                    last_key=item.object_key,
+                    last_status=item.outcome.value,
+                    stage="rollback",
                 )
             )
 

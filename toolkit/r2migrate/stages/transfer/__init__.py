@@ -8,7 +8,7 @@ The package, one concern per module:
 * ``sender``: one claimed file, in a worker thread (read, hash, PUT, settle by HEAD);
 * ``scheduler``: ``BatchScheduler``, one runner's loop (claim, submit, record in groups);
 * ``processes``: several upload processes over the same batches;
-* ``results``: what a run reports (``BatchResult``, ``RunSummary``, ``Progress``);
+* ``results``: what a run reports (``BatchResult``, ``RunSummary``; ``Progress``, an alias);
 * this module: ``run``, the stage's entry point, and its preflight checks.
 """
 
@@ -28,6 +28,7 @@ from r2migrate.rules import binding
 from r2migrate.runtime.retry import retry_transient
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.transfer.processes import (
     ErrorPayload,
     die_with_parent,
@@ -52,6 +53,7 @@ __all__ = [
     "RunSummary",
     "Sender",
     "SourceChanged",
+    "StageProgress",
     "check_bucket",
     "check_source_reachable",
     "die_with_parent",
@@ -75,7 +77,7 @@ def run(
     max_batches: int | None = None,
     bucket: Bucket | None = None,
     stop: threading.Event | None = None,
-    on_progress: Callable[[Progress], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     processes: int | None = None,
     retry_failed: bool = True,
 ) -> RunSummary:

@@ -33,7 +33,8 @@ from r2migrate.errors import (
 from r2migrate.runtime.logs import configure_logging
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
-from r2migrate.stages.transfer.results import BatchResult, Progress, RunSummary
+from r2migrate.stages.progress import StageProgress
+from r2migrate.stages.transfer.results import BatchResult, RunSummary
 from r2migrate.stages.transfer.scheduler import finalize_batch, send_batches
 from r2migrate.stages.transfer.sender import Sender
 from r2migrate.store.ledger import BatchStatus, State
@@ -47,7 +48,7 @@ def run_processes(
     batch_ids: Sequence[str],
     count: int,
     stop: threading.Event,
-    on_progress: Callable[[Progress], None] | None,
+    on_progress: Callable[[StageProgress], None] | None,
 ) -> RunSummary:
     """Spawn `count` upload processes over the same batches; the ledger's leases split the work."""
     ctx = multiprocessing.get_context("spawn")  # no fork: the parent holds sockets and threads
@@ -218,6 +219,7 @@ def rebuild_error(payload: ErrorPayload) -> ToolkitError:
         "NoSuchBucket": NoSuchBucket,
         "BatchNotFound": BatchNotFound,
         "SourceUnavailable": SourceUnavailable,
+        "Interrupted": Interrupted,  # so a caller can ask isinstance(..., Interrupted)
     }
     error = kinds.get(name, ToolkitError)(message, hint=hint)
     error.exit_code = ExitCode(code)  # e.g. SourceRefused (exit 2) arrives as a ToolkitError
@@ -228,7 +230,7 @@ def _poll_progress(
     state: State,
     batch_ids: Sequence[str],
     seen: dict[str, tuple[int, str]],
-    on_progress: Callable[[Progress], None],
+    on_progress: Callable[[StageProgress], None],
 ) -> None:
     wanted = set(batch_ids)
     for b in state.list_batches():
@@ -238,8 +240,15 @@ def _poll_progress(
         if seen.get(b.batch_id) != (done, b.status.value):
             seen[b.batch_id] = (done, b.status.value)
             on_progress(
-                Progress(
-                    b.batch_id, done, b.total_files, b.uploaded_bytes, b.total_bytes, "", b.status
+                StageProgress(
+                    b.batch_id,
+                    done,
+                    b.total_files,
+                    b.uploaded_bytes,
+                    b.total_bytes,
+                    "",
+                    b.status.value,
+                    stage="run",
                 )
             )
 

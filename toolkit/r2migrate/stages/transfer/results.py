@@ -8,18 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from r2migrate.stages.progress import StageProgress
 from r2migrate.store.ledger import BatchStatus
 
-
-@dataclass(frozen=True)
-class Progress:
-    batch_id: str
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
-    last_key: str
-    last_status: str
+# run's progress is every stage's: the old name stays importable.
+Progress = StageProgress
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from r2migrate.errors import BucketUnavailable, SourceRefused, SourceUnavailable
 from r2migrate.runtime.pool import collect_finished
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.recorder import (
     FLUSH_EVERY_S,
     FailureStreak,
@@ -25,7 +26,7 @@ from r2migrate.stages.recorder import (
     write_back_done,
     write_back_status,
 )
-from r2migrate.stages.transfer.results import BatchResult, BatchRun, Progress
+from r2migrate.stages.transfer.results import BatchResult, BatchRun
 from r2migrate.stages.transfer.sender import SOURCE_UNAVAILABLE, Sender
 from r2migrate.store.ledger import (
     BatchStatus,
@@ -60,7 +61,7 @@ class BatchScheduler:
         state: State,
         sender: Sender,
         stop: threading.Event,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: Callable[[StageProgress], None] | None = None,
         *,
         pool: ThreadPoolExecutor | None = None,
         owner: str | None = None,
@@ -192,7 +193,7 @@ class BatchScheduler:
         self._tally(run, rec, outcome)
         if self.on_progress is not None:
             self.on_progress(
-                Progress(
+                StageProgress(
                     run.batch_id,
                     run.done_files,
                     run.files_total,
@@ -200,6 +201,7 @@ class BatchScheduler:
                     run.bytes_total,
                     rec.object_key,
                     outcome.status.value,
+                    stage="run",
                 )
             )
 
@@ -351,7 +353,7 @@ def send_batches(
     batch_ids: Sequence[str],
     sender: Sender,
     stop: threading.Event,
-    on_progress: Callable[[Progress], None] | None,
+    on_progress: Callable[[StageProgress], None] | None,
     *,
     pool: ThreadPoolExecutor | None = None,
     owner: str | None = None,

@@ -54,6 +54,7 @@ from r2migrate.runtime.pool import drain
 from r2migrate.runtime.retry import Requests
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.recorder import (
     FLUSH_EVERY_S,
     FailureStreak,
@@ -76,6 +77,7 @@ __all__ = [
     "CLASS_A_USD_PER_MILLION",
     "CLASS_B_USD_PER_MILLION",
     "FileCheck",
+    "StageProgress",
     "VerifyOutcome",
     "VerifyProgress",
     "VerifySummary",
@@ -90,12 +92,7 @@ CLASS_A_USD_PER_MILLION = 4.50  # R2: writes and LIST
 CLASS_B_USD_PER_MILLION = 0.36  # R2: reads (HEAD, GET)
 
 
-@dataclass(frozen=True)
-class VerifyProgress:
-    files_done: int
-    files_total: int
-    last_key: str
-    last_outcome: str
+VerifyProgress = StageProgress  # the former name of verify's progress
 
 
 @dataclass(frozen=True)
@@ -175,7 +172,7 @@ def verify(
     deep: bool = False,
     sample: int | None = None,
     seed: int | None = None,
-    on_progress: Callable[[VerifyProgress], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     bucket: Bucket | None = None,
 ) -> VerifySummary:
     """Check one batch (`batch_id`) or every batch (`all_batches`) against the bucket and disk.
@@ -336,7 +333,7 @@ class _Tally:
         self,
         settings: Settings,
         state: State,
-        on_progress: Callable[[VerifyProgress], None] | None,
+        on_progress: Callable[[StageProgress], None] | None,
         *,
         files_total: int,
     ) -> None:
@@ -378,8 +375,13 @@ class _Tally:
             self.files_done += 1
             if self.on_progress is not None:
                 self.on_progress(
-                    VerifyProgress(
-                        self.files_done, self.files_total, check.object_key, check.outcome.value
+                    StageProgress(
+                        check.batch_id,
+                        self.files_done,
+                        self.files_total,
+                        last_key=check.object_key,
+                        last_status=check.outcome.value,
+                        stage="verify",
                     )
                 )
 
