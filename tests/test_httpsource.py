@@ -202,7 +202,7 @@ def test_changed_size_and_a_cut_body_fail_without_an_object(http_settings, serve
     assert changed.status is FileStatus.FAILED and changed.error_code == "size_mismatch"
     assert "inventory recorded" in (changed.error_message or "")
     assert short.status is FileStatus.FAILED
-    assert short.error_code == "transient:source_unavailable" and short.attempts == 2
+    assert short.error_code == "source_unavailable" and short.attempts == 2
     assert "20000 of 40000 bytes" in (short.error_message or "")
     keys = set(_objects(settings))
     assert changed.object_key not in keys and short.object_key not in keys

@@ -7,7 +7,16 @@ import hashlib
 import psycopg
 import pytest
 
-from r2migrate import inventory, plan
+from r2migrate import (
+    Progress,
+    RollbackProgress,
+    StageProgress,
+    VerifyProgress,
+    inventory,
+    plan,
+    rollback,
+    verify,
+)
 from r2migrate import run as run_batches
 from r2migrate.errors import Problem
 from r2migrate.s3.bucket import Bucket
@@ -195,3 +204,31 @@ def test_plan_lists_once_and_heads_only_keys_that_exist(settings, sample, media_
     assert summary.list_requests == 1
     assert summary.head_requests == len(present) == 3
     assert summary.actions[Action.CONFLICT.value] == 3
+
+
+def test_every_stage_reports_one_progress_type(settings, sample):
+    seen: list[StageProgress] = []
+    with State.open(settings.database_url) as state:
+        taken = inventory(settings, state, on_progress=seen.append)
+        planned = plan(settings, state, batch_size=1000, on_progress=seen.append)
+        (batch_id,) = planned.batch_ids
+        run_batches(settings, state, on_progress=seen.append)
+        verify(settings, state, batch_id=batch_id, on_progress=seen.append)
+        rollback(settings, state, batch_id, on_progress=seen.append)
+    assert all(type(p) is StageProgress for p in seen)
+    by_stage: dict[str, list[StageProgress]] = {}
+    for p in seen:
+        by_stage.setdefault(p.stage, []).append(p)
+    assert list(by_stage) == ["inventory", "plan", "run", "verify", "rollback"]
+    walked = by_stage["inventory"]
+    assert [p.files_done for p in walked] == list(range(1, taken.rows + taken.orphans + 1))
+    for stage in ("plan", "run", "verify", "rollback"):
+        last = by_stage[stage][-1]
+        assert last.files_done == last.files_total > 0, stage
+        assert [p.files_done for p in by_stage[stage]] == sorted(
+            p.files_done for p in by_stage[stage]
+        )
+    assert {p.batch_id for p in by_stage["run"] + by_stage["rollback"]} == {batch_id}
+    # the former names are the same type, so old annotations and imports keep working
+    assert Progress is VerifyProgress is RollbackProgress is StageProgress
+    assert by_stage["verify"][-1].last_outcome == by_stage["verify"][-1].last_status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -10,12 +11,13 @@ import threading
 import time
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 
 from r2migrate import inventory, plan
 from r2migrate import run as run_batches
-from r2migrate.errors import BucketUnavailable
-from r2migrate.s3.bucket import Bucket
+from r2migrate.errors import AccessDenied, BucketError, BucketUnavailable, TransientBucketError
+from r2migrate.s3.bucket import Bucket, translate_error
 from r2migrate.store.ledger import BatchStatus, FileStatus, State
 from tests.proxy import FaultProxy
 
@@ -345,3 +347,31 @@ def test_run_summary_reports_wall_time_and_counts_head_settlements_apart(
     assert summary.uploaded == total - len(there)
     assert summary.bytes_sent == (total - len(there)) * 1000
     assert summary.files_per_s == pytest.approx(summary.uploaded / summary.elapsed_s)
+
+
+def test_translate_error_raises_again_what_is_no_s3_failure():
+    bug = TypeError("unsupported operand type(s)")
+    with pytest.raises(TypeError) as caught:
+        translate_error(bug, op="PUT", bucket="b", key="k")
+    assert caught.value is bug
+    reset = translate_error(ConnectionResetError("reset by peer"), op="PUT", bucket="b", key="k")
+    assert isinstance(reset, TransientBucketError) and reset.retryable
+    denied = botocore.exceptions.ClientError(
+        {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+        "PutObject",
+    )
+    mapped = translate_error(denied, op="PUT", bucket="b", key="k")
+    assert isinstance(mapped, AccessDenied) and mapped.whole_run
+
+
+def test_a_bug_inside_a_request_surfaces_as_itself_not_as_a_failed_file(settings):
+    bucket = Bucket(settings)
+    data = b"the same bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    bucket.put_object_checked("bug/one.txt", data, sha256_hex=sha, content_type="text/plain")
+    assert bucket.get_sha256("bug/one.txt") == (sha, len(data))
+    with pytest.raises(TypeError):  # a programming error inside the GET: not an S3 failure
+        bucket.get_sha256("bug/one.txt", chunk_bytes="1 MiB")  # type: ignore[arg-type]
+    with pytest.raises(BucketError) as missing:  # a real S3 answer is still translated
+        bucket.get_sha256("bug/absent.txt")
+    assert not isinstance(missing.value, TypeError) and not missing.value.retryable

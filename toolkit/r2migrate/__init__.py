@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from r2migrate.settings.config import Settings, load_settings
     from r2migrate.stages.inventory import CostEstimate, InventorySummary, inventory
     from r2migrate.stages.plan import Action, PlanItem, PlanSummary, plan
+    from r2migrate.stages.progress import StageProgress
     from r2migrate.stages.rollback import (
         RollbackItem,
         RollbackOutcome,
@@ -120,6 +121,7 @@ _LAZY: dict[str, str] = {
     "RollbackItem": "r2migrate.stages.rollback",
     "RollbackOutcome": "r2migrate.stages.rollback",
     "RollbackProgress": "r2migrate.stages.rollback",
+    "StageProgress": "r2migrate.stages.progress",
     "RollbackSummary": "r2migrate.stages.rollback",
     "RunSummary": "r2migrate.stages.transfer",
     "SchemaNotReady": "r2migrate.errors",
@@ -215,6 +217,7 @@ __all__ = [
     "SourceRefused",
     "SourceSpec",
     "SourceUnavailable",
+    "StageProgress",
     "State",
     "StateError",
     "Target",

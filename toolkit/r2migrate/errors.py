@@ -2,6 +2,13 @@
 
 Must not import anything from the package: every other module imports this one.
 
+``BucketError.whole_run`` marks the errors that are wrong for every key (credentials, bucket,
+certificate): a stage stops on them instead of recording them against one file. Outside the tree,
+``SourceShort`` and ``SourceUnreadable`` (OSError: a file read for a multipart part) are signals
+between the part reader and ``s3/bucket.py``, never raised to a caller; ``FastPutProtocolError``
+and ``FastPutNoResponse`` stay inside ``s3/fastput.py`` (it turns them into BucketErrors), and
+``SettingValueError`` inside the settings loader (it becomes one line of a ConfigError).
+
 Whole-run failures are exceptions; per-file trouble is data (a ``Problem`` code on a row) so a
 batch goes on past one bad file. The tree (a test keeps this drawing and the classes in step)::
 
@@ -26,16 +33,21 @@ batch goes on past one bad file. The tree (a test keeps this drawing and the cla
     │   ├── ObjectExists              exit 1   create-only PUT refused: the key is taken
     │   ├── ObjectChanged             exit 1   If-Match refused: the object is not the one we saw
     │   ├── DigestMismatch            exit 1   the server computed another SHA-256 (BadDigest)
+    │   │   └── SourceMoved           exit 1   the file changed before any byte was sent: retried
+    │   ├── FastPutUnsupported        exit 1   fast_put cannot send this request; boto3 sends it
     │   └── TransientBucketError      exit 1   5xx, SlowDown, timeout, reset: worth retrying
     ├── SourceError                   exit 1   a source file cannot be read safely; .problem
     │   ├── UnsafePath                exit 1   the name leaves MEDIA_ROOT or is not a plain file
+    │   ├── SourceChanged             exit 1   the file changed while it was read: retried
     │   └── SourceRefused             exit 2   the media server answered 401/403: credentials
+    ├── NotebookFailed                exit 1   a notebook cell raised (exit code: that error's)
     └── Interrupted                   exit 130 Ctrl-C or SIGTERM; state is saved, resume later
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -252,9 +264,11 @@ class BatchBusy(StateError):
 
 
 class BucketError(ToolkitError):
-    """One S3 operation failed. ``retryable`` decides retries, never the message text."""
+    """One S3 operation failed. ``retryable`` decides retries, never the message text;
+    ``whole_run`` says it is wrong for every key (stop), not for this one (record it)."""
 
     retryable = False
+    whole_run = False
 
     def __init__(self, message: str, *, code: str = "", hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -263,6 +277,7 @@ class BucketError(ToolkitError):
 
 class AccessDenied(BucketError):
     exit_code = ExitCode.CONFIG
+    whole_run = True
     default_hint = (
         "Check the access key and secret (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and that "
         "the token may read and write this bucket."
@@ -271,6 +286,7 @@ class AccessDenied(BucketError):
 
 class NoSuchBucket(BucketError):
     exit_code = ExitCode.CONFIG
+    whole_run = True
     default_hint = (
         "Create the bucket first (R2 never creates one on upload), or fix bucket_name; "
         "for the embedded stack `r2migrate dev up` creates it."
@@ -282,6 +298,7 @@ class CertificateRefused(BucketError):
     worth retrying; the hint names the bundle in use and where its value came from."""
 
     exit_code = ExitCode.CONFIG
+    whole_run = True
     default_hint = (
         "Point ca_bundle at the PEM file of the CA that signed the endpoint's certificate."
     )
@@ -299,11 +316,31 @@ class DigestMismatch(BucketError):
     default_hint = "The file changed while it was read, or the data was corrupted in transit."
 
 
+class SourceMoved(DigestMismatch):
+    """The file changed before any byte of it was sent: worth another try, as for small files."""
+
+    retryable = True
+
+
+class FastPutUnsupported(BucketError):
+    """fast_put cannot send this request (a header value it does not encode); boto3 sends it."""
+
+
 class TransientBucketError(BucketError):
     retryable = True
 
 
+class SourceShort(OSError):
+    """The file ended before its region did, so the request was cut off: the source shrank."""
+
+
+class SourceUnreadable(OSError):
+    """Reading the file for a part failed (EIO, ...): a source problem, not a network one."""
+
+
 class SourceError(ToolkitError):
+    retryable = False
+
     def __init__(self, message: str, *, problem: Problem, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.problem = problem
@@ -311,6 +348,15 @@ class SourceError(ToolkitError):
 
 class UnsafePath(SourceError):
     pass
+
+
+class SourceChanged(SourceError):
+    """The file changed between the stat before reading and the stat after: tried again."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, problem=Problem.SOURCE_CHANGED, hint=hint)
 
 
 class SourceRefused(SourceError):
@@ -323,6 +369,61 @@ class SourceRefused(SourceError):
     )
 
 
+class NotebookFailed(ToolkitError):
+    """A cell raised. The executed notebook and report.html were saved before this is raised.
+
+    ``run`` is the notebook's ``NotebookRun`` (notebooks/helpers.py). ``exit_code`` is the one of
+    the r2migrate error the cell raised (4 for BatchNotFound, ...), else 1.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run: Any,
+        cell_id: str | None,
+        cell_number: int | None,
+        ename: str,
+        evalue: str,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.run = run
+        self.cell_id = cell_id
+        self.cell_number = cell_number
+        self.ename = ename
+        self.evalue = evalue
+        cls = globals().get(ename)
+        if isinstance(cls, type) and issubclass(cls, ToolkitError):
+            self.exit_code = cls.exit_code
+        else:
+            self.exit_code = ExitCode.FILES_FAILED
+
+
 class Interrupted(ToolkitError):
     exit_code = ExitCode.INTERRUPTED
     default_hint = "Nothing is lost: resume with `r2migrate run --resume-batch BATCH`."
+
+
+class FastPutProtocolError(Exception):
+    """fast_put: the server's answer is not HTTP/1.1 as we read it; the connection is unusable."""
+
+
+class FastPutNoResponse(ConnectionError):
+    """fast_put: the connection failed before a single response byte arrived."""
+
+
+class SettingValueError(ValueError):
+    """One setting's value cannot be parsed; the loader reports it inside a ConfigError."""
+
+
+# Ledger rows written before outcomes carried ``retryable`` hold it as a prefix of the code.
+LEGACY_RETRYABLE_PREFIX = "transient:"
+
+
+def split_error_code(stored: str | None) -> tuple[str | None, bool]:
+    """A ledger row's error code without the prefix older rows hold, and whether they had it
+    (the failure was retryable). New rows store the bare code."""
+    if stored is not None and stored.startswith(LEGACY_RETRYABLE_PREFIX):
+        return stored.removeprefix(LEGACY_RETRYABLE_PREFIX), True
+    return stored, False

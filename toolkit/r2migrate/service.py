@@ -25,6 +25,7 @@ from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
 from r2migrate.stages.inventory import InventorySummary, inventory
 from r2migrate.stages.plan import PlanSummary, plan
+from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.rollback import RollbackProgress, RollbackSummary, rollback
 from r2migrate.stages.transfer import Progress, RunSummary, run
 from r2migrate.stages.verify import VerifyProgress, VerifySummary, verify
@@ -132,8 +133,8 @@ def plan_batches(
     batch_size: int | None = None,
     max_files: int | None = None,
     on_file: Callable[[MediaFile], None] | None = None,
-    on_inventory_progress: Callable[[int], None] | None = None,
-    on_plan_progress: Callable[[int], None] | None = None,
+    on_inventory_progress: Callable[[StageProgress], None] | None = None,
+    on_plan_progress: Callable[[StageProgress], None] | None = None,
     bucket: Bucket | None = None,
     state: State | None = None,
 ) -> PlannedBatches:
@@ -141,7 +142,8 @@ def plan_batches(
 
     A dry run writes nothing anywhere, not even the ledger's schema: the inventory is kept in
     memory and handed to the plan. ``on_file`` sees every inventoried row (orphans included);
-    the two progress callbacks get running counts of files scanned and keys looked up.
+    the two progress callbacks get the running counts (``StageProgress``) of files scanned
+    and keys looked up.
     """
     settings.require("database_url", *settings.source_settings, "bucket_name")
     collected: list[MediaFile] = []

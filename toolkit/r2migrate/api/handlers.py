@@ -158,9 +158,8 @@ def install_handlers(app: FastAPI, scrub: Callable[[str], str]) -> None:
         return response
 
 
-class _BodyTooLarge(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(413, f"Request body larger than {MAX_BODY_BYTES} bytes.")
+def _body_too_large() -> HTTPException:
+    return HTTPException(413, f"Request body larger than {MAX_BODY_BYTES} bytes.")
 
 
 class LimitBody:
@@ -180,7 +179,7 @@ class LimitBody:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
-                body = ErrorOut(code="body_too_large", message=_BodyTooLarge().detail)
+                body = ErrorOut(code="body_too_large", message=_body_too_large().detail)
                 await json_error(413, body)(scope, receive, send)
                 return
         seen = 0
@@ -191,7 +190,7 @@ class LimitBody:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > MAX_BODY_BYTES:
-                    raise _BodyTooLarge()
+                    raise _body_too_large()
             return message
 
         await self.app(scope, limited, send)

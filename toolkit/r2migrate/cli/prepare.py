@@ -97,7 +97,7 @@ def inventory(
             files_per_s=files_per_s,
             mib_per_s=mib_per_s,
             on_file=on_file,
-            on_progress=bar.advance,
+            on_progress=bar.follow,
         )
     if as_json:
         from r2migrate.stages.inventory import summary_dict
@@ -225,8 +225,8 @@ def plan(
             settings,
             dry_run=dry_run,
             max_files=max_files,
-            on_inventory_progress=scanned.advance,
-            on_plan_progress=looked_up.advance,
+            on_inventory_progress=scanned.follow,
+            on_plan_progress=looked_up.follow,
         ).plan
     if as_json:
         echo_json(summary)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Never, TextIO
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from r2migrate.stages.progress import StageProgress
+
 PLAIN_INTERVAL_S = 5.0  # how often a log file or a pipe gets a progress line
 
 
@@ -52,6 +54,10 @@ class ProgressBar:
     def advance(self, n: int) -> None:
         """``n`` more done (the stages' ``on_progress(int)``)."""
         self.show(self.done + n)
+
+    def follow(self, progress: StageProgress) -> None:
+        """A stage's ``on_progress``: its cumulative counts (0 total: not known yet)."""
+        self.show(progress.files_done, progress.files_total or None)
 
     def show(self, done: int, total: int | None = None, note: str | None = None) -> None:
         """``done`` of ``total`` so far (the stages' progress objects), ``note`` beside it."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, BinaryIO, ClassVar, Protocol
 
-from r2migrate.errors import SourceError, ToolkitError
+from r2migrate.errors import SourceChanged, SourceError, ToolkitError
 
 if TYPE_CHECKING:
     from r2migrate.settings.model import Settings
@@ -35,10 +35,6 @@ __all__ = [
     "media_setting",
     "open_media_source",
 ]
-
-
-class SourceChanged(Exception):
-    """The file changed between the stat before reading and the stat after (retryable)."""
 
 
 class FileStat(Protocol):

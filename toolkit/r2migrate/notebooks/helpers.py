@@ -41,8 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import r2migrate.report.audit as report
-from r2migrate import errors
-from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
+from r2migrate.errors import ConfigError, Interrupted, NotebookFailed
 from r2migrate.report.audit import figure_png
 from r2migrate.rules.text import closest
 from r2migrate.settings.config import SECRET_FIELDS, Settings, load_settings
@@ -397,37 +396,6 @@ class NotebookRun:
         """False when a cell failed or results.json says ``"ok": false`` (for
         04_verification_report: not every file in scope is proven)."""
         return self.ok and (self.results or {}).get("ok") is not False
-
-
-class NotebookFailed(ToolkitError):
-    """A cell raised. The executed notebook and report.html were saved before this is raised.
-
-    ``exit_code`` is the one of the r2migrate error the cell raised (4 for BatchNotFound, ...),
-    else 1.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        run: NotebookRun,
-        cell_id: str | None,
-        cell_number: int | None,
-        ename: str,
-        evalue: str,
-        hint: str | None = None,
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.run = run
-        self.cell_id = cell_id
-        self.cell_number = cell_number
-        self.ename = ename
-        self.evalue = evalue
-        cls = getattr(errors, ename, None)
-        if isinstance(cls, type) and issubclass(cls, ToolkitError):
-            self.exit_code = cls.exit_code
-        else:
-            self.exit_code = ExitCode.FILES_FAILED
 
 
 def _run_dir(runs_dir: Path, name: str, started: datetime) -> Path:

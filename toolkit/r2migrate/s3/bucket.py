@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 import botocore.exceptions
+import urllib3.exceptions
 
 from r2migrate.errors import (
     AccessDenied,
@@ -124,7 +125,11 @@ class PutResult:
 
 
 def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = None) -> BucketError:
-    """Map a botocore exception onto the tree; callers `raise translate_error(...) from exc`."""
+    """Map a botocore exception onto the tree; callers `raise translate_error(...) from exc`.
+
+    What is no S3 failure (a TypeError, a KeyError: a bug, not a failed file) is raised again as
+    it is, from here: only botocore's errors, urllib3's and the OS's network errors are mapped.
+    """
     where = f"{op} s3://{bucket}/{key}" if key is not None else f"{op} s3://{bucket}"
     if isinstance(exc, botocore.exceptions.ClientError):
         err = exc.response.get("Error", {})
@@ -165,7 +170,9 @@ def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = N
         return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{where}: no credentials configured", code="NoCredentials")
-    return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
+    if isinstance(exc, botocore.exceptions.BotoCoreError | urllib3.exceptions.HTTPError | OSError):
+        return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
+    raise exc
 
 
 class Bucket:
@@ -575,12 +582,12 @@ class Bucket:
         """Stream the object back and hash it: (hex digest, size)."""
         try:
             resp = self.client.get_object(Bucket=self.name, Key=key)
-            body = resp["Body"]
             digest = hashlib.sha256()
             size = 0
-            for chunk in body.iter_chunks(chunk_bytes):
-                digest.update(chunk)
-                size += len(chunk)
+            with contextlib.closing(resp["Body"]) as body:  # closed on failure too
+                for chunk in body.iter_chunks(chunk_bytes):
+                    digest.update(chunk)
+                    size += len(chunk)
         except Exception as exc:
             raise self._error(exc, op="GET", bucket=self.name, key=key) from exc
         return digest.hexdigest(), size

@@ -50,10 +50,13 @@ from r2migrate.errors import (
     CertificateRefused,
     ConfigError,
     DigestMismatch,
+    FastPutUnsupported,
     NoSuchBucket,
     ObjectExists,
     TransientBucketError,
 )
+from r2migrate.errors import FastPutNoResponse as _NoResponse
+from r2migrate.errors import FastPutProtocolError as _ProtocolError
 from r2migrate.s3.bucket import (
     DENIED_CODES,
     DIGEST_CODES,
@@ -159,14 +162,6 @@ def _network_error(exc: BaseException, *, bucket: str, key: str, op: str = "PUT"
         # botocore raises SSLError here, which translate_error leaves non-retryable too.
         return CertificateRefused(f"{where}: SSLError: {exc}", code="SSLError")
     return TransientBucketError(f"{where}: {type(exc).__name__}: {exc}", code="network")
-
-
-class _ProtocolError(Exception):
-    """The server's answer is not HTTP/1.1 as we read it; the connection is unusable."""
-
-
-class _NoResponse(ConnectionError):
-    """The connection failed before a single response byte arrived."""
 
 
 # -- one connection -----------------------------------------------------------------------------
@@ -486,7 +481,7 @@ class FastPut:
         headers.append((f"x-amz-meta-{SHA256_METADATA_KEY}", sha256_hex))
         for value in (content_type, content_encoding or "", sha256_hex):
             if not _HEADER_VALUE.fullmatch(value):
-                raise BucketError(
+                raise FastPutUnsupported(
                     f"PUT s3://{self.bucket_name}/{key}: {value!r} holds characters fast_put "
                     "does not send in a header; turn fast_put off for this file",
                     code="FastPutUnsupported",

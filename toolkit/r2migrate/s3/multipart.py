@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from r2migrate.errors import DigestMismatch
+from r2migrate.errors import DigestMismatch, SourceMoved, SourceShort, SourceUnreadable
 
 __all__ = [
     "MAX_PARTS",
@@ -51,20 +51,6 @@ class FileRegion:
 # Sends one part of a multipart upload and returns its ETag: (key, upload id, part number, the
 # bytes, their SHA-256 in base64). fastput.FastPut.upload_part is one; raises BucketError.
 PartSender = Callable[[str, str, int, FileRegion, str], str]
-
-
-class SourceShort(OSError):
-    """The file ended before its region did, so the request was cut off: the source shrank."""
-
-
-class SourceUnreadable(OSError):
-    """Reading the file for a part failed (EIO, ...): a source problem, not a network one."""
-
-
-class SourceMoved(DigestMismatch):
-    """The file changed before any byte of it was sent: worth another try, as for small files."""
-
-    retryable = True
 
 
 def part_size_for(size_bytes: int, chunk_bytes: int) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from r2migrate.errors import ConfigError
+from r2migrate.errors import SettingValueError as _ParseError
 from r2migrate.settings.checks import closest
 from r2migrate.settings.model import (
     _AWS_CA_BUNDLE,
@@ -281,10 +282,6 @@ def _is_table(value: object) -> bool:
 
 
 # -- parsing ------------------------------------------------------------------------------------
-
-
-class _ParseError(ValueError):
-    pass
 
 
 # Choices compared case-insensitively; stored in the spelling the rest of the code expects.

@@ -28,6 +28,7 @@ from r2migrate.rules.pricing import (
     STORAGE_USD_PER_GB_MONTH,
 )
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.store import catalog
 from r2migrate.store.ledger import Connection, MediaFile, State, connect
 
@@ -352,48 +353,19 @@ def inventory(
     files_per_s: float = DEFAULT_FILES_PER_S,
     mib_per_s: float = DEFAULT_MIB_PER_S,
     on_file: Callable[[MediaFile], None] | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     max_examples: int = 1000,
 ) -> InventorySummary:
     """Scan references and disk; store the snapshot unless `save` is False (dry runs)."""
-    problems: Counter[str] = Counter()
-    hist = [0] * len(_HISTOGRAM_EDGES)
-    examples: list[MediaFile] = []
-    totals = Counter[str]()
-    keys_seen: set[str] = set()
-    multipart = 0
-    extra_parts = 0
-    names: set[str] = set()
+    census = _Census(settings, max_examples)
 
     def observe(items: Iterator[MediaFile]) -> Iterator[MediaFile]:
-        nonlocal multipart, extra_parts
         for item in items:
-            problems.update(item.problems)
-            if item.is_orphan:
-                totals["orphans"] += 1
-                totals["orphan_bytes"] += item.size_bytes or 0
-            else:
-                totals["rows"] += 1
-                if item.relative_path:
-                    names.add(item.relative_path)
-                if not is_blocked(item):
-                    totals["files_ok"] += 1
-                    totals["bytes_ok"] += item.size_bytes or 0
-                    if item.object_key is not None and item.object_key not in keys_seen:
-                        keys_seen.add(item.object_key)
-                        size = item.size_bytes or 0
-                        totals["migratable"] += 1
-                        totals["migratable_bytes"] += size
-                        hist[_histogram_bin(size)] += 1
-                        if size > settings.multipart_threshold_bytes:
-                            multipart += 1
-                            extra_parts += math.ceil(size / settings.multipart_chunksize_bytes)
-            if item.problems and len(examples) < max_examples:
-                examples.append(item)
+            census.add(item)
             if on_file is not None:
                 on_file(item)
             if on_progress is not None:
-                on_progress(1)
+                on_progress(census.progress(item))
             yield item
 
     scanned = observe(scan_media(settings))
@@ -408,36 +380,98 @@ def inventory(
     else:
         for _ in scanned:
             pass
-    labels = [
-        _histogram_label(lo, _HISTOGRAM_EDGES[i + 1] if i + 1 < len(_HISTOGRAM_EDGES) else None)
-        for i, lo in enumerate(_HISTOGRAM_EDGES)
-    ]
-    summary = InventorySummary(
-        run_id=run_id,
-        references=tuple(settings.references),
-        rows=totals["rows"],
-        unique_names=len(names),
-        files_ok=totals["files_ok"],
-        bytes_ok=totals["bytes_ok"],
-        migratable_files=totals["migratable"],
-        migratable_bytes=totals["migratable_bytes"],
-        orphans=totals["orphans"],
-        orphan_bytes=totals["orphan_bytes"],
-        problems=dict(sorted(problems.items())),
-        size_histogram=tuple(zip(labels, hist, strict=True)),
-        estimate=estimate_cost(
-            totals["migratable"],
-            totals["migratable_bytes"],
-            multipart_files=multipart,
-            extra_parts=extra_parts,
-            files_per_s=files_per_s,
-            mib_per_s=mib_per_s,
-        ),
-        problem_examples=tuple(examples),
-    )
+    summary = census.summary(run_id, files_per_s=files_per_s, mib_per_s=mib_per_s)
     if run_id is not None:
         state.set_inventory_summary(run_id, summary_dict(summary))
     return summary
+
+
+class _Census:
+    """Counts what the scan finds, one row at a time, for the inventory's summary."""
+
+    def __init__(self, settings: Settings, max_examples: int) -> None:
+        self.settings = settings
+        self.max_examples = max_examples
+        self.problems: Counter[str] = Counter()
+        self.hist = [0] * len(_HISTOGRAM_EDGES)
+        self.examples: list[MediaFile] = []
+        self.totals = Counter[str]()
+        self.keys_seen: set[str] = set()
+        self.names: set[str] = set()
+        self.multipart = 0
+        self.extra_parts = 0
+
+    def add(self, item: MediaFile) -> None:
+        totals = self.totals
+        self.problems.update(item.problems)
+        if item.is_orphan:
+            totals["orphans"] += 1
+            totals["orphan_bytes"] += item.size_bytes or 0
+        else:
+            totals["rows"] += 1
+            if item.relative_path:
+                self.names.add(item.relative_path)
+            if not is_blocked(item):
+                totals["files_ok"] += 1
+                totals["bytes_ok"] += item.size_bytes or 0
+                if item.object_key is not None and item.object_key not in self.keys_seen:
+                    self.keys_seen.add(item.object_key)
+                    self._add_migratable(item.size_bytes or 0)
+        if item.problems and len(self.examples) < self.max_examples:
+            self.examples.append(item)
+
+    def progress(self, item: MediaFile) -> StageProgress:
+        """Where the scan is, after ``item`` (files_total 0: the walk does not know it yet)."""
+        totals = self.totals
+        return StageProgress(
+            "",
+            totals["rows"] + totals["orphans"],
+            0,
+            bytes_done=totals["bytes_ok"] + totals["orphan_bytes"],
+            last_key=item.relative_path or item.file_id,
+            last_status=",".join(item.problems) or "ok",
+            stage="inventory",
+        )
+
+    def _add_migratable(self, size: int) -> None:
+        self.totals["migratable"] += 1
+        self.totals["migratable_bytes"] += size
+        self.hist[_histogram_bin(size)] += 1
+        if size > self.settings.multipart_threshold_bytes:
+            self.multipart += 1
+            self.extra_parts += math.ceil(size / self.settings.multipart_chunksize_bytes)
+
+    def summary(
+        self, run_id: int | None, *, files_per_s: float, mib_per_s: float
+    ) -> InventorySummary:
+        totals = self.totals
+        labels = [
+            _histogram_label(lo, _HISTOGRAM_EDGES[i + 1] if i + 1 < len(_HISTOGRAM_EDGES) else None)
+            for i, lo in enumerate(_HISTOGRAM_EDGES)
+        ]
+        return InventorySummary(
+            run_id=run_id,
+            references=tuple(self.settings.references),
+            rows=totals["rows"],
+            unique_names=len(self.names),
+            files_ok=totals["files_ok"],
+            bytes_ok=totals["bytes_ok"],
+            migratable_files=totals["migratable"],
+            migratable_bytes=totals["migratable_bytes"],
+            orphans=totals["orphans"],
+            orphan_bytes=totals["orphan_bytes"],
+            problems=dict(sorted(self.problems.items())),
+            size_histogram=tuple(zip(labels, self.hist, strict=True)),
+            estimate=estimate_cost(
+                totals["migratable"],
+                totals["migratable_bytes"],
+                multipart_files=self.multipart,
+                extra_parts=self.extra_parts,
+                files_per_s=files_per_s,
+                mib_per_s=mib_per_s,
+            ),
+            problem_examples=tuple(self.examples),
+        )
 
 
 def summary_dict(summary: InventorySummary) -> dict[str, object]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,6 +17,7 @@ from r2migrate.media.base import open_media_source
 from r2migrate.rules import binding, keys
 from r2migrate.s3.bucket import Bucket, ObjectInfo
 from r2migrate.settings.config import Settings
+from r2migrate.stages.progress import StageProgress
 from r2migrate.store.ledger import FileStatus, MediaFile, NewFile, State
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _decide(
     try:
         info: ObjectInfo | None = bucket.head(key)
     except BucketError as exc:
-        if exc.exit_code != 1:  # access denied / no bucket: the whole plan is wrong
+        if exc.whole_run:  # access denied, no bucket, certificate: the whole plan is wrong
             raise
         return Action.ERROR, exc.message, None
     if info is None:
@@ -124,32 +125,89 @@ def plan(
     batch_size: int | None = None,
     max_files: int | None = None,
     bucket: Bucket | None = None,
-    on_progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     keep_items: bool = True,
 ) -> PlanSummary:
     """Decide what to do with each object key and, unless dry_run, store the batches."""
     size = batch_size or settings.batch_size
     if items is None:
-        # Only a snapshot of this source and location: its keys and sizes are the ones to send.
-        where = binding.source_of(settings).where
-        run_id = state.latest_inventory_run(source=where, location=settings.location)
-        if run_id is None:
-            other = state.latest_inventory_run()
-            raise StateError(
-                "No inventory has been taken yet."
-                if other is None
-                else f"No inventory has been taken of {where} with location "
-                f"{settings.location!r}; the latest one is of another source or location.",
-                hint="Run `r2migrate inventory` first with these settings "
-                "(or `r2migrate plan --dry-run`).",
-            )
-        items = state.iter_inventory(run_id)
+        items = _latest_inventory(settings, state)
     bucket = bucket or Bucket(settings)
     bucket.check()
-    hash_source = _SourceHasher(settings)  # opens no connection until it is called
     target = binding.target_of(settings)
     planned = state.live_object_keys(target)  # of this target only: another target plans apart
+    decided, to_head = _sort_out(items, planned)
+    if max_files is not None:
+        to_head = to_head[:max_files]
+    listed, list_requests = _listed_keys(bucket, settings.location)
+    heads = sum(1 for key, _ in to_head if key in listed)
+    header = _Header(settings, bucket, listed)  # opens no connection to the media until used
+    headed: list[tuple[PlanItem, str | None, list[MediaFile]]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+            for (result, digest), (_, group) in zip(
+                pool.map(header.head_one, to_head), to_head, strict=True
+            ):
+                headed.append((result, digest, group))
+                if on_progress is not None:
+                    on_progress(
+                        StageProgress(
+                            "",
+                            len(headed),
+                            len(to_head),
+                            last_key=result.object_key or "",
+                            last_status=result.action.value,
+                            stage="plan",
+                        )
+                    )
+    finally:
+        header.close()
+    sendable = [h for h in headed if h[0].action in _SENDABLE]
+    final, batch_ids = _store_batches(settings, state, sendable, size, dry_run=dry_run)
+    final[:0] = decided
+    final.extend(h[0] for h in headed if h[0].action not in _SENDABLE)
+    actions: Counter[str] = Counter(i.action.value for i in final)
+    sizes: Counter[str] = Counter()
+    for i in final:
+        sizes[i.action.value] += i.size_bytes
+    return PlanSummary(
+        dry_run=dry_run,
+        batch_size=size,
+        actions=dict(sorted(actions.items())),
+        bytes_by_action=dict(sorted(sizes.items())),
+        batch_ids=tuple(batch_ids),
+        batches_needed=-(-len(sendable) // size) if sendable else 0,
+        head_requests=heads,
+        list_requests=list_requests,
+        items=tuple(final) if keep_items else (),
+    )
 
+
+_SENDABLE = (Action.UPLOAD, Action.ALREADY_THERE)
+
+
+def _latest_inventory(settings: Settings, state: State) -> Iterable[MediaFile]:
+    """The latest snapshot of this source and location: its keys and sizes are the ones to send."""
+    where = binding.source_of(settings).where
+    run_id = state.latest_inventory_run(source=where, location=settings.location)
+    if run_id is None:
+        other = state.latest_inventory_run()
+        raise StateError(
+            "No inventory has been taken yet."
+            if other is None
+            else f"No inventory has been taken of {where} with location "
+            f"{settings.location!r}; the latest one is of another source or location.",
+            hint="Run `r2migrate inventory` first with these settings "
+            "(or `r2migrate plan --dry-run`).",
+        )
+    return state.iter_inventory(run_id)
+
+
+def _sort_out(
+    items: Iterable[MediaFile], planned: Container[str]
+) -> tuple[list[PlanItem], list[tuple[str, list[MediaFile]]]]:
+    """Refusals and keys already planned (decided without a request), and the keys to HEAD,
+    each with every inventory row that names it."""
     decided: list[PlanItem] = []
     by_key: dict[str, list[MediaFile]] = {}
     for item in items:
@@ -169,7 +227,6 @@ def plan(
             )
             continue
         by_key.setdefault(item.object_key, []).append(item)
-
     to_head: list[tuple[str, list[MediaFile]]] = []
     for key, group in by_key.items():
         first = group[0]
@@ -182,28 +239,35 @@ def plan(
             )
         else:
             to_head.append((key, group))
-    if max_files is not None:
-        to_head = to_head[:max_files]
-    listed, list_requests = _listed_keys(bucket, settings.location)
-    heads = sum(1 for key, _ in to_head if key in listed)
-    # R2 stores NFC and NFD spellings as one object: a listed key that is another spelling of
-    # ours would serve its bytes for our row (S3 and SeaweedFS keep both; R2 does not).
-    folded = {keys.normalization_form(k): k for k in listed}
+    return decided, to_head
 
-    def head_one(entry: tuple[str, list[MediaFile]]) -> tuple[PlanItem, str | None]:
+
+class _Header:
+    """Decides one key against the bucket's listing: HEAD (and hash the source) only when an
+    object, or another Unicode spelling of the key, is there."""
+
+    def __init__(self, settings: Settings, bucket: Bucket, listed: set[str]) -> None:
+        self.bucket = bucket
+        self.listed = listed
+        self.hash_source = _SourceHasher(settings)
+        # R2 stores NFC and NFD spellings as one object: a listed key that is another spelling
+        # of ours would serve its bytes for our row (S3 and SeaweedFS keep both; R2 does not).
+        self.folded = {keys.normalization_form(k): k for k in listed}
+
+    def close(self) -> None:
+        self.hash_source.close()
+
+    def head_one(self, entry: tuple[str, list[MediaFile]]) -> tuple[PlanItem, str | None]:
         key, group = entry
         first = group[0]
         assert first.relative_path is not None
         disk_name = first.disk_path or first.relative_path  # the file inventory resolved
-        twin = folded.get(keys.normalization_form(key))
-        if key in listed:
-            action, reason, digest = _decide(
-                bucket, hash_source, key, disk_name, first.size_bytes or 0
-            )
+        size = first.size_bytes or 0
+        twin = self.folded.get(keys.normalization_form(key))
+        if key in self.listed:
+            action, reason, digest = _decide(self.bucket, self.hash_source, key, disk_name, size)
         elif twin is not None and twin != key:
-            action, reason, digest = _decide(
-                bucket, hash_source, twin, disk_name, first.size_bytes or 0
-            )
+            action, reason, digest = _decide(self.bucket, self.hash_source, twin, disk_name, size)
             if action is Action.ALREADY_THERE:
                 # The same bytes under the other spelling: upload ours too (on R2 the
                 # create-only PUT then finds that object and proves it ours).
@@ -214,26 +278,20 @@ def plan(
         else:
             action, reason, digest = Action.UPLOAD, "", None
         ids = tuple(g.file_id for g in group)
-        return PlanItem(
-            action, key, first.relative_path, first.size_bytes or 0, ids, reason
-        ), digest
+        return PlanItem(action, key, first.relative_path, size, ids, reason), digest
 
-    headed: list[tuple[PlanItem, str | None, list[MediaFile]]] = []
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
-            for (result, digest), (_, group) in zip(
-                pool.map(head_one, to_head), to_head, strict=True
-            ):
-                headed.append((result, digest, group))
-                if on_progress is not None:
-                    on_progress(1)
-    finally:
-        hash_source.close()
 
+def _store_batches(
+    settings: Settings,
+    state: State,
+    sendable: Sequence[tuple[PlanItem, str | None, list[MediaFile]]],
+    size: int,
+    *,
+    dry_run: bool,
+) -> tuple[list[PlanItem], list[str]]:
+    """Cut the sendable keys into batches of ``size`` and, unless dry_run, store each one."""
     batch_ids: list[str] = []
-    sendable = [h for h in headed if h[0].action in (Action.UPLOAD, Action.ALREADY_THERE)]
-    batches_needed = -(-len(sendable) // size) if sendable else 0
-    final: list[PlanItem] = list(decided)
+    final: list[PlanItem] = []
     for start in range(0, len(sendable), size):
         chunk = sendable[start : start + size]
         batch_id = None if dry_run else state.next_batch_id()
@@ -242,7 +300,7 @@ def plan(
                 batch_id,
                 [_new_file(item, digest, group) for item, digest, group in chunk],
                 batch_size=size,
-                target=target,
+                target=binding.target_of(settings),
                 source=binding.source_of(settings),
                 settings=settings.redacted(),
             )
@@ -250,23 +308,7 @@ def plan(
             log.info("planned batch %s with %d file(s)", batch_id, len(chunk))
         for planned_item, _, _ in chunk:
             final.append(_with_batch(planned_item, batch_id))
-    final.extend(h[0] for h in headed if h[0].action not in (Action.UPLOAD, Action.ALREADY_THERE))
-
-    actions: Counter[str] = Counter(i.action.value for i in final)
-    sizes: Counter[str] = Counter()
-    for i in final:
-        sizes[i.action.value] += i.size_bytes
-    return PlanSummary(
-        dry_run=dry_run,
-        batch_size=size,
-        actions=dict(sorted(actions.items())),
-        bytes_by_action=dict(sorted(sizes.items())),
-        batch_ids=tuple(batch_ids),
-        batches_needed=batches_needed,
-        head_requests=heads,
-        list_requests=list_requests,
-        items=tuple(final) if keep_items else (),
-    )
+    return final, batch_ids
 
 
 def _with_batch(item: PlanItem, batch_id: str | None) -> PlanItem:

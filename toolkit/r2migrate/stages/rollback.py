@@ -56,13 +56,17 @@ from r2migrate.runtime.pool import drain
 from r2migrate.runtime.retry import Requests
 from r2migrate.s3.bucket import Bucket, ObjectInfo
 from r2migrate.settings.config import Settings
-from r2migrate.store import catalog
+from r2migrate.stages.progress import StageProgress
+from r2migrate.stages.recorder import (
+    FLUSH_EVERY_S,
+    FailureStreak,
+    GroupedWrites,
+    clear_write_back,
+    ensure_write_back_columns,
+)
 from r2migrate.store.ledger import BatchStatus, FileRecord, FileStatus, State
 
 log = logging.getLogger(__name__)
-
-FLUSH_EVERY_S = 0.5
-FLUSH_EVERY_FILES = 64
 
 
 class RollbackOutcome(StrEnum):
@@ -102,12 +106,7 @@ class RollbackItem:
     etag: str | None = None  # of the object deleted (or that would be)
 
 
-@dataclass(frozen=True)
-class RollbackProgress:
-    files_done: int
-    files_total: int
-    last_key: str
-    last_outcome: str
+RollbackProgress = StageProgress  # the former name of rollback's progress
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ class _Done:
     heads: int = 0
     gets: int = 0
     deletes: int = 0
-    transient: bool = False
+    retryable: bool = False
 
 
 def _item(
@@ -223,16 +222,16 @@ class _Remover:
             reason: str = "",
             *,
             etag: str | None = None,
-            transient: bool = False,
+            retryable: bool = False,
         ) -> _Done:
             sent = ask.sent
             item = _item(rec, outcome, reason, etag=etag)
-            return _Done(item, sent["HEAD"], sent["GET"], sent["DELETE"], transient)
+            return _Done(item, sent["HEAD"], sent["GET"], sent["DELETE"], retryable)
 
         try:
             info = ask("HEAD", lambda: self.bucket.head(rec.object_key))
         except BucketError as exc:
-            return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+            return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
         if info is None:
             return done(RollbackOutcome.ALREADY_GONE, "no object at the key")
         expected, size, why_not = self._expected(rec)
@@ -249,7 +248,7 @@ class _Remover:
             except BucketError as exc:
                 if exc.code in ("NoSuchKey", "404"):
                     return done(RollbackOutcome.ALREADY_GONE, "deleted while it was checked")
-                return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+                return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
             if digest != expected or got != size:
                 return done(
                     RollbackOutcome.REFUSED,
@@ -268,7 +267,7 @@ class _Remover:
             try:
                 again = ask("HEAD", lambda: self.bucket.head(rec.object_key))
             except BucketError as exc:
-                return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+                return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
             if again is None and retried:
                 # An earlier try of our DELETE landed and only its answer was lost.
                 return done(
@@ -284,7 +283,7 @@ class _Remover:
                 etag=again.etag,
             )
         except BucketError as exc:
-            return done(RollbackOutcome.ERROR, ask.why(exc), transient=exc.retryable)
+            return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
         return done(RollbackOutcome.DELETED, etag=info.etag)
 
     def _expected(self, rec: FileRecord) -> tuple[str | None, int, str]:
@@ -319,7 +318,7 @@ def rollback(
     batch_id: str,
     *,
     dry_run: bool = False,
-    on_progress: Callable[[RollbackProgress], None] | None = None,
+    on_progress: Callable[[StageProgress], None] | None = None,
     bucket: Bucket | None = None,
 ) -> RollbackSummary:
     """Undo one batch: delete the objects it wrote that still hold its SHA-256, mark the rows.
@@ -355,26 +354,11 @@ def rollback(
         # One 503 must not stop the whole rollback.
         Requests(settings, stop, random.Random())("HEAD bucket", bucket.check)
     if settings.write_back and not dry_run:
-        for label in settings.references:
-            catalog.ensure_write_back_columns(
-                state.conn, catalog.parse_reference(label, id_column=settings.reference_id_column)
-            )
+        ensure_write_back_columns(settings, state)
     try:
         if to_ask:
             assert bucket is not None
-            remover = _Remover(bucket, settings, stop, dry_run=dry_run)
-            untried = drain(
-                remover.remove,
-                to_ask,
-                tally,
-                workers=settings.workers,
-                stop=stop,
-                thread_name="r2m-rollback",
-                poll_s=FLUSH_EVERY_S,
-            )
-            for rec in untried:  # only left when the endpoint kept failing
-                item = _item(rec, RollbackOutcome.ERROR, f"not tried: {tally.aborted}")
-                tally.add(_Done(item), rec)
+            _remove_all(settings, bucket, stop, tally, to_ask)
     except KeyboardInterrupt as exc:
         raise Interrupted(
             f"Rollback of {batch_id} interrupted; every deletion made so far is recorded.",
@@ -384,33 +368,37 @@ def rollback(
         tally.flush()
 
     status = state.get_batch(batch_id).status if dry_run else state.finish_rollback(batch_id)
-    counts = {o.value: tally.counts.get(o.value, 0) for o in RollbackOutcome}
+    summary = tally.summary(status, len(records) - len(todo), time.monotonic() - started)
     log.info(
         "%s batch %s: %s",
         "dry-run rollback of" if dry_run else "rolled back",
         batch_id,
-        ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "nothing to do",
+        ", ".join(f"{k} {v}" for k, v in summary.counts.items() if v) or "nothing to do",
         extra={"batch_id": batch_id, "outcome": "rollback"},
     )
-    items = tuple(sorted(tally.items, key=lambda i: i.row_id))
-    return RollbackSummary(
-        batch_id=batch_id,
-        dry_run=dry_run,
-        counts=counts,
-        items=items,
-        rows_rolled_back=tally.rows_rolled_back,
-        rows_already_rolled_back=len(records) - len(todo),
-        bytes_deleted=tally.bytes_deleted,
-        batch_status=status,
-        head_requests=tally.heads,
-        get_requests=tally.gets,
-        delete_requests=tally.deletes,
-        elapsed_s=time.monotonic() - started,
-        aborted=tally.aborted,
-        problems=tuple(
-            i for i in items if i.outcome in (RollbackOutcome.REFUSED, RollbackOutcome.ERROR)
-        ),
+    return summary
+
+
+def _remove_all(
+    settings: Settings,
+    bucket: Bucket,
+    stop: threading.Event,
+    tally: _Tally,
+    to_ask: Sequence[FileRecord],
+) -> None:
+    """Ask the bucket about each row in the worker threads; each result reaches ``tally`` here."""
+    remover = _Remover(bucket, settings, stop, dry_run=tally.dry_run)
+    untried = drain(
+        remover.remove,
+        to_ask,
+        tally,
+        workers=settings.workers,
+        stop=stop,
+        thread_name="r2m-rollback",
+        poll_s=FLUSH_EVERY_S,
     )
+    for rec in untried:  # only left when the endpoint kept failing
+        tally.add(_Done(_item(rec, RollbackOutcome.ERROR, f"not tried: {tally.aborted}")), rec)
 
 
 class _Tally:
@@ -421,7 +409,7 @@ class _Tally:
         settings: Settings,
         state: State,
         batch_id: str,
-        on_progress: Callable[[RollbackProgress], None] | None,
+        on_progress: Callable[[StageProgress], None] | None,
         *,
         dry_run: bool,
         files_total: int,
@@ -438,9 +426,8 @@ class _Tally:
         self.bytes_deleted = 0
         self.rows_rolled_back = 0
         self.aborted: str | None = None
-        self._streak = 0
-        self._unflushed: list[tuple[RollbackItem, FileRecord]] = []
-        self._last_flush = time.monotonic()
+        self._streak = FailureStreak(settings.workers)
+        self._writes = GroupedWrites[tuple[RollbackItem, FileRecord]](self._write)
 
     def add(self, done: _Done, rec: FileRecord) -> None:
         item = done.item
@@ -449,18 +436,17 @@ class _Tally:
         self.deletes += done.deletes
         if item.outcome in (RollbackOutcome.DELETED, RollbackOutcome.WOULD_DELETE):
             self.bytes_deleted += item.size_bytes
-        if done.transient:
-            self._streak += 1
-            if self._streak >= max(10, self.settings.workers) and self.aborted is None:
+        if done.retryable:
+            if self._streak.failed() and self.aborted is None:
                 self.aborted = (
-                    f"the endpoint failed for {self._streak} files in a row"
+                    f"the endpoint failed for {self._streak.count} files in a row"
                     f" (each tried up to {self.settings.max_attempts} times)"
                 )
                 log.error("rollback of %s stopped: %s", self.batch_id, self.aborted)
         elif done.heads:
-            self._streak = 0
+            self._streak.reset()
         if not self.dry_run:
-            self._unflushed.append((item, rec))
+            self._writes.add((item, rec))
         self._record(item)
 
     def _record(self, item: RollbackItem) -> None:
@@ -468,28 +454,51 @@ class _Tally:
         self.items.append(item)
         if self.on_progress is not None:
             self.on_progress(
-                RollbackProgress(
-                    len(self.items), self.files_total, item.object_key, item.outcome.value
+                StageProgress(
+                    self.batch_id,
+                    len(self.items),
+                    self.files_total,
+                    last_key=item.object_key,
+                    last_status=item.outcome.value,
+                    stage="rollback",
                 )
             )
 
+    def summary(
+        self, status: BatchStatus, already_rolled_back: int, elapsed_s: float
+    ) -> RollbackSummary:
+        items = tuple(sorted(self.items, key=lambda i: i.row_id))
+        return RollbackSummary(
+            batch_id=self.batch_id,
+            dry_run=self.dry_run,
+            counts={o.value: self.counts.get(o.value, 0) for o in RollbackOutcome},
+            items=items,
+            rows_rolled_back=self.rows_rolled_back,
+            rows_already_rolled_back=already_rolled_back,
+            bytes_deleted=self.bytes_deleted,
+            batch_status=status,
+            head_requests=self.heads,
+            get_requests=self.gets,
+            delete_requests=self.deletes,
+            elapsed_s=elapsed_s,
+            aborted=self.aborted,
+            problems=tuple(
+                i for i in items if i.outcome in (RollbackOutcome.REFUSED, RollbackOutcome.ERROR)
+            ),
+        )
+
     def maybe_flush(self) -> None:
-        if (
-            len(self._unflushed) >= FLUSH_EVERY_FILES
-            or time.monotonic() - self._last_flush >= FLUSH_EVERY_S
-        ):
-            self.flush()
+        self._writes.maybe_flush()
 
     def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self._unflushed:
-            return
-        batch, self._unflushed = self._unflushed, []
+        self._writes.flush()
+
+    def _write(self, batch: list[tuple[RollbackItem, FileRecord]]) -> None:
         marking = [(item, rec) for item, rec in batch if item.outcome.rolls_back]
         if self.settings.write_back:
             # Cleared before the rows are marked: were we to stop in between, the row is still
             # open and the next run clears again (the key cannot belong to another batch yet).
-            _clear_write_back(self.settings, self.state, [rec for _, rec in marking])
+            clear_write_back(self.settings, self.state, [rec for _, rec in marking])
         changed = self.state.mark_rolled_back(
             self.batch_id,
             [(item.row_id, rec.status, item.outcome.value, _detail(item)) for item, rec in marking],
@@ -530,22 +539,3 @@ def _detail(item: RollbackItem) -> dict[str, Any]:
     if item.etag:
         detail["etag"] = item.etag
     return detail
-
-
-def _clear_write_back(settings: Settings, state: State, records: Sequence[FileRecord]) -> None:
-    by_ref: dict[str, list[str]] = {}
-    for rec in records:
-        for file_id in rec.source_refs or (rec.file_id,):
-            ref_label, _, source_id = file_id.rpartition(":")
-            by_ref.setdefault(ref_label, []).append(source_id)
-    for ref_label, ids in by_ref.items():
-        catalog.write_back(
-            state.conn,
-            catalog.parse_reference(ref_label, id_column=settings.reference_id_column),
-            ids,
-            object_key=None,
-            status="",
-            batch_id=None,
-            sha256_hex=None,
-            migrated_at=None,
-        )

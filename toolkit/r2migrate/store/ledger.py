@@ -191,6 +191,8 @@ class Outcome:
     error_message: str | None = None
     events: tuple[tuple[str, str, Mapping[str, Any]], ...] = field(default=())
     mtime_ns: int | None = None  # of the file as it was sent (it may have changed since plan)
+    retryable: bool = False  # a failure another round may cure (5xx, reset); not a column
+    settled_by_head: bool = False  # uploaded without sending: HEAD found this file's SHA-256
 
 
 # What a repair may send again (see State.repair_candidates): verify's verdicts on a done row,
