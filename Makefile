@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-pg lint fmt lab bench chaos lock clean
+.PHONY: install demo test test-pg e2e lint fmt lab bench chaos lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test-pg: $(STAMP)
 	dirs="$$($(BIN)/python scripts/pg_servers.py bindirs $(PG_FETCH) $(PG_MAJORS))" && \
 	R2MIGRATE_TEST_PG_BINDIRS="$$dirs" \
 	$(BIN)/python -m pytest -m pgmatrix tests/test_pg_versions.py $(PYTEST_ARGS)
+
+# Opt-in end to end (tests/e2e, not in .ci/run): a Wagtail site migrated, cut over and served.
+# Wagtail goes into .cache/e2e/site (pip --target, pinned by constraints.txt), never into .venv.
+WAGTAIL_VERSION ?= 8.0.1
+E2E_SITE := .cache/e2e/site
+$(E2E_SITE)/.wagtail-$(WAGTAIL_VERSION): $(STAMP) constraints.txt
+	rm -rf $(E2E_SITE)
+	$(BIN)/python -m pip install --quiet --target $(E2E_SITE) -c constraints.txt wagtail==$(WAGTAIL_VERSION)
+	touch $@
+e2e: $(E2E_SITE)/.wagtail-$(WAGTAIL_VERSION)
+	E2E_SITE_PACKAGES=$(CURDIR)/$(E2E_SITE) $(BIN)/python -m pytest -s tests/e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check toolkit tests bench scripts

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import importlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from r2migrate.errors import ConfigError, ExitCode  # noqa: E402
 from r2migrate.s3.bucket import Bucket  # noqa: E402
 from r2migrate.settings.config import redact_url  # noqa: E402
 from r2migrate.store.ledger import BatchStatus, State  # noqa: E402
+from tests.django_project.gallery.models import Photo, Rendition, render  # noqa: E402
 from tests.django_project.list_cutter.models import ProfileImage, SavedFile  # noqa: E402
 from tests.mediaserver import MediaHTTPServer  # noqa: E402
 
@@ -182,9 +184,16 @@ def test_settings_come_from_the_django_project(project, stack):
         stack.secret_key,
     )
     assert s.addressing_style == "path"
-    assert s.references == ("list_cutter_profileimage.image", "list_cutter_savedfile.file_path")
+    assert s.references == (
+        "gallery_photo.file",
+        "gallery_rendition.file",
+        "list_cutter_profileimage.image",
+        "list_cutter_savedfile.file_path",
+    )
     assert s.reference_id_column == "id"
     assert [f.label for f in ps.fields] == [
+        "gallery.Photo.file",
+        "gallery.Rendition.file",
         "list_cutter.ProfileImage.image",
         "list_cutter.SavedFile.file_path",
     ]
@@ -270,8 +279,12 @@ def test_discovery_and_its_errors(project):
     assert {f.reference for f in discover_file_fields()} == {
         "list_cutter_savedfile.file_path",
         "list_cutter_profileimage.image",
+        "gallery_photo.file",
+        "gallery_rendition.file",
     }
-    only = discover_file_fields(exclude=["list_cutter.profileimage"])
+    only = discover_file_fields(
+        exclude=["list_cutter.profileimage", "gallery.Photo", "gallery.rendition.file"]
+    )
     assert [f.label for f in only] == ["list_cutter.SavedFile.file_path"]
     assert discover_file_fields(using="other") == ()
     with pytest.raises(ConfigError, match=r"did you mean 'list_cutter\.SavedFile'"):
@@ -605,6 +618,180 @@ def test_cutover_check_fails_while_s3storage_would_overwrite(project):
             with default_storage.open(original, "rb") as fh:
                 served = fh.read()
         assert (served == b"a later upload") is replaced
+
+
+def _image(color: tuple[int, int, int], side: int, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _photo(name: str, data: bytes) -> Photo:
+    photo = Photo(title=name)
+    photo.file.save(name, ContentFile(data), save=True)
+    return photo
+
+
+def _served(model: Any, pk: int) -> bytes:
+    with model.objects.get(pk=pk).file.open("rb") as fh:
+        return bytes(fh.read())
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_after_the_switch_an_image_library_writes_beside_the_migrated_files(project, overwrite):
+    """The gallery app writes as Wagtail does: renditions named after the original's stem, and
+    uploads under the name the user gave. Before the switch FileSystemStorage picks free names;
+    after it, S3Storage does too with file_overwrite=False, and overwrites with True. The cutover
+    check fails with True before anything is lost; with False the site keeps serving every
+    migrated file, and verify --all proves the migration while the site writes beside it."""
+    before = [
+        _photo("cat.png", _image((255, 0, 0), 40, "PNG")),
+        _photo("cat.gif", _image((0, 255, 0), 30, "GIF")),
+        _photo("dog.png", _image((9, 9, 9), 20, "PNG")),
+    ]
+    derived = [render(p) for p in before]
+    assert len({r.file.name for r in derived}) == 3  # cat.png and cat.gif: one name asked twice
+    served = {(Photo, p.pk): _served(Photo, p.pk) for p in before}
+    served |= {(Rendition, r.pk): _served(Rendition, r.pk) for r in derived}
+    assert "Uploaded 6 file(s)" in _run("migrate_files_to_r2")
+
+    options = {**project.s3_options, "file_overwrite": overwrite}
+    s3 = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+    with override_settings(STORAGES={**FS_STORAGES, "default": s3, "r2": s3}):
+        if overwrite:
+            err, out = _error("r2migrate_cutover_check", deep=True)
+            assert err.returncode == ExitCode.FILES_FAILED
+            assert "works today and after the switch: 6" in out  # every object is right...
+            assert "FAILED option: file_overwrite is True" in out  # ...and still it fails
+            assert (
+                '"file_overwrite": False' in out and "Storage options: file_overwrite=True" in out
+            )
+        else:
+            text = _run("r2migrate_cutover_check", deep=True)
+            assert "PASSED" in text and "works today and after the switch: 6" in text
+
+        # the switch: the site at work
+        again = _photo("cat.png", _image((0, 0, 255), 50, "PNG"))  # a same-named upload
+        new = _photo("dog.jpg", _image((200, 200, 0), 25, "JPEG"))
+        written = [render(again), render(new)]
+        names = [r.file.name for r in [*derived, *written]] + [p.file.name for p in before]
+        changed = sorted(
+            f"{model.__name__}:{pk}"
+            for (model, pk), data in served.items()
+            if _served(model, pk) != data
+        )
+        if overwrite:
+            assert again.file.name == before[0].file.name
+            assert changed == sorted(
+                [
+                    f"Photo:{before[0].pk}",
+                    f"Rendition:{derived[0].pk}",
+                    f"Rendition:{derived[2].pk}",
+                ]
+            )
+            err, out = _error("migrate_files_to_r2", verify_all=True)
+            assert "not proven intact" in str(err) and "differ" in out
+            err, out = _error("r2migrate_cutover_check", deep=True)
+            # the damage, row by row: the 3 overwritten rows, and the 3 new rows that share
+            # their names (on disk, the names still hold the old bytes)
+            assert "will break after the switch: 6" in out
+        else:
+            assert changed == [] and len(set(names)) == len(names) == 8
+            assert again.file.name.startswith("original_images/cat_")
+            for obj in (again, new, *written):
+                assert _served(type(obj), obj.pk)  # the site serves what it wrote
+            text = _run("migrate_files_to_r2", verify_all=True)
+            assert "app_written" in text and "4 object(s) beside the migrated ones" in text
+            assert "match" in text and "Checked 6 file(s)" in text
+            text = _run("r2migrate_cutover_check", deep=True)
+            assert "PASSED" in text and "works today and after the switch: 6" in text
+
+
+def test_the_copy_window_rows_added_after_planning_are_listed_then_migrated(project):
+    """Rows and files saved between planning and the switch are not in any batch: the cutover
+    check lists them as will break until `migrate_files_to_r2` (planning again) sends them."""
+    first = _photo("first.png", _image((1, 2, 3), 10, "PNG"))
+    settings = load_django_settings().settings
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        (batch_id,) = plan(settings, state, batch_size=100).batch_ids
+    late = _photo("late.png", _image((4, 5, 6), 12, "PNG"))  # after the plan
+    _run("migrate_files_to_r2", resume_batch=batch_id)
+    err, out = _error("r2migrate_cutover_check")
+    assert err.returncode == ExitCode.FILES_FAILED
+    assert "will break after the switch: 1" in out and f"gallery_photo.file:{late.pk}" in out
+    assert f"gallery_photo.file:{first.pk}" not in out
+    assert "added after the last plan (plan again)" in out
+    text = _run("migrate_files_to_r2")
+    assert "Uploaded 1 file(s)" in text
+    assert "PASSED" in _run("r2migrate_cutover_check", deep=True)
+
+
+def test_the_storage_must_point_where_the_batches_went(project):
+    _photo("a.png", _image((1, 1, 1), 8, "PNG"))
+    _run("migrate_files_to_r2")
+    assert "PASSED" in _run("r2migrate_cutover_check")
+    elsewhere = {**project.s3_options, "location": "other-prefix"}
+    moved = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": elsewhere}
+    with override_settings(STORAGES={**FS_STORAGES, "r2": moved}):
+        err, out = _error("r2migrate_cutover_check")
+        assert "location 'other-prefix'" in out and "the migrated batches are at" in out
+        assert f"location {LOCATION!r}" in out
+    # r2migrate told to migrate elsewhere than where the storage reads
+    with override_settings(R2MIGRATE={"storage": "r2", "location": "other-prefix"}):
+        err, out = _error("r2migrate_cutover_check")
+    assert err.returncode == ExitCode.FILES_FAILED and "but r2migrate is configured for" in out
+
+
+def test_doctor_under_django_checks_the_storage_options(project):
+    _photo("a.png", _image((1, 1, 1), 8, "PNG"))
+    _run("migrate_files_to_r2")
+    public = {**project.s3_options, "querystring_auth": False}
+    with override_settings(
+        STORAGES={
+            **FS_STORAGES,
+            "r2": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": public},
+        }
+    ):
+        text = _run("r2migrate_doctor")
+    line = next(x for x in text.splitlines() if " storage_options " in x)
+    assert line.startswith("ok") and "file_overwrite=False" in line, line
+    assert f"location {LOCATION!r}" in line
+    assert "All checks passed" in text
+
+    noisy = {
+        **project.s3_options,
+        "file_overwrite": True,
+        "default_acl": "public-read",
+        "querystring_auth": True,
+        "gzip": True,
+        "location": "elsewhere",
+    }
+    with override_settings(
+        STORAGES={
+            **FS_STORAGES,
+            "r2": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": noisy},
+        }
+    ):
+        err, out = _error("r2migrate_doctor", "--json")
+    assert err.returncode == ExitCode.FILES_FAILED and "storage_options" in str(err)
+    report = json.loads(out)
+    (check,) = [c for c in report["checks"] if c["name"] == "storage_options"]
+    assert check["status"] == "fail"
+    assert "file_overwrite is True" in check["detail"]
+    assert "the migrated batches are at" in check["detail"]
+    assert "manage.py r2migrate_cutover_check" in check["hint"]
+
+    domain = {**project.s3_options, "custom_domain": "cdn.example.com", "default_acl": "private"}
+    with override_settings(
+        STORAGES={
+            **FS_STORAGES,
+            "r2": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": domain},
+        }
+    ):
+        text = _run("r2migrate_doctor")
+    line = next(x for x in text.splitlines() if " storage_options " in x)
+    assert line.startswith("warn") and "custom_domain is 'cdn.example.com'" in line, line
 
 
 def test_cutover_check_memory_stays_flat(project, tmp_path):

@@ -54,7 +54,8 @@ PROBE_CHECKS = (
 )
 
 # source = "disk" (the default): MEDIA_ROOT is checked, media_url is not.
-DISK_ORDER = [name for name in CHECK_ORDER if name != "media_url"]
+# storage_options only under Django (manage.py r2migrate_doctor).
+DISK_ORDER = [name for name in CHECK_ORDER if name not in ("media_url", "storage_options")]
 
 
 # -- helpers --------------------------------------------------------------------------------

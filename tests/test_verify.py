@@ -189,7 +189,10 @@ def test_stray_object_under_the_key_space_is_extra_and_other_batches_are_known(t
         batch_ids = migrate(tree, state, batch_size=10)
         assert len(batch_ids) == 3
         first_keys = [f.object_key for f in state.batch_files(batch_ids[0])]
-        bucket.client.put_object(Bucket=bucket.name, Key="uploads/stray.txt", Body=b"x")
+        # r2migrate's metadata, in no live batch: a leftover the application cannot have written
+        bucket.client.put_object(
+            Bucket=bucket.name, Key="uploads/stray.txt", Body=b"x", Metadata={"sha256": "ab" * 32}
+        )
         bucket.client.put_object(Bucket=bucket.name, Key="elsewhere/other.txt", Body=b"y")
         one = verify(tree, state, batch_id=batch_ids[0])
         (event,) = state.events(batch_ids[0], kind="verify", outcome="extra")
@@ -205,6 +208,41 @@ def test_stray_object_under_the_key_space_is_extra_and_other_batches_are_known(t
     assert everything.list_requests == 1
     assert everything.counts[VerifyOutcome.EXTRA] == 1
     assert everything.counts[VerifyOutcome.MATCH] == 30
+
+
+def test_objects_the_application_writes_after_the_switch_are_its_own_and_never_fail(tree):
+    """After the switch, S3Storage writes new uploads and thumbnails beside the migrated keys
+    (no r2migrate metadata): verify --all still proves the migration and exits 0. What r2migrate
+    wrote but no batch names, or what was in the bucket before the migration, stays `extra`."""
+    bucket = Bucket(tree)
+    with State.open(tree.database_url) as state:
+        batch_ids = migrate(tree, state, batch_size=10)
+        app_keys = [f"uploads/00/f00{i}.thumb.jpg" for i in range(5)] + ["uploads/new/up.pdf"]
+        for key in app_keys:  # as django-storages writes: no sha256 metadata
+            bucket.client.put_object(Bucket=bucket.name, Key=key, Body=b"app " + key.encode())
+        summary = verify(tree, state, all_batches=True)
+        assert summary.counts[VerifyOutcome.APP_WRITTEN] == len(app_keys)
+        assert summary.ok and summary.exit_code == 0, summary.problems
+        assert summary.counts[VerifyOutcome.MATCH] == 30
+        assert {c.object_key for c in summary.app_written} == set(app_keys)
+        assert all("application" in c.reason for c in summary.app_written)
+        assert summary.problems == ()
+        assert summary.head_requests == 30 + len(app_keys)  # one HEAD per object beside ours
+        assert state.events(kind="verify", outcome="app_written") == []
+
+        # a leftover carrying r2migrate's metadata fails; so do objects older than the migration
+        # (here: the ledger says the migration began an hour from now)
+        bucket.client.put_object(
+            Bucket=bucket.name, Key="uploads/01/left.bin", Body=b"l", Metadata={"sha256": "cd" * 32}
+        )
+        state.conn.execute("UPDATE r2migrate.batches SET started_at = now() + interval '1 hour'")
+        later = verify(tree, state, batch_id=batch_ids[0])
+    assert not later.ok and later.exit_code == 1
+    assert later.counts[VerifyOutcome.APP_WRITTEN] == 0
+    extra = {p.object_key: p.reason for p in later.problems if p.outcome is VerifyOutcome.EXTRA}
+    assert set(extra) == {*app_keys, "uploads/01/left.bin"}, extra
+    assert "sha256 metadata" in extra["uploads/01/left.bin"]
+    assert "older" in extra["uploads/new/up.pdf"]
 
 
 def test_key_space_is_the_common_directory():

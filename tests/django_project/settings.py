@@ -13,7 +13,11 @@ DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-INSTALLED_APPS = ["r2migrate.django", "tests.django_project.list_cutter"]
+INSTALLED_APPS = [
+    "r2migrate.django",
+    "tests.django_project.list_cutter",
+    "tests.django_project.gallery",
+]
 # A subprocess test (manage.py's exit code) passes its database in the environment.
 _URL = os.environ.get("DJANGO_TEST_DATABASE_URL")
 DATABASES = {

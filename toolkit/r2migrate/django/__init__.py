@@ -10,6 +10,7 @@ Install ``r2migrate[django]`` and add ``"r2migrate.django"`` to ``INSTALLED_APPS
     python manage.py migrate_files_to_r2
     python manage.py r2migrate_monitor --watch-all
     python manage.py r2migrate_cutover_check --deep
+    python manage.py r2migrate_doctor   # `r2migrate doctor` plus the storage's options
     python manage.py migrate_files_to_r2 --source http   # read from MEDIA_URL, not the disk
     python manage.py r2migrate_writeback_migration app_label.Model   # the write-back columns
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from r2migrate.django.render import table
+from r2migrate.django.storage_options import StorageOptions, check_storage_options
 from r2migrate.errors import ConfigError, ExitCode, Problem, SourceError
 from r2migrate.media import disk as source
 from r2migrate.rules import binding
@@ -47,7 +48,7 @@ from r2migrate.s3.bucket import translate_error
 from r2migrate.settings.config import Settings
 from r2migrate.stages.inventory import examine_reference, unicode_collisions
 from r2migrate.store import catalog
-from r2migrate.store.ledger import BatchStatus, State, connect
+from r2migrate.store.ledger import Batch, BatchStatus, MediaFile, State, connect
 
 __all__ = [
     "CutoverItem",
@@ -56,6 +57,7 @@ __all__ = [
     "Verdict",
     "cutover_check",
     "format_report",
+    "live_batches",
     "storage_from_settings",
 ]
 
@@ -127,6 +129,7 @@ class CutoverSummary:
     warnings: tuple[str, ...] = ()
     items: tuple[CutoverItem, ...] = field(default=())  # the first rows needing attention
     option_failures: tuple[str, ...] = ()  # storage options that break the site after the switch
+    options_shown: tuple[tuple[str, str], ...] = ()  # (option, value) of the options checked
 
     @property
     def references_ok(self) -> int:
@@ -206,7 +209,9 @@ def cutover_check(
     """Sort every reference row into works / will_break / broken_today / no_file.
 
     ``storage`` defaults to ``storage_from_settings``. Rows come from ``settings.references``
-    (under Django: every discovered FileField) and files from ``media_root``.
+    (under Django: every discovered FileField) and files from ``media_root``. The storage's
+    options are checked too (``storage_options``): against the live batches' targets and the
+    target r2migrate is configured for.
     """
     storage = storage if storage is not None else storage_from_settings(settings)
     media_root = source.check_media_root(settings.media_root)
@@ -227,62 +232,19 @@ def cutover_check(
             on_progress(1)
         return result
 
-    verdicts: Counter[str] = Counter()
-    problems: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    items: list[CutoverItem] = []
-    bytes_read = gzip_served = 0
+    tally = _Tally(max_items)
     with connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn:
         collisions = unicode_collisions(settings, conn, refs, media_root)
         rows = (row for ref in refs for row in catalog.iter_source_rows(conn, ref))
         for r in _bounded_map(check, rows, max(1, min(settings.workers, 32))):
-            verdicts[r.verdict.value] += 1
-            bytes_read += r.bytes_read
-            gzip_served += r.gzip
-            if r.verdict in (Verdict.WORKS, Verdict.NO_FILE):
-                continue
-            problems.update(r.problems)
-            if r.verdict is Verdict.WILL_BREAK:
-                reasons.update(r.reasons)
-            if len(items) < max_items:
-                items.append(
-                    CutoverItem(
-                        r.file_id,
-                        r.name or "",
-                        r.verdict,
-                        r.storage_key,
-                        r.problems,
-                        r.reasons,
-                        r.detail,
-                    )
-                )
+            tally.add(r)
+    live = live_batches(state)
     # The storage's own target only: batches migrated to another bucket prove nothing here.
-    batches, _ = binding.split_by_binding(
-        settings,
-        [
-            b
-            for b in (state.list_batches() if state.schema_version() else [])
-            if not b.dry_run and b.status is not BatchStatus.ROLLED_BACK
-        ],
-        need_source=False,
+    batches, _ = binding.split_by_binding(settings, live, need_source=False)
+    options = check_storage_options(
+        storage, batch_targets=[b.target for b in live], configured=binding.target_of(settings)
     )
-    summary = CutoverSummary(
-        storage_class=f"{type(storage).__module__}.{type(storage).__qualname__}",
-        bucket_name=str(storage.bucket_name),
-        location=str(storage.location or ""),
-        custom_domain=getattr(storage, "custom_domain", None) or None,
-        deep=deep,
-        batch_ids=tuple(b.batch_id for b in batches),
-        references_checked=sum(verdicts.values()),
-        verdicts=dict(sorted(verdicts.items())),
-        problems=dict(sorted(problems.items())),
-        reasons=dict(sorted(reasons.items())),
-        bytes_read=bytes_read,
-        gzip_served=gzip_served,
-        warnings=tuple(_warnings(storage)),
-        items=tuple(items),
-        option_failures=tuple(_option_failures(storage)),
-    )
+    summary = tally.summary(storage, deep, tuple(b.batch_id for b in batches), options)
     for b in batches:
         state.add_event(
             b.batch_id,
@@ -292,6 +254,72 @@ def cutover_check(
             {"deep": deep, "will_break": summary.failed, "storage": summary.storage_class},
         )
     return summary
+
+
+def live_batches(state: State) -> list[Batch]:
+    """Batches that put objects in a bucket and still stand (no dry run, not rolled back);
+    none when the ledger does not exist yet."""
+    if not state.schema_version():
+        return []
+    return [
+        b for b in state.list_batches() if not b.dry_run and b.status is not BatchStatus.ROLLED_BACK
+    ]
+
+
+class _Tally:
+    """Counts every row's verdict and keeps the first ``max_items`` rows needing attention."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self.verdicts: Counter[str] = Counter()
+        self.problems: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.items: list[CutoverItem] = []
+        self.bytes_read = self.gzip_served = 0
+
+    def add(self, r: _Result) -> None:
+        self.verdicts[r.verdict.value] += 1
+        self.bytes_read += r.bytes_read
+        self.gzip_served += r.gzip
+        if r.verdict in (Verdict.WORKS, Verdict.NO_FILE):
+            return
+        self.problems.update(r.problems)
+        if r.verdict is Verdict.WILL_BREAK:
+            self.reasons.update(r.reasons)
+        if len(self.items) < self.max_items:
+            self.items.append(
+                CutoverItem(
+                    r.file_id,
+                    r.name or "",
+                    r.verdict,
+                    r.storage_key,
+                    r.problems,
+                    r.reasons,
+                    r.detail,
+                )
+            )
+
+    def summary(
+        self, storage: Any, deep: bool, batch_ids: tuple[str, ...], options: StorageOptions
+    ) -> CutoverSummary:
+        return CutoverSummary(
+            storage_class=f"{type(storage).__module__}.{type(storage).__qualname__}",
+            bucket_name=str(storage.bucket_name),
+            location=str(storage.location or ""),
+            custom_domain=getattr(storage, "custom_domain", None) or None,
+            deep=deep,
+            batch_ids=batch_ids,
+            references_checked=sum(self.verdicts.values()),
+            verdicts=dict(sorted(self.verdicts.items())),
+            problems=dict(sorted(self.problems.items())),
+            reasons=dict(sorted(self.reasons.items())),
+            bytes_read=self.bytes_read,
+            gzip_served=self.gzip_served,
+            warnings=options.notes,
+            items=tuple(self.items),
+            option_failures=options.failures,
+            options_shown=options.shown,
+        )
 
 
 def _bounded_map(
@@ -351,109 +379,94 @@ def _check_row(
             blocking,
             "django-storages raises SuspiciousOperation for this name",
         )
-    found: list[CutoverProblem] = []
-    notes: list[str] = []
-    gzip = False
-    read = 0
+    asked = _Asked()
     try:
-        if not storage.exists(name):
-            found.append(CutoverProblem.NO_OBJECT)
-            notes.append(
-                "refused by r2migrate: " + ", ".join(blocking)
-                if blocking
-                else "not migrated (planned after this row was added, or rolled back)"
-            )
-        else:
-            size = storage.size(name)
-            if size != seen.size_bytes:
-                found.append(CutoverProblem.SIZE_DIFFERS)
-                notes.append(f"object {size} bytes, file {seen.size_bytes}")
-            obj = storage.bucket.Object(key)
-            obj.load()
-            expected = storage._get_write_parameters(key)
-            if obj.content_type != expected.get("ContentType"):
-                found.append(CutoverProblem.CONTENT_TYPE_DIFFERS)
-                notes.append(
-                    f"Content-Type {obj.content_type!r}, expected {expected['ContentType']!r}"
-                )
-            served_encoding = obj.content_encoding or None
-            if served_encoding != expected.get("ContentEncoding"):
-                found.append(CutoverProblem.CONTENT_ENCODING_DIFFERS)
-                wanted = expected.get("ContentEncoding")
-                notes.append(f"Content-Encoding {served_encoding!r}, expected {wanted!r}")
-            gzip = served_encoding is not None
-            if deep:
-                digest = hashlib.sha256()
-                with storage.open(name, "rb") as fh:
-                    while chunk := fh.read(_READ_CHUNK_BYTES):
-                        digest.update(chunk)
-                        read += len(chunk)
-                assert seen.disk_path is not None
-                try:
-                    want, _ = source.sha256_file(media_root, seen.disk_path)
-                except SourceError as exc:
-                    want = f"unreadable ({exc.problem.value})"
-                if digest.hexdigest() != want:
-                    found.append(CutoverProblem.CONTENT_DIFFERS)
-                    notes.append(f"object SHA-256 {digest.hexdigest()}, file {want}")
+        _ask_storage(storage, name, key, seen, media_root, blocking, asked, deep=deep)
     except FileNotFoundError:
-        found.append(CutoverProblem.NO_OBJECT)
+        asked.found.append(CutoverProblem.NO_OBJECT)
     except Exception as exc:
         err = translate_error(exc, op="HEAD", bucket=str(storage.bucket_name), key=key)
         if err.exit_code == ExitCode.CONFIG:  # wrong credentials or bucket: all would fail
             raise err from exc
-        found.append(CutoverProblem.ERROR)
-        notes.append(err.message)
-    if not found:
-        return _Result(file_id, name, Verdict.WORKS, key, gzip=gzip, bytes_read=read)
+        asked.found.append(CutoverProblem.ERROR)
+        asked.notes.append(err.message)
+    if not asked.found:
+        return _Result(file_id, name, Verdict.WORKS, key, gzip=asked.gzip, bytes_read=asked.read)
     return _Result(
         file_id,
         name,
         Verdict.WILL_BREAK,
         key,
-        tuple(p.value for p in found),
-        blocking if CutoverProblem.NO_OBJECT in found else (),
-        "; ".join(notes),
-        gzip,
-        read,
+        tuple(p.value for p in asked.found),
+        blocking if CutoverProblem.NO_OBJECT in asked.found else (),
+        "; ".join(asked.notes),
+        asked.gzip,
+        asked.read,
     )
 
 
-def _option_failures(storage: Any) -> Iterable[str]:
-    """Options under which the site breaks after the switch although every object is right."""
-    if getattr(storage, "file_overwrite", False):
-        yield (
-            "file_overwrite is True (django-storages' default): FileSystemStorage never "
-            "overwrites, S3Storage then does, so a new upload or a derived file (thumbnail, "
-            "rendition) with an existing name replaces a migrated object. Fix: set "
-            '"file_overwrite": False in the storage\'s OPTIONS (AWS_S3_FILE_OVERWRITE = False).'
-        )
+@dataclass
+class _Asked:
+    """What asking the storage about one row found (filled as it goes, kept on an error)."""
+
+    found: list[CutoverProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    gzip: bool = False
+    read: int = 0
 
 
-def _warnings(storage: Any) -> Iterable[str]:
-    acl = getattr(storage, "default_acl", None)
-    if acl:
-        yield (
-            f"default_acl is {acl!r}, but r2migrate uploads without an ACL (R2 has none): on S3, "
-            "objects that must be public need a bucket policy"
+def _ask_storage(
+    storage: Any,
+    name: str,
+    key: str,
+    seen: MediaFile,
+    media_root: Path,
+    blocking: tuple[str, ...],
+    asked: _Asked,
+    *,
+    deep: bool,
+) -> None:
+    """exists(), size(), the served type and encoding, and (deep) the bytes, as Django asks."""
+    found, notes = asked.found, asked.notes
+    if not storage.exists(name):
+        found.append(CutoverProblem.NO_OBJECT)
+        notes.append(
+            "refused by r2migrate: " + ", ".join(blocking)
+            if blocking
+            else "not migrated: added after the last plan (plan again), or rolled back"
         )
-    if getattr(storage, "gzip", False):
-        yield (
-            "gzip (AWS_IS_GZIPPED) is on: new uploads of text types are compressed; migrated "
-            "objects were stored as they were on disk"
-        )
-    domain = getattr(storage, "custom_domain", None)
-    if domain:
-        yield (
-            f"custom_domain is {domain!r}: url() points there, not at the bucket; that domain "
-            "must serve this bucket (and location) for every migrated key"
-        )
-    if getattr(storage, "querystring_auth", False) and not domain:
-        expire = getattr(storage, "querystring_expire", 3600)
-        yield (
-            f"querystring_auth is on: url() returns signed links that expire after {expire} s; "
-            "links cached in pages or e-mails stop working (a public bucket wants it off)"
-        )
+        return
+    size = storage.size(name)
+    if size != seen.size_bytes:
+        found.append(CutoverProblem.SIZE_DIFFERS)
+        notes.append(f"object {size} bytes, file {seen.size_bytes}")
+    obj = storage.bucket.Object(key)
+    obj.load()
+    expected = storage._get_write_parameters(key)
+    if obj.content_type != expected.get("ContentType"):
+        found.append(CutoverProblem.CONTENT_TYPE_DIFFERS)
+        notes.append(f"Content-Type {obj.content_type!r}, expected {expected['ContentType']!r}")
+    served_encoding = obj.content_encoding or None
+    if served_encoding != expected.get("ContentEncoding"):
+        found.append(CutoverProblem.CONTENT_ENCODING_DIFFERS)
+        wanted = expected.get("ContentEncoding")
+        notes.append(f"Content-Encoding {served_encoding!r}, expected {wanted!r}")
+    asked.gzip = served_encoding is not None
+    if not deep:
+        return
+    digest = hashlib.sha256()
+    with storage.open(name, "rb") as fh:
+        while chunk := fh.read(_READ_CHUNK_BYTES):
+            digest.update(chunk)
+            asked.read += len(chunk)
+    assert seen.disk_path is not None
+    try:
+        want, _ = source.sha256_file(media_root, seen.disk_path)
+    except SourceError as exc:
+        want = f"unreadable ({exc.problem.value})"
+    if digest.hexdigest() != want:
+        found.append(CutoverProblem.CONTENT_DIFFERS)
+        notes.append(f"object SHA-256 {digest.hexdigest()}, file {want}")
 
 
 def format_report(summary: CutoverSummary, *, show: int = 20) -> list[str]:
@@ -489,6 +502,8 @@ def format_report(summary: CutoverSummary, *, show: int = 20) -> list[str]:
         lines += ["", *table(["verdict", "problem", "row", "key", "detail"], rows2)]
         if len(summary.items) > len(shown):
             lines.append(f"... and {len(summary.items) - len(shown)} more")
+    if summary.options_shown:
+        lines.append("Storage options: " + ", ".join(f"{k}={v}" for k, v in summary.options_shown))
     for warning in summary.warnings:
         lines.append(f"warning: {warning}")
     for failure in summary.option_failures:

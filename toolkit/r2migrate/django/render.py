@@ -206,6 +206,12 @@ def verify_lines(s: VerifySummary, *, show: int = 20) -> list[str]:
         f"{' (deep)' if s.deep else ''}: {human_bytes(s.bytes_proven)} proven, "
         f"{s.head_requests} HEAD + {s.get_requests} GET (${s.class_b_cost_usd:.6f}).",
     ]
+    written = s.counts.get("app_written", 0)
+    if written:
+        lines.append(
+            f"{written} object(s) beside the migrated ones were written by the application after "
+            "the migration began (no r2migrate metadata): counted apart, not a failure."
+        )
     if s.aborted:
         lines.append(f"Stopped early: {s.aborted}")
     return lines

@@ -99,6 +99,7 @@ CHECK_ORDER = (
     "reference",
     "media_root",
     "media_url",
+    "storage_options",  # under Django only (manage.py r2migrate_doctor)
     "ca_bundle",
     "bucket",
     "clock_skew",
@@ -187,6 +188,7 @@ def doctor(
     *,
     on_check: Callable[[Check], None] | None = None,
     bucket: Bucket | None = None,
+    storage_check: Callable[[], tuple[CheckStatus, str, str]] | None = None,
 ) -> DoctorReport:
     """Run every check and return the report; ``on_check`` sees each check as it completes.
 
@@ -194,8 +196,9 @@ def doctor(
     with its problems, the checks that need settings are skipped, the rest still run. ``bucket``
     replaces the one built from ``settings`` (same name and client for every bucket check).
     Never raises for a failed check; only ``KeyboardInterrupt`` escapes, after the cleanup.
+    ``storage_check`` (from the Django adapter) checks the project's target storage's options.
     """
-    return _Doctor(settings, on_check, bucket).run()
+    return _Doctor(settings, on_check, bucket, storage_check).run()
 
 
 _Result = tuple[CheckStatus, str, str]  # status, detail, hint
@@ -211,7 +214,9 @@ class _Doctor:
         settings: Settings | ConfigError,
         on_check: Callable[[Check], None] | None,
         bucket: Bucket | None,
+        storage_check: Callable[[], _Result] | None = None,
     ) -> None:
+        self.storage_check = storage_check
         self.settings = settings if isinstance(settings, Settings) else None
         self.config_error = settings if isinstance(settings, ConfigError) else None
         self.on_check = on_check
@@ -259,6 +264,8 @@ class _Doctor:
         where = media_setting(self.settings) if self.settings else "media_root"
         media_check = {"media_root": self._check_media_root, "media_url": self._check_media_url}
         self._record(where, media_check[where], needs_settings=(where,))
+        if self.storage_check is not None:
+            self._record("storage_options", self.storage_check)
         bucket_needs = ("bucket_name", "endpoint_url", "access_key", "secret_key")
         self._record("ca_bundle", self._check_ca_bundle, needs_settings=("endpoint_url",))
         self._record(

@@ -19,6 +19,10 @@ What is checked, per ledger row of the chosen batches (rows rolled back are hist
   lies inside ``location``; with keys spread over the whole bucket it is the whole bucket. Listed
   keys are looked up against *every* batch's live keys, a page at a time (bounded memory).
 
+Each extra object is HEADed once: one without r2migrate's metadata written after the migration
+began is ``app_written`` (the site at work after the switch: counted, never a failure; see
+``rules/provenance.py``); the rest stay ``extra``.
+
 Outcome precedence for one file: error > missing > differ > source_changed > match. Matched rows
 become `verified`; a `verified` row that fails falls back to `uploaded`/`skipped` with error code
 ``verify:<outcome>``; an ``error`` (the check could not be made) changes no row. A HEAD or GET
@@ -48,7 +52,7 @@ from r2migrate.errors import (
     split_error_code,
 )
 from r2migrate.media.base import open_media_source
-from r2migrate.rules import binding
+from r2migrate.rules import binding, provenance
 from r2migrate.rules.pricing import CLASS_A_USD_PER_MILLION, CLASS_B_USD_PER_MILLION
 from r2migrate.runtime.pool import drain
 from r2migrate.runtime.retry import Requests
@@ -115,12 +119,16 @@ class VerifySummary:
     aborted: str | None = None  # set when the endpoint failed so often that checking stopped
     left_out_batches: int = 0  # --all: batches of another target or source, not touched
     left_out_note: str = ""  # one sentence saying which, for every front end
+    app_written: tuple[FileCheck, ...] = ()  # the first objects the application wrote
 
     @property
     def ok(self) -> bool:
-        """True only when every file matched and nothing extra or unchecked was found."""
+        """True only when every file matched and nothing extra or unchecked was found
+        (objects the application wrote after the switch are not the migration's: they count
+        apart and never fail it)."""
+        fine = (VerifyOutcome.MATCH, VerifyOutcome.APP_WRITTEN)
         return self.aborted is None and all(
-            n == 0 for outcome, n in self.counts.items() if outcome != VerifyOutcome.MATCH
+            n == 0 for outcome, n in self.counts.items() if outcome not in fine
         )
 
     @property
@@ -238,6 +246,7 @@ def verify(
         aborted=tally.aborted,
         left_out_batches=len(left_out),
         left_out_note=binding.left_out_note(left_out),
+        app_written=tuple(tally.app_written),
     )
 
 
@@ -339,6 +348,7 @@ class _Tally:
         self.files_done = 0
         self.counts: Counter[str] = Counter()
         self.problems: list[FileCheck] = []
+        self.app_written: list[FileCheck] = []  # examples only (the count is in ``counts``)
         self.heads = self.gets = self.lists = 0
         self.deep_checked = self.bytes_proven = self.bytes_read = 0
         self.aborted: str | None = None
@@ -449,6 +459,7 @@ def _find_extras(
         keys = keys_by_batch.get(b.batch_id)
         if keys:
             spaces.setdefault(key_space(keys), b.batch_id)
+    since = min((b.started_at or b.created_at for b in batches), default=None)
     kept: list[str] = []
     for prefix in sorted(spaces):  # a prefix inside a listed one adds nothing
         if not any(prefix.startswith(k) for k in kept):
@@ -462,18 +473,7 @@ def _find_extras(
                 known = state.known_object_keys(target, [key for key, _ in page])
                 for key, size in page:
                     if key not in known:
-                        tally.add(
-                            Checked(
-                                FileCheck(
-                                    batch_id=owner,
-                                    object_key=key,
-                                    outcome=VerifyOutcome.EXTRA,
-                                    reason=f"under {prefix or 'the bucket root'!r} but in no batch",
-                                    size_bytes=size,
-                                )
-                            ),
-                            None,
-                        )
+                        _add_extra(bucket, ask, tally, owner, key, size, since)
                 tally.maybe_flush()
                 if token is None:
                     break
@@ -490,4 +490,39 @@ def _find_extras(
                 None,
             )
     tally.lists += ask.sent["LIST"]
+    tally.heads += ask.sent["HEAD"]
     return kept
+
+
+def _add_extra(
+    bucket: Bucket,
+    ask: Requests,
+    tally: _Tally,
+    owner: str,
+    key: str,
+    size: int,
+    since: datetime | None,
+) -> None:
+    """One HEAD says who wrote an object no batch names: the application (counted, no event,
+    a few kept as examples) or not (``extra``, recorded as before)."""
+    try:
+        info = ask("HEAD", functools.partial(bucket.head, key))
+    except BucketError as exc:
+        check = FileCheck(owner, key, VerifyOutcome.ERROR, f"who wrote it: {ask.why(exc)}")
+        tally.add(Checked(check, retryable=exc.retryable), None)
+        return
+    if info is None:  # deleted since the LIST
+        return
+    origin = provenance.classify_extra(
+        sha256_metadata=info.sha256_hex,
+        last_modified=info.last_modified,
+        migration_started_at=since,
+    )
+    outcome = VerifyOutcome.APP_WRITTEN if origin.app_written else VerifyOutcome.EXTRA
+    check = FileCheck(owner, key, outcome, origin.reason, size_bytes=size, etag=info.etag)
+    if origin.app_written:
+        tally.counts[outcome.value] += 1
+        if len(tally.app_written) < 20:
+            tally.app_written.append(check)
+    else:
+        tally.add(Checked(check), None)

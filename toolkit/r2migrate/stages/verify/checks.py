@@ -31,6 +31,7 @@ class VerifyOutcome(StrEnum):
     DIFFER = "differ"  # the object's size, SHA-256 or content is not the ledger's
     MISSING = "missing"  # no object at the key
     EXTRA = "extra"  # an object under the batch's key space that no ledger row names
+    APP_WRITTEN = "app_written"  # an extra the application wrote after the switch: not a failure
     SOURCE_CHANGED = "source_changed"  # the object is intact but the source file moved on
     NOT_UPLOADED = "not_uploaded"  # the row is pending/failed/conflict: nothing to prove yet
     ERROR = "error"  # the check could not be made (endpoint down, source unreadable...)
