@@ -13,7 +13,7 @@ from datetime import datetime
 from psycopg import sql
 
 from r2migrate.errors import ConfigError
-from r2migrate.store.ledger import Connection, translate_db_errors
+from r2migrate.store.db import Connection, translate_db_errors
 
 log = logging.getLogger(__name__)
 
