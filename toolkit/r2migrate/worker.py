@@ -42,7 +42,6 @@ import psycopg_pool
 from procrastinate import exceptions as pexc
 from procrastinate.job_context import JobContext
 from procrastinate.worker import Worker
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from r2migrate.errors import (
@@ -75,8 +74,8 @@ from r2migrate.store.ledger import (
     privilege_error,
     procrastinate_version,
     same_minor,
-    translate_db_errors,
 )
+from r2migrate.store.queue import QueueStatus
 
 log = logging.getLogger(__name__)
 
@@ -155,31 +154,9 @@ def ensure_queue_schema(state: State) -> None:
     require_queue_schema(state)
 
 
-@contextlib.contextmanager
-def queue_lock(state: State) -> Iterator[None]:
-    """Serialize "look at the queue, then change it" between workers, machines and the API, so
-    a batch never gets a second job while its first runs, and a stalled job is retried once."""
-    key = f"r2migrate-queue:{state.schema}"
-    with translate_db_errors("locking the job queue"):
-        state.conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception), translate_db_errors("unlocking the job queue"):
-            state.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
-
-
 def queued_batches(state: State) -> set[str]:
     """Batch ids that have a job waiting or running."""
-    with translate_db_errors("reading the job queue"):
-        rows = state.conn.execute(
-            sql.SQL(
-                "SELECT DISTINCT lock FROM {s}.procrastinate_jobs"
-                " WHERE task_name = %s AND status IN ('todo', 'doing')"
-            ).format(s=sql.Identifier(state.schema)),
-            (TASK_NAME,),
-        ).fetchall()
-    return {r["lock"] for r in rows if r["lock"]}
+    return state.queued_batch_ids(TASK_NAME)
 
 
 def enqueue_batches(
@@ -193,7 +170,7 @@ def enqueue_batches(
     queued, so a worker does not retry the same failures forever.
     """
     added = []
-    with queue_lock(state):
+    with state.queue_lock():
         busy = queued_batches(state)
         mine, _ = binding.split_by_binding(settings, state.batches_to_run())
         for batch in mine:
@@ -229,7 +206,7 @@ def enqueue_batch(app: procrastinate.App, state: State, batch_id: str) -> bool:
     if batch.status is BatchStatus.ROLLED_BACK:
         raise BatchRolledBack(f"Batch {batch_id} was rolled back; it cannot be queued.")
     state.requeue_failed(batch_id)
-    with queue_lock(state):
+    with state.queue_lock():
         if batch_id in queued_batches(state):
             return False
         return _defer(app, batch)
@@ -251,69 +228,13 @@ def _defer(app: procrastinate.App, batch: Batch) -> bool:
 
 def job_counts(state: State) -> dict[str, int]:
     """Jobs of this task by status (todo, doing, succeeded, failed, ...)."""
-    with translate_db_errors("reading the job queue"):
-        rows = state.conn.execute(
-            sql.SQL(
-                "SELECT status::text AS status, count(*) AS n FROM {s}.procrastinate_jobs"
-                " WHERE task_name = %s GROUP BY status"
-            ).format(s=sql.Identifier(state.schema)),
-            (TASK_NAME,),
-        ).fetchall()
-    return {r["status"]: int(r["n"]) for r in rows}
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    """The job queue as `doctor` reports it (read only)."""
-
-    procrastinate_version: str  # the one that made the tables
-    jobs: dict[str, int]  # batch jobs by status
-    stalled: int  # running jobs whose worker sent no heartbeat for stalled_worker_s
-    workers_alive: int
-    dead_leases: dict[str, int] = field(default_factory=dict)  # files held by dead workers
-
-    @property
-    def files_held_by_dead(self) -> int:
-        return sum(self.dead_leases.values())
+    return state.job_counts(TASK_NAME)
 
 
 def queue_status(state: State, stalled_worker_s: float) -> QueueStatus | None:
-    """None when no worker has made the queue yet. Reads only."""
-    s = sql.Identifier(state.schema)
-    with translate_db_errors("reading the job queue"):
-        present = state.conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AS present",
-            (f"{s.as_string(state.conn)}.queue_schema",),
-        ).fetchone()
-        if not present or not present["present"]:
-            return None
-        row = state.conn.execute(
-            sql.SQL("SELECT procrastinate_version AS v FROM {s}.queue_schema").format(s=s)
-        ).fetchone()
-        heartbeats = state.conn.execute(
-            sql.SQL(
-                "SELECT count(*) FILTER (WHERE w.id IS NULL OR w.last_heartbeat <"
-                "  now() - make_interval(secs => %s)) AS stalled"
-                " FROM {s}.procrastinate_jobs j"
-                " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
-                " WHERE j.task_name = %s AND j.status = 'doing'"
-            ).format(s=s),
-            (stalled_worker_s, TASK_NAME),
-        ).fetchone()
-        alive = state.conn.execute(
-            sql.SQL(
-                "SELECT count(*) AS n FROM {s}.procrastinate_workers"
-                " WHERE last_heartbeat >= now() - make_interval(secs => %s)"
-            ).format(s=s),
-            (stalled_worker_s,),
-        ).fetchone()
-    return QueueStatus(
-        procrastinate_version=row["v"] if row else "?",
-        jobs=job_counts(state),
-        stalled=int(heartbeats["stalled"]) if heartbeats else 0,
-        workers_alive=int(alive["n"]) if alive else 0,
-        dead_leases=state.dead_worker_leases(stalled_worker_s),
-    )
+    """The job queue as `doctor` shows it; None when no worker has made the queue yet. Reads
+    only."""
+    return state.queue_status(TASK_NAME, stalled_worker_s)
 
 
 # -- one worker process ---------------------------------------------------------------------------
@@ -456,28 +377,18 @@ def retry_stalled_jobs(app: procrastinate.App, state: State, stalled_worker_s: f
     and its files with them (settled by HEAD) rather than after ``lease_s``.
     """
     state.release_dead_worker_leases(stalled_worker_s)
-    with queue_lock(state):
-        with translate_db_errors("looking for stalled batch jobs"):
-            rows = state.conn.execute(
-                sql.SQL(
-                    "SELECT j.id, j.lock FROM {s}.procrastinate_jobs j"
-                    " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
-                    " WHERE j.task_name = %s AND j.status = 'doing' AND (w.id IS NULL"
-                    "  OR w.last_heartbeat < now() - make_interval(secs => %s))"
-                ).format(s=sql.Identifier(state.schema)),
-                (TASK_NAME, stalled_worker_s),
-            ).fetchall()
+    with state.queue_lock():
         retried = []
-        for row in rows:
+        for job in state.stalled_jobs(TASK_NAME, stalled_worker_s):
             try:
-                app.job_manager.retry_job_by_id(row["id"], retry_at=datetime.now(UTC))
+                app.job_manager.retry_job_by_id(job.job_id, retry_at=datetime.now(UTC))
             except pexc.ProcrastinateException as exc:  # it ended between the look and now
-                log.warning("batch %s: its stalled job was not queued again: %s", row["lock"], exc)
+                log.warning("batch %s: its stalled job was not queued again: %s", job.batch_id, exc)
                 continue
-            retried.append(row["lock"])
+            retried.append(job.batch_id)
             log.warning(
                 "batch %s: its worker sent no heartbeat for %.0f s; the batch is queued again",
-                row["lock"],
+                job.batch_id,
                 stalled_worker_s,
             )
     return retried
