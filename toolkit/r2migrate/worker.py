@@ -37,24 +37,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import procrastinate
-import psycopg
-import psycopg_pool
 from procrastinate import exceptions as pexc
 from procrastinate.job_context import JobContext
 from procrastinate.worker import Worker
-from psycopg.conninfo import conninfo_to_dict
 
 from r2migrate.errors import (
     BatchRolledBack,
     BucketUnavailable,
-    DatabaseUnavailable,
     Interrupted,
     SourceUnavailable,
-    StateError,
     TargetMismatch,
     ToolkitError,
 )
 from r2migrate.rules import binding
+from r2migrate.runtime.supervisor import Supervisor
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
 from r2migrate.stages.transfer import (
@@ -71,35 +67,15 @@ from r2migrate.store.ledger import (
     BatchStatus,
     State,
     new_owner_id,
-    privilege_error,
-    procrastinate_version,
-    same_minor,
 )
-from r2migrate.store.queue import QueueStatus
+from r2migrate.store.ledger import procrastinate_version as procrastinate_version
+from r2migrate.store.queue import QueueStatus, translate_queue_errors
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "r2migrate.run_batch"
 JOBS_PER_PROCESS = 2  # a second batch fills the threads while the first one's last files finish
 OUTAGE_RETRIES = 4  # an endpoint outage: the batch job is retried this often, with backoff
-
-
-@contextlib.contextmanager
-def translate_queue_errors(doing: str, settings: Settings | None = None) -> Iterator[None]:
-    """The one place procrastinate's connection errors become the toolkit's; a missing
-    privilege is PrivilegeMissing (exit 4) with the GRANT for the role in ``settings``."""
-    try:
-        yield
-    except (pexc.ConnectorException, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, psycopg.errors.InsufficientPrivilege):
-            schema, role = "<state_schema>", "<role>"
-            if settings is not None and settings.database_url:
-                schema = settings.state_schema
-                role = str(conninfo_to_dict(settings.database_url).get("user") or role)
-            raise privilege_error(cause, doing, schema=schema, role=role) from exc
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise DatabaseUnavailable(f"PostgreSQL failed while {doing}: {first}") from exc
 
 
 def make_app(settings: Settings) -> procrastinate.App:
@@ -129,23 +105,8 @@ def make_app(settings: Settings) -> procrastinate.App:
 
 
 def require_queue_schema(state: State) -> None:
-    """The queue's tables as this procrastinate needs them; reads only, never creates.
-
-    They are made with the ledger (`r2migrate db upgrade`, the first `plan`, or `db sql`); the
-    procrastinate version that made them is kept in ``queue_schema``, and another minor version
-    is refused with a clear message instead of running against tables it does not know.
-    """
-    status = state.require_ledger()
-    installed = procrastinate_version()
-    made_by = status.queue_version or "?"
-    if not same_minor(made_by, installed):
-        raise StateError(
-            f"The job queue in schema {state.schema!r} was made by procrastinate "
-            f"{made_by}; this r2migrate runs procrastinate {installed}.",
-            hint="Run workers from the r2migrate that made it. To start the queue "
-            "afresh, stop every worker, then drop procrastinate's tables, types and "
-            f"functions in schema {state.schema} and {state.schema}.queue_schema.",
-        )
+    """The queue's tables as this procrastinate needs them; reads only (see State.require_queue)."""
+    state.require_queue()
 
 
 def ensure_queue_schema(state: State) -> None:
@@ -535,6 +496,37 @@ class WorkerSummary:
         return sum(r.failed + r.conflict for r in self.results)
 
 
+def _poll(
+    app: procrastinate.App,
+    settings: Settings,
+    state: State,
+    sup: Supervisor,
+    summary: WorkerSummary,
+    *,
+    once: bool,
+) -> bool:
+    """One round of `run_workers`: queue batches planned meanwhile, send stalled jobs back,
+    restart worker processes; False once `--once` has nothing left to wait for."""
+    with translate_queue_errors("queueing batches", settings), app.open():
+        enqueue_batches(app, settings, state)
+        retry_stalled_jobs(app, state, settings.stalled_worker_s)
+    waiting = job_counts(state).get("todo", 0)
+    for ended in sup.reap():
+        if not ended.ok:
+            log.warning(
+                "worker process %s died (exit %s); starting another", ended.name, ended.exitcode
+            )
+            summary.restarts += 1
+            sup.restart(ended.index)
+    if waiting or not once:  # --once: a process that found the queue empty stays ended
+        for index in sup.idle():
+            sup.restart(index)
+    # --once ends when nothing waits or runs; a job still "doing" with every process here
+    # gone belongs to a dead worker (or one elsewhere): wait for it.
+    idle = not waiting and not sup.alive()
+    return not (once and idle and not job_counts(state).get("doing"))
+
+
 def run_workers(
     settings: Settings,
     *,
@@ -549,116 +541,49 @@ def run_workers(
     Every `poll_s` it queues batches planned meanwhile and restarts a worker process that died
     (its job is queued again by the stalled-job check once its heartbeat is `stalled_worker_s`
     old). Raises the first fatal error a worker reports (wrong credentials, say) after stopping
-    the others, and Interrupted when `stop` is set.
+    the others, and Interrupted when `stop` is set. A second Ctrl-C kills the processes: their
+    leases (dead pids) and jobs (no heartbeat) are taken over, each upload settled by HEAD.
     """
     check_bucket(Bucket(settings), settings, stop)
     quiet_procrastinate()  # this process queues jobs through procrastinate's pool too
     app = make_app(settings)
+    summary = WorkerSummary()
+    errors: list[ErrorPayload] = []
+
+    def take(kind: str, payload: Any) -> None:
+        if kind == "result":
+            summary.results.append(payload)
+        elif kind == "error":
+            errors.append(payload)
+            sup.halt.set()
+
     with State.open(
         settings.database_url, schema=settings.state_schema, migrate=False, require_ledger=True
     ) as state:
         require_queue_schema(state)
         with translate_queue_errors("queueing batches", settings), app.open():
             enqueue_batches(app, settings, state, retry_failed=True)
-        ctx = multiprocessing.get_context("spawn")  # no fork: this process holds sockets
-        halt = ctx.Event()
-        inbox: Any = ctx.Queue()
-        summary = WorkerSummary()
-        children: list[Any] = []
 
-        def start(i: int) -> Any:
-            child = ctx.Process(
-                target=_worker_process_main,
-                args=(settings, not once, halt, inbox),
-                name=f"r2migrate-worker-{i}",
+        # If this process fails (it lost PostgreSQL, say), the workers must not outlive it
+        # unseen, and one that does not stop must not keep it waiting for ever: grace_s.
+        sup = Supervisor(
+            _worker_process_main,
+            (settings, not once),
+            count=processes,
+            name="r2migrate-worker",
+            stop=stop,
+            on_message=take,
+            grace_s=max(30.0, settings.stalled_worker_s),
+            on_interrupt="kill",
+        )
+        with sup:
+            log.info("worker: %d process(es) x %d thread(s)", processes, settings.workers)
+            sup.run(
+                tick_s=min(poll_s, settings.stalled_worker_s / 3),
+                on_tick=lambda: _poll(app, settings, state, sup, summary, once=once),
             )
-            child.start()
-            return child
-
-        children = [start(i) for i in range(processes)]
-        log.info("worker: %d process(es) x %d thread(s)", processes, settings.workers)
-        error: ErrorPayload | None = None
-        next_poll = 0.0
-
-        def take(kind: str, payload: Any) -> None:
-            nonlocal error
-            if kind == "result":
-                summary.results.append(payload)
-            elif kind == "error" and error is None:
-                error = payload
-
-        def join_all(deadline_s: float | None = None) -> None:
-            """Wait for every process, reading what they send (a full pipe would block them);
-            with `deadline_s`, kill what is still alive then (their leases are taken over)."""
-            ends = None if deadline_s is None else time.monotonic() + deadline_s
-            while any(c.is_alive() for c in children) or not inbox.empty():
-                if ends is not None and time.monotonic() > ends:
-                    log.warning("worker processes did not stop in %.0f s; killing them", deadline_s)
-                    for child in children:
-                        child.kill()
-                    break
-                with contextlib.suppress(queue.Empty):
-                    take(*inbox.get(timeout=0.2))
-            for child in children:
-                child.join()
-
-        try:
-            while True:
-                if stop.is_set() or error is not None:
-                    halt.set()
-                with contextlib.suppress(queue.Empty):
-                    take(*inbox.get(timeout=0.2))
-                    continue
-                if halt.is_set():
-                    if not any(c.is_alive() for c in children):
-                        break
-                    continue
-                if time.monotonic() < next_poll:
-                    continue
-                next_poll = time.monotonic() + min(poll_s, settings.stalled_worker_s / 3)
-                with translate_queue_errors("queueing batches", settings), app.open():
-                    enqueue_batches(app, settings, state)
-                    retry_stalled_jobs(app, state, settings.stalled_worker_s)
-                waiting = job_counts(state).get("todo", 0)
-                for i, child in enumerate(children):
-                    if child.is_alive():
-                        continue
-                    child.join()
-                    if child.exitcode != 0:
-                        log.warning(
-                            "worker process %s died (exit %s); starting another",
-                            child.name,
-                            child.exitcode,
-                        )
-                        summary.restarts += 1
-                    elif once and not waiting:
-                        continue  # --once: it found the queue empty
-                    children[i] = start(i)
-                idle = not waiting and not any(c.is_alive() for c in children)
-                # --once ends when nothing waits or runs; a job still "doing" with every process
-                # here gone belongs to a dead worker (or one elsewhere): wait for it.
-                if once and idle and not job_counts(state).get("doing"):
-                    break
-        except KeyboardInterrupt:
-            # A second Ctrl-C: stop at once, as `run` does. The processes are killed; their leases
-            # (dead pids) and jobs (no heartbeat) are taken over, each upload settled by HEAD.
-            stop.set()
-            halt.set()
-            log.warning("stopping at once; the next start settles by HEAD what was in flight")
-            for child in children:
-                child.kill()
-            for child in children:
-                child.join()
-        except BaseException:
-            # This process lost PostgreSQL (say): the workers must not outlive it unseen, and a
-            # worker that does not stop must not keep this process waiting for ever.
-            halt.set()
-            join_all(deadline_s=max(30.0, settings.stalled_worker_s))
-            raise
-        else:
-            join_all()
-    if error is not None and error[0] != "Interrupted":
-        raise rebuild_error(error)
+    if errors and errors[0][0] != "Interrupted":
+        raise rebuild_error(errors[0])
     if stop.is_set():
         raise Interrupted(
             "Interrupted; every finished upload is recorded.",

@@ -17,7 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from r2migrate.store.db import Database, translate_db_errors
+import psycopg
+import psycopg_pool
+from procrastinate import exceptions as pexc
+from psycopg.conninfo import conninfo_to_dict
+
+from r2migrate.errors import DatabaseUnavailable, StateError
+from r2migrate.settings.config import Settings
+from r2migrate.store.db import (
+    Database,
+    LedgerStatus,
+    privilege_error,
+    procrastinate_version,
+    same_minor,
+    translate_db_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +74,24 @@ def _owner_is_dead_here(owner: str) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
+@contextmanager
+def translate_queue_errors(doing: str, settings: Settings | None = None) -> Iterator[None]:
+    """The one place procrastinate's connection errors become the toolkit's; a missing
+    privilege is PrivilegeMissing (exit 4) with the GRANT for the role in ``settings``."""
+    try:
+        yield
+    except (pexc.ConnectorException, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, psycopg.errors.InsufficientPrivilege):
+            schema, role = "<state_schema>", "<role>"
+            if settings is not None and settings.database_url:
+                schema = settings.state_schema
+                role = str(conninfo_to_dict(settings.database_url).get("user") or role)
+            raise privilege_error(cause, doing, schema=schema, role=role) from exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise DatabaseUnavailable(f"PostgreSQL failed while {doing}: {first}") from exc
 
 
 @dataclass(frozen=True)
@@ -159,6 +191,27 @@ class Queue(Database):
             return cur.rowcount
 
     # -- the job queue (procrastinate's tables) -------------------------------------------------
+
+    def require_queue(self) -> LedgerStatus:
+        """The queue's tables as this procrastinate needs them; reads only, never creates.
+
+        They are made with the ledger (`r2migrate db upgrade`, the first `plan`, or `db sql`);
+        the procrastinate version that made them is kept in ``queue_schema``, and another minor
+        version is refused with a clear message instead of running against tables it does not
+        know.
+        """
+        status = self.require_ledger()
+        installed = procrastinate_version()
+        made_by = status.queue_version or "?"
+        if not same_minor(made_by, installed):
+            raise StateError(
+                f"The job queue in schema {self.schema!r} was made by procrastinate "
+                f"{made_by}; this r2migrate runs procrastinate {installed}.",
+                hint="Run workers from the r2migrate that made it. To start the queue "
+                "afresh, stop every worker, then drop procrastinate's tables, types and "
+                f"functions in schema {self.schema} and {self.schema}.queue_schema.",
+            )
+        return status
 
     @contextmanager
     def queue_lock(self) -> Iterator[None]:
