@@ -20,7 +20,7 @@ from r2migrate.store.rows import BatchStatus, FileStatus, MediaFile
 
 
 class History(Database):
-    """The history half of ``State`` (ledger.py), over the same connection."""
+    """The history part of ``State`` (ledger.py), over the same connection."""
 
     # -- inventory ------------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class StalledJob:
 
 
 class Queue(Database):
-    """The queue half of ``State`` (ledger.py), over the same connection."""
+    """The queue part of ``State`` (ledger.py), over the same connection."""
 
     # -- leases of dead owners ------------------------------------------------------------------
 
