@@ -168,6 +168,7 @@ PROTECTED = [
     ("POST", "/batches/b1/rollback"),
     ("GET", "/batches/b1/files"),
     ("GET", "/openapi.json"),
+    ("GET", "/docs"),
 ]
 
 
@@ -261,6 +262,32 @@ def test_openapi_describes_every_endpoint_behind_bearer_auth(client):
     }
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "401" in spec["paths"]["/batches"]["get"]["responses"]
+
+
+def test_docs_page_and_openapi_document_every_request_body(client, base_url):
+    spec = client.get("/openapi.json").json()
+    bodies = {"CreateBatches", "ProcessBatch", "VerifyBatch", "RollbackBatch"}
+    schemas = spec["components"]["schemas"]
+    for name in bodies:
+        assert schemas[name].get("description"), name
+        for field, prop in schemas[name]["properties"].items():
+            assert prop.get("description"), f"{name}.{field} is not described"
+    verify = spec["paths"]["/batches/{batch_id}/verify"]["post"]
+    assert {p["name"] for p in verify["parameters"] if p["in"] == "query"} >= {"deep", "sample"}
+    assert "409" in spec["paths"]["/batches/{batch_id}/stop"]["post"]["responses"]
+
+    page = client.get("/docs")
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    text = page.text
+    for path in spec["paths"]:
+        assert path in text, path
+    assert "POST /batches/{batch_id}/rollback" in text
+    assert "true: only report what would be deleted" in text
+    assert "JSON body (optional)" in text  # verify's and process's bodies may be left out
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert httpx.get(f"{base_url}/docs").status_code == 401
 
 
 # -- input validation ---------------------------------------------------------------------------
@@ -396,10 +423,12 @@ def test_processing_over_http_completes_verifies_and_rolls_back(client, sample):
 
     dry = client.post(f"/batches/{batch_id}/rollback", json={"dry_run": True}).json()
     assert dry["dry_run"] is True
-    assert dry["counts"]["would_delete"] == len(dry["deleted"]) > 0
+    assert dry["counts"]["would_delete"] == len(dry["would_delete"]) > 0
+    assert dry["deleted"] == []  # nothing was deleted
     undo = client.post(f"/batches/{batch_id}/rollback", json={"dry_run": False}).json()
     assert undo["ok"] is True
-    assert sorted(undo["deleted"]) == sorted(dry["deleted"])
+    assert sorted(undo["deleted"]) == sorted(dry["would_delete"])
+    assert undo["would_delete"] == []
     assert undo["batch_status"] == "rolled_back"
     assert client.get(f"/batches/{batch_id}").json()["status"] == "rolled_back"
 
@@ -427,9 +456,8 @@ def test_second_process_call_while_running_is_409_and_stop_resumes_later(client,
         assert stopped["job"]["state"] == "interrupted"
         assert stopped["job"]["error"]["code"] == "interrupted"
         assert stopped["progress"]["files_done"] < stopped["total_files"]
-        idle = client.post(f"/batches/{batch_id}/stop")
-        assert idle.status_code == 200
-        assert idle.json() is None
+        idle = _error(client.post(f"/batches/{batch_id}/stop"), 409, "not_running")
+        assert "interrupted" in idle["message"]
     finally:
         release.set()
     again = client.post(f"/batches/{batch_id}/process")
@@ -440,6 +468,41 @@ def test_second_process_call_while_running_is_409_and_stop_resumes_later(client,
     result = client.post(f"/batches/{batch_id}/verify", json={}).json()
     assert result["ok"] is True
     assert result["counts"]["match"] == done["total_files"]
+
+
+def test_stop_on_an_idle_batch_is_409_not_null(client, sample):
+    (batch_id,) = _plan(client, batch_size=1000, max_files=5)["batch_ids"]
+    err = _error(client.post(f"/batches/{batch_id}/stop"), 409, "not_running")
+    assert batch_id in err["message"]
+    assert f"/batches/{batch_id}/process" in err["hint"]
+
+
+def test_verify_takes_deep_and_sample_from_the_query_as_well(client, sample):
+    (batch_id,) = _plan(client, batch_size=1000, max_files=10)["batch_ids"]
+    assert client.post(f"/batches/{batch_id}/process").status_code == 202
+    assert _wait_for(client, batch_id, _finished)["status"] == "completed"
+    deep = client.post(f"/batches/{batch_id}/verify?deep=true")
+    assert deep.status_code == 200, deep.text
+    assert deep.json()["deep"] is True
+    assert deep.json()["deep_checked"] == 10
+    sampled = client.post(f"/batches/{batch_id}/verify", params={"sample": 3, "seed": 7}).json()
+    assert (sampled["sample"], sampled["sample_seed"], sampled["deep_checked"]) == (3, 7, 3)
+    cheap = client.post(f"/batches/{batch_id}/verify").json()
+    assert cheap["deep"] is False and cheap["deep_checked"] == 0
+    _error(client.post(f"/batches/{batch_id}/verify?deep=maybe"), 422, "invalid_request")
+
+
+def test_an_interrupted_job_reports_the_files_it_uploaded(client, proxy, sample):
+    proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
+    (batch_id,) = _plan(client, batch_size=1000, max_files=100)["batch_ids"]
+    assert client.post(f"/batches/{batch_id}/process").status_code == 202
+    _wait_for(client, batch_id, lambda b: b["uploaded_files"] >= 8)
+    assert client.post(f"/batches/{batch_id}/stop").status_code == 202
+    stopped = _wait_for(client, batch_id, _finished)
+    proxy.rule = None
+    assert stopped["job"]["state"] == "interrupted"
+    assert stopped["uploaded_files"] < stopped["total_files"]
+    assert stopped["job"]["uploaded"] == stopped["uploaded_files"] >= 8
 
 
 def test_a_failing_runner_reports_a_json_error_not_a_traceback(client, proxy, sample):
@@ -518,6 +581,68 @@ def test_dashboard_without_a_token_asks_for_one(base_url, tmp_path, sample):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "an API token is needed" in dom.stdout
     assert 'id="login"' in dom.stdout
+    assert "Sign in to watch the migration" in dom.stdout
+    assert '<section id="welcome" class="welcome">' in dom.stdout  # shown, not hidden
+    assert "`" not in dom.stdout  # no developer hint with literal backticks
+    assert "Authorization" not in dom.stdout
+    shot = tmp_path / "dashboard-no-token.png"
+    assert _chromium(tmp_path, f"--screenshot={shot}", f"{base_url}/").returncode == 0
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed (CI: `apt-get install -y chromium`)",
+)
+def test_dashboard_shows_verification_queue_and_leaves_rolled_back_batches_out(
+    client, base_url, api_settings, s3_admin, tmp_path
+):
+    import re
+
+    proven, undone, queued, broken = _plan(client, batch_size=10, max_files=40)["batch_ids"]
+    for batch_id in (proven, undone, broken):
+        assert client.post(f"/batches/{batch_id}/process").status_code == 202
+        assert _wait_for(client, batch_id, _finished)["status"] == "completed"
+    assert client.post(f"/batches/{proven}/verify").json()["ok"] is True
+    assert client.post(f"/batches/{undone}/rollback", json={"dry_run": False}).json()["ok"]
+    assert client.post(f"/batches/{queued}/enqueue").json()["queued"] is True
+    gone = client.get(f"/batches/{broken}/files", params={"limit": 1}).json()["files"][0]
+    s3_admin.delete_object(Bucket=api_settings.bucket_name, Key=gone["object_key"])
+    assert client.post(f"/batches/{broken}/verify").json()["counts"]["missing"] == 1
+    listed = {b["batch_id"]: b for b in client.get("/batches").json()["batches"]}
+    assert listed[broken]["verify_problems"] == {"missing": 1}
+    assert listed[queued]["queued"] is True and listed[proven]["queued"] is False
+
+    dom = _chromium(tmp_path, "--dump-dom", f"{base_url}/#token={TOKEN}")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+
+    def row(batch_id: str) -> str:
+        found = re.search(rf'<tr[^>]*data-batch-id="{batch_id}">(.*?)</tr>', page, re.S)
+        assert found, batch_id
+        return found.group(1)
+
+    assert "verified 10/10" in row(proven)
+    assert "1 missing" in row(broken)
+    assert ">queued<" in row(queued)
+    assert ">process<" not in row(queued)  # the workers have it
+    assert ">rolled back<" in row(undone)
+    assert ">verify<" not in row(undone) and ">verify<" in row(proven)
+    assert ">roll back…<" in row(proven)  # opens a dry-run preview, then asks to confirm
+    assert ">roll back…<" not in row(undone) + row(queued)
+    assert '<section id="rollback" class="rollback" hidden="">' in page
+    assert api_settings.bucket_name in row(proven)
+    # the header counts what is being migrated: the rolled-back batch's 10 files are left out
+    assert "3 batch(es), 20 / 30 files done" in page
+    assert "1 queued for workers" in page and "1 rolled back, not counted" in page
+    total = re.search(r'<div id="total-bar">(.*?)</div>\s*<span', page, re.S)
+    assert total and ">67%<" in total.group(1)
+    assert 'aria-label="files per second over time"' in page  # the throughput chart is drawn
+
+    shot = tmp_path / "dashboard-mixed.png"
+    taken = _chromium(tmp_path, f"--screenshot={shot}", f"{base_url}/#token={TOKEN}")
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_enqueue_hands_the_batch_to_the_workers_once(client, api_settings, sample):

@@ -44,6 +44,7 @@ import r2migrate.report.audit as report
 from r2migrate import errors
 from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
 from r2migrate.report.audit import figure_png
+from r2migrate.rules.text import closest
 from r2migrate.settings.config import SECRET_FIELDS, Settings, load_settings
 from r2migrate.store.ledger import State
 
@@ -299,10 +300,8 @@ def check_parameters(
 
 
 def _closest(name: str, known: Mapping[str, object]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    match = closest(name, known)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 def _carries_secret(value: object, secrets: Sequence[str]) -> str | None:

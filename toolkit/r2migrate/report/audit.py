@@ -31,13 +31,13 @@ from r2migrate.errors import PROBLEM_MEANINGS as _MEANINGS
 from r2migrate.errors import BatchNotFound, ConfigError, Problem
 from r2migrate.report.text import target_label
 from r2migrate.rules import binding
-from r2migrate.settings.config import Settings
-from r2migrate.stages.inventory import (
+from r2migrate.rules.pricing import (
     CLASS_A_USD_PER_MILLION,
     CLASS_B_USD_PER_MILLION,
     STORAGE_USD_PER_GB_MONTH,
-    InventorySummary,
 )
+from r2migrate.settings.config import Settings
+from r2migrate.stages.inventory import InventorySummary
 from r2migrate.stages.plan import Action, PlanSummary
 from r2migrate.stages.transfer import RunSummary
 from r2migrate.store.ledger import (

@@ -257,6 +257,21 @@ class History(Database):
             ).fetchall()
         return {r["object_key"] for r in rows}
 
+    def verify_problem_counts(self) -> dict[str, dict[str, int]]:
+        """Per batch, files whose last check failed, by outcome (``{"b1": {"differ": 2}}``)."""
+        with translate_db_errors("counting verification problems"):
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT batch_id, substr(error_code, 8) AS outcome, count(*) AS n"
+                    " FROM {s}.files WHERE error_code LIKE %s GROUP BY 1, 2"
+                ),
+                ("verify:%",),
+            ).fetchall()
+        found: dict[str, dict[str, int]] = {}
+        for r in rows:
+            found.setdefault(r["batch_id"], {})[r["outcome"]] = int(r["n"])
+        return found
+
     def record_verification(
         self,
         batch_id: str,
