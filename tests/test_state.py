@@ -203,3 +203,43 @@ def test_a_group_of_outcomes_is_written_as_given(state):
     ).fetchall()
     assert event["type"] == "object"
     assert event["detail"] == {"key": 'ünï/"q" {a,b}', "tries": [1, 2], "none": None}
+
+
+def test_finish_rollback_waits_for_every_row_and_names_an_unknown_batch(state):
+    from r2migrate.store.ledger import BatchStatus
+
+    state.create_batch("b6", _files(2), batch_size=2, target=_T, source=_S, settings={})
+    with pytest.raises(BatchNotFound):
+        state.finish_rollback("nope")
+    (one, two) = state.batch_files("b6")
+    seen = FileStatus.PENDING
+    assert state.mark_rolled_back("b6", [(one.id, seen, "deleted", {})]) == {one.id}
+    assert state.finish_rollback("b6") is BatchStatus.PLANNED  # one row is still open
+    assert state.mark_rolled_back("b6", [(two.id, seen, "deleted", {})]) == {two.id}
+    assert state.finish_rollback("b6") is BatchStatus.ROLLED_BACK
+    assert state.get_batch("b6").status is BatchStatus.ROLLED_BACK
+    assert state.finish_rollback("b6") is BatchStatus.ROLLED_BACK  # once only: one event
+    assert len(state.events("b6", kind="batch", outcome="rolled_back")) == 1
+
+
+def test_the_queue_lock_is_exclusive_and_released_when_its_block_fails(state, fresh_database_url):
+    key = "SELECT pg_try_advisory_lock(hashtext('r2migrate-queue:r2migrate')) AS got"
+    with State.open(fresh_database_url) as other:
+
+        def fail_while_holding_it() -> None:
+            with state.queue_lock():
+                assert other.conn.execute(key).fetchone() == {"got": False}
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            fail_while_holding_it()
+        assert other.conn.execute(key).fetchone() == {"got": True}
+
+
+def test_queue_reads_before_and_after_a_worker_made_the_queue(state):
+    assert state.queue_status("r2migrate.run_batch", 30) is not None  # migrate made the queue
+    assert state.job_counts("r2migrate.run_batch") == {}
+    assert state.queued_batch_ids("r2migrate.run_batch") == set()
+    assert state.stalled_jobs("r2migrate.run_batch", 30) == []
+    state.conn.execute("DROP TABLE r2migrate.queue_schema")
+    assert state.queue_status("r2migrate.run_batch", 30) is None

@@ -37,25 +37,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import procrastinate
-import psycopg
-import psycopg_pool
 from procrastinate import exceptions as pexc
 from procrastinate.job_context import JobContext
 from procrastinate.worker import Worker
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 from r2migrate.errors import (
     BatchRolledBack,
     BucketUnavailable,
-    DatabaseUnavailable,
     Interrupted,
     SourceUnavailable,
-    StateError,
     TargetMismatch,
     ToolkitError,
 )
 from r2migrate.rules import binding
+from r2migrate.runtime.supervisor import Supervisor
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
 from r2migrate.stages.transfer import (
@@ -72,35 +67,15 @@ from r2migrate.store.ledger import (
     BatchStatus,
     State,
     new_owner_id,
-    privilege_error,
-    procrastinate_version,
-    same_minor,
-    translate_db_errors,
 )
+from r2migrate.store.ledger import procrastinate_version as procrastinate_version
+from r2migrate.store.queue import QueueStatus, translate_queue_errors
 
 log = logging.getLogger(__name__)
 
 TASK_NAME = "r2migrate.run_batch"
 JOBS_PER_PROCESS = 2  # a second batch fills the threads while the first one's last files finish
 OUTAGE_RETRIES = 4  # an endpoint outage: the batch job is retried this often, with backoff
-
-
-@contextlib.contextmanager
-def translate_queue_errors(doing: str, settings: Settings | None = None) -> Iterator[None]:
-    """The one place procrastinate's connection errors become the toolkit's; a missing
-    privilege is PrivilegeMissing (exit 4) with the GRANT for the role in ``settings``."""
-    try:
-        yield
-    except (pexc.ConnectorException, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, psycopg.errors.InsufficientPrivilege):
-            schema, role = "<state_schema>", "<role>"
-            if settings is not None and settings.database_url:
-                schema = settings.state_schema
-                role = str(conninfo_to_dict(settings.database_url).get("user") or role)
-            raise privilege_error(cause, doing, schema=schema, role=role) from exc
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise DatabaseUnavailable(f"PostgreSQL failed while {doing}: {first}") from exc
 
 
 def make_app(settings: Settings) -> procrastinate.App:
@@ -130,23 +105,8 @@ def make_app(settings: Settings) -> procrastinate.App:
 
 
 def require_queue_schema(state: State) -> None:
-    """The queue's tables as this procrastinate needs them; reads only, never creates.
-
-    They are made with the ledger (`r2migrate db upgrade`, the first `plan`, or `db sql`); the
-    procrastinate version that made them is kept in ``queue_schema``, and another minor version
-    is refused with a clear message instead of running against tables it does not know.
-    """
-    status = state.require_ledger()
-    installed = procrastinate_version()
-    made_by = status.queue_version or "?"
-    if not same_minor(made_by, installed):
-        raise StateError(
-            f"The job queue in schema {state.schema!r} was made by procrastinate "
-            f"{made_by}; this r2migrate runs procrastinate {installed}.",
-            hint="Run workers from the r2migrate that made it. To start the queue "
-            "afresh, stop every worker, then drop procrastinate's tables, types and "
-            f"functions in schema {state.schema} and {state.schema}.queue_schema.",
-        )
+    """The queue's tables as this procrastinate needs them; reads only (see State.require_queue)."""
+    state.require_queue()
 
 
 def ensure_queue_schema(state: State) -> None:
@@ -155,31 +115,9 @@ def ensure_queue_schema(state: State) -> None:
     require_queue_schema(state)
 
 
-@contextlib.contextmanager
-def queue_lock(state: State) -> Iterator[None]:
-    """Serialize "look at the queue, then change it" between workers, machines and the API, so
-    a batch never gets a second job while its first runs, and a stalled job is retried once."""
-    key = f"r2migrate-queue:{state.schema}"
-    with translate_db_errors("locking the job queue"):
-        state.conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception), translate_db_errors("unlocking the job queue"):
-            state.conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
-
-
 def queued_batches(state: State) -> set[str]:
     """Batch ids that have a job waiting or running."""
-    with translate_db_errors("reading the job queue"):
-        rows = state.conn.execute(
-            sql.SQL(
-                "SELECT DISTINCT lock FROM {s}.procrastinate_jobs"
-                " WHERE task_name = %s AND status IN ('todo', 'doing')"
-            ).format(s=sql.Identifier(state.schema)),
-            (TASK_NAME,),
-        ).fetchall()
-    return {r["lock"] for r in rows if r["lock"]}
+    return state.queued_batch_ids(TASK_NAME)
 
 
 def enqueue_batches(
@@ -193,7 +131,7 @@ def enqueue_batches(
     queued, so a worker does not retry the same failures forever.
     """
     added = []
-    with queue_lock(state):
+    with state.queue_lock():
         busy = queued_batches(state)
         mine, _ = binding.split_by_binding(settings, state.batches_to_run())
         for batch in mine:
@@ -229,7 +167,7 @@ def enqueue_batch(app: procrastinate.App, state: State, batch_id: str) -> bool:
     if batch.status is BatchStatus.ROLLED_BACK:
         raise BatchRolledBack(f"Batch {batch_id} was rolled back; it cannot be queued.")
     state.requeue_failed(batch_id)
-    with queue_lock(state):
+    with state.queue_lock():
         if batch_id in queued_batches(state):
             return False
         return _defer(app, batch)
@@ -251,69 +189,13 @@ def _defer(app: procrastinate.App, batch: Batch) -> bool:
 
 def job_counts(state: State) -> dict[str, int]:
     """Jobs of this task by status (todo, doing, succeeded, failed, ...)."""
-    with translate_db_errors("reading the job queue"):
-        rows = state.conn.execute(
-            sql.SQL(
-                "SELECT status::text AS status, count(*) AS n FROM {s}.procrastinate_jobs"
-                " WHERE task_name = %s GROUP BY status"
-            ).format(s=sql.Identifier(state.schema)),
-            (TASK_NAME,),
-        ).fetchall()
-    return {r["status"]: int(r["n"]) for r in rows}
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    """The job queue as `doctor` reports it (read only)."""
-
-    procrastinate_version: str  # the one that made the tables
-    jobs: dict[str, int]  # batch jobs by status
-    stalled: int  # running jobs whose worker sent no heartbeat for stalled_worker_s
-    workers_alive: int
-    dead_leases: dict[str, int] = field(default_factory=dict)  # files held by dead workers
-
-    @property
-    def files_held_by_dead(self) -> int:
-        return sum(self.dead_leases.values())
+    return state.job_counts(TASK_NAME)
 
 
 def queue_status(state: State, stalled_worker_s: float) -> QueueStatus | None:
-    """None when no worker has made the queue yet. Reads only."""
-    s = sql.Identifier(state.schema)
-    with translate_db_errors("reading the job queue"):
-        present = state.conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL AS present",
-            (f"{s.as_string(state.conn)}.queue_schema",),
-        ).fetchone()
-        if not present or not present["present"]:
-            return None
-        row = state.conn.execute(
-            sql.SQL("SELECT procrastinate_version AS v FROM {s}.queue_schema").format(s=s)
-        ).fetchone()
-        heartbeats = state.conn.execute(
-            sql.SQL(
-                "SELECT count(*) FILTER (WHERE w.id IS NULL OR w.last_heartbeat <"
-                "  now() - make_interval(secs => %s)) AS stalled"
-                " FROM {s}.procrastinate_jobs j"
-                " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
-                " WHERE j.task_name = %s AND j.status = 'doing'"
-            ).format(s=s),
-            (stalled_worker_s, TASK_NAME),
-        ).fetchone()
-        alive = state.conn.execute(
-            sql.SQL(
-                "SELECT count(*) AS n FROM {s}.procrastinate_workers"
-                " WHERE last_heartbeat >= now() - make_interval(secs => %s)"
-            ).format(s=s),
-            (stalled_worker_s,),
-        ).fetchone()
-    return QueueStatus(
-        procrastinate_version=row["v"] if row else "?",
-        jobs=job_counts(state),
-        stalled=int(heartbeats["stalled"]) if heartbeats else 0,
-        workers_alive=int(alive["n"]) if alive else 0,
-        dead_leases=state.dead_worker_leases(stalled_worker_s),
-    )
+    """The job queue as `doctor` shows it; None when no worker has made the queue yet. Reads
+    only."""
+    return state.queue_status(TASK_NAME, stalled_worker_s)
 
 
 # -- one worker process ---------------------------------------------------------------------------
@@ -456,28 +338,18 @@ def retry_stalled_jobs(app: procrastinate.App, state: State, stalled_worker_s: f
     and its files with them (settled by HEAD) rather than after ``lease_s``.
     """
     state.release_dead_worker_leases(stalled_worker_s)
-    with queue_lock(state):
-        with translate_db_errors("looking for stalled batch jobs"):
-            rows = state.conn.execute(
-                sql.SQL(
-                    "SELECT j.id, j.lock FROM {s}.procrastinate_jobs j"
-                    " LEFT JOIN {s}.procrastinate_workers w ON w.id = j.worker_id"
-                    " WHERE j.task_name = %s AND j.status = 'doing' AND (w.id IS NULL"
-                    "  OR w.last_heartbeat < now() - make_interval(secs => %s))"
-                ).format(s=sql.Identifier(state.schema)),
-                (TASK_NAME, stalled_worker_s),
-            ).fetchall()
+    with state.queue_lock():
         retried = []
-        for row in rows:
+        for job in state.stalled_jobs(TASK_NAME, stalled_worker_s):
             try:
-                app.job_manager.retry_job_by_id(row["id"], retry_at=datetime.now(UTC))
+                app.job_manager.retry_job_by_id(job.job_id, retry_at=datetime.now(UTC))
             except pexc.ProcrastinateException as exc:  # it ended between the look and now
-                log.warning("batch %s: its stalled job was not queued again: %s", row["lock"], exc)
+                log.warning("batch %s: its stalled job was not queued again: %s", job.batch_id, exc)
                 continue
-            retried.append(row["lock"])
+            retried.append(job.batch_id)
             log.warning(
                 "batch %s: its worker sent no heartbeat for %.0f s; the batch is queued again",
-                row["lock"],
+                job.batch_id,
                 stalled_worker_s,
             )
     return retried
@@ -624,6 +496,37 @@ class WorkerSummary:
         return sum(r.failed + r.conflict for r in self.results)
 
 
+def _poll(
+    app: procrastinate.App,
+    settings: Settings,
+    state: State,
+    sup: Supervisor,
+    summary: WorkerSummary,
+    *,
+    once: bool,
+) -> bool:
+    """One round of `run_workers`: queue batches planned meanwhile, send stalled jobs back,
+    restart worker processes; False once `--once` has nothing left to wait for."""
+    with translate_queue_errors("queueing batches", settings), app.open():
+        enqueue_batches(app, settings, state)
+        retry_stalled_jobs(app, state, settings.stalled_worker_s)
+    waiting = job_counts(state).get("todo", 0)
+    for ended in sup.reap():
+        if not ended.ok:
+            log.warning(
+                "worker process %s died (exit %s); starting another", ended.name, ended.exitcode
+            )
+            summary.restarts += 1
+            sup.restart(ended.index)
+    if waiting or not once:  # --once: a process that found the queue empty stays ended
+        for index in sup.idle():
+            sup.restart(index)
+    # --once ends when nothing waits or runs; a job still "doing" with every process here
+    # gone belongs to a dead worker (or one elsewhere): wait for it.
+    idle = not waiting and not sup.alive()
+    return not (once and idle and not job_counts(state).get("doing"))
+
+
 def run_workers(
     settings: Settings,
     *,
@@ -638,116 +541,49 @@ def run_workers(
     Every `poll_s` it queues batches planned meanwhile and restarts a worker process that died
     (its job is queued again by the stalled-job check once its heartbeat is `stalled_worker_s`
     old). Raises the first fatal error a worker reports (wrong credentials, say) after stopping
-    the others, and Interrupted when `stop` is set.
+    the others, and Interrupted when `stop` is set. A second Ctrl-C kills the processes: their
+    leases (dead pids) and jobs (no heartbeat) are taken over, each upload settled by HEAD.
     """
     check_bucket(Bucket(settings), settings, stop)
     quiet_procrastinate()  # this process queues jobs through procrastinate's pool too
     app = make_app(settings)
+    summary = WorkerSummary()
+    errors: list[ErrorPayload] = []
+
+    def take(kind: str, payload: Any) -> None:
+        if kind == "result":
+            summary.results.append(payload)
+        elif kind == "error":
+            errors.append(payload)
+            sup.halt.set()
+
     with State.open(
         settings.database_url, schema=settings.state_schema, migrate=False, require_ledger=True
     ) as state:
         require_queue_schema(state)
         with translate_queue_errors("queueing batches", settings), app.open():
             enqueue_batches(app, settings, state, retry_failed=True)
-        ctx = multiprocessing.get_context("spawn")  # no fork: this process holds sockets
-        halt = ctx.Event()
-        inbox: Any = ctx.Queue()
-        summary = WorkerSummary()
-        children: list[Any] = []
 
-        def start(i: int) -> Any:
-            child = ctx.Process(
-                target=_worker_process_main,
-                args=(settings, not once, halt, inbox),
-                name=f"r2migrate-worker-{i}",
+        # If this process fails (it lost PostgreSQL, say), the workers must not outlive it
+        # unseen, and one that does not stop must not keep it waiting for ever: grace_s.
+        sup = Supervisor(
+            _worker_process_main,
+            (settings, not once),
+            count=processes,
+            name="r2migrate-worker",
+            stop=stop,
+            on_message=take,
+            grace_s=max(30.0, settings.stalled_worker_s),
+            on_interrupt="kill",
+        )
+        with sup:
+            log.info("worker: %d process(es) x %d thread(s)", processes, settings.workers)
+            sup.run(
+                tick_s=min(poll_s, settings.stalled_worker_s / 3),
+                on_tick=lambda: _poll(app, settings, state, sup, summary, once=once),
             )
-            child.start()
-            return child
-
-        children = [start(i) for i in range(processes)]
-        log.info("worker: %d process(es) x %d thread(s)", processes, settings.workers)
-        error: ErrorPayload | None = None
-        next_poll = 0.0
-
-        def take(kind: str, payload: Any) -> None:
-            nonlocal error
-            if kind == "result":
-                summary.results.append(payload)
-            elif kind == "error" and error is None:
-                error = payload
-
-        def join_all(deadline_s: float | None = None) -> None:
-            """Wait for every process, reading what they send (a full pipe would block them);
-            with `deadline_s`, kill what is still alive then (their leases are taken over)."""
-            ends = None if deadline_s is None else time.monotonic() + deadline_s
-            while any(c.is_alive() for c in children) or not inbox.empty():
-                if ends is not None and time.monotonic() > ends:
-                    log.warning("worker processes did not stop in %.0f s; killing them", deadline_s)
-                    for child in children:
-                        child.kill()
-                    break
-                with contextlib.suppress(queue.Empty):
-                    take(*inbox.get(timeout=0.2))
-            for child in children:
-                child.join()
-
-        try:
-            while True:
-                if stop.is_set() or error is not None:
-                    halt.set()
-                with contextlib.suppress(queue.Empty):
-                    take(*inbox.get(timeout=0.2))
-                    continue
-                if halt.is_set():
-                    if not any(c.is_alive() for c in children):
-                        break
-                    continue
-                if time.monotonic() < next_poll:
-                    continue
-                next_poll = time.monotonic() + min(poll_s, settings.stalled_worker_s / 3)
-                with translate_queue_errors("queueing batches", settings), app.open():
-                    enqueue_batches(app, settings, state)
-                    retry_stalled_jobs(app, state, settings.stalled_worker_s)
-                waiting = job_counts(state).get("todo", 0)
-                for i, child in enumerate(children):
-                    if child.is_alive():
-                        continue
-                    child.join()
-                    if child.exitcode != 0:
-                        log.warning(
-                            "worker process %s died (exit %s); starting another",
-                            child.name,
-                            child.exitcode,
-                        )
-                        summary.restarts += 1
-                    elif once and not waiting:
-                        continue  # --once: it found the queue empty
-                    children[i] = start(i)
-                idle = not waiting and not any(c.is_alive() for c in children)
-                # --once ends when nothing waits or runs; a job still "doing" with every process
-                # here gone belongs to a dead worker (or one elsewhere): wait for it.
-                if once and idle and not job_counts(state).get("doing"):
-                    break
-        except KeyboardInterrupt:
-            # A second Ctrl-C: stop at once, as `run` does. The processes are killed; their leases
-            # (dead pids) and jobs (no heartbeat) are taken over, each upload settled by HEAD.
-            stop.set()
-            halt.set()
-            log.warning("stopping at once; the next start settles by HEAD what was in flight")
-            for child in children:
-                child.kill()
-            for child in children:
-                child.join()
-        except BaseException:
-            # This process lost PostgreSQL (say): the workers must not outlive it unseen, and a
-            # worker that does not stop must not keep this process waiting for ever.
-            halt.set()
-            join_all(deadline_s=max(30.0, settings.stalled_worker_s))
-            raise
-        else:
-            join_all()
-    if error is not None and error[0] != "Interrupted":
-        raise rebuild_error(error)
+    if errors and errors[0][0] != "Interrupted":
+        raise rebuild_error(errors[0])
     if stop.is_set():
         raise Interrupted(
             "Interrupted; every finished upload is recorded.",

@@ -1,6 +1,7 @@
 """Read-only queries of the application's tables, plus the optional write-back columns.
 
-Must not touch the toolkit's own tables (state.py owns those), files or the bucket.
+Must not touch the toolkit's own tables (ledger.py, history.py and queue.py own those), files
+or the bucket.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 from psycopg import sql
 
 from r2migrate.errors import ConfigError
-from r2migrate.store.ledger import Connection, translate_db_errors
+from r2migrate.store.db import Connection, translate_db_errors
 
 log = logging.getLogger(__name__)
 
