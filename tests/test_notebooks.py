@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 import r2migrate.notebooks.helpers as notebooks
+import r2migrate.notebooks.runner as runner
 from r2migrate.errors import ConfigError, ExitCode
 from r2migrate.notebooks.helpers import NotebookFailed, run_notebook
 from r2migrate.s3.bucket import Bucket
@@ -188,8 +189,8 @@ def test_run_folders_are_never_reused(tmp_path):
     from datetime import UTC, datetime
 
     at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    first = notebooks._run_dir(tmp_path, "01_inventory", at)
-    second = notebooks._run_dir(tmp_path, "01_inventory", at)
+    first = runner._run_dir(tmp_path, "01_inventory", at)
+    second = runner._run_dir(tmp_path, "01_inventory", at)
     assert first.name == "20300102T030405Z-01_inventory"
     assert second.name == "20300102T030405Z-01_inventory-2"
 
