@@ -309,7 +309,7 @@ def test_notebook_run_exits_1_when_the_report_is_not_all_proven(nb_settings, mon
     assert '"ok": false' in bad.output and "Not all proven: 119 of 120" in bad.output
     latest = sorted(runs.iterdir())[-1]  # still written: the notebook, its report, its results
     assert (latest / "04_verification_report.ipynb").is_file()
-    assert "Not all proven" in (latest / "report.html").read_text()
+    assert "ATTENTION" in (latest / "report.html").read_text()
     results = json.loads((latest / "results.json").read_text())
     assert results["ok"] is False and results["failures"] == 1
     assert results["verify_outcomes"] == {"match": 119, "missing": 1}

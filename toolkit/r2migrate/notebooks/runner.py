@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
 HTML_NAME = "report.html"
+REMOVE_TAG = "remove-from-report"  # a cell kept in JupyterLab, left out of report.html
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -265,11 +266,14 @@ _OFFLINE_TEMPLATE = """{%- extends 'index.html.j2' -%}
 
 def export_html(notebook_path: Path, html_path: Path, *, title: str | None = None) -> Path:
     """report.html: outputs only (no code, no prompts), CSS inline, images as data: URIs and no
-    script loaded from the network, so it reads the same offline and in a mail attachment."""
+    script loaded from the network, so it reads the same offline and in a mail attachment.
+    Cells tagged ``remove-from-report`` (interactive ones) are left out."""
     nbformat = importlib.import_module("nbformat")
     nbconvert = importlib.import_module("nbconvert")
     jinja2 = importlib.import_module("jinja2")
     nb = nbformat.read(notebook_path, as_version=4)
+    # Cells only JupyterLab can use (widgets, pickers) are left out of the saved report.
+    nb.cells = [c for c in nb.cells if REMOVE_TAG not in c.metadata.get("tags", [])]
     if title:
         nb.metadata["title"] = title
     exporter = nbconvert.HTMLExporter(

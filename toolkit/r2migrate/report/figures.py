@@ -36,6 +36,13 @@ def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+# Colour by meaning: proven green, needing a person red, not (yet) checked grey.
+PROVEN_GREEN = "#2f855a"
+FAILED_RED = "#c53030"
+NEUTRAL_GREY = "#a0aec0"
+PLAIN_BLUE = "#2b6cb0"
+
+
 def bar_figure(
     counts: Mapping[str, float],
     *,
@@ -43,18 +50,24 @@ def bar_figure(
     xlabel: str = "files",
     log: bool = False,
     by_value: bool = True,
+    colors: Mapping[str, str] | None = None,
 ) -> Figure:
     """Horizontal bars, one per key, the value written at each bar's end: largest on top, or
-    (``by_value=False``) in the mapping's order from the top (years, sizes)."""
+    (``by_value=False``) in the mapping's order from the top (years, sizes). ``colors`` maps a
+    key to its bar's colour (blue otherwise)."""
     fig = _figure(height_in=max(1.6, 0.45 * len(counts) + 1.0))
     ax = fig.add_subplot()
     items = sorted(counts.items(), key=lambda kv: kv[1]) if by_value else [*counts.items()][::-1]
     labels = [k for k, _ in items]
     values = [v for _, v in items]
-    bars = ax.barh(labels, values, color="#2b6cb0")
+    shades = [(colors or {}).get(k, PLAIN_BLUE) for k in labels]
+    bars = ax.barh(labels, values, color=shades)
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3)
     if log and any(v > 0 for v in values):
         ax.set_xscale("log")
+    else:
+        ticker: Any = importlib.import_module("matplotlib.ticker")  # untyped in matplotlib
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.margins(x=0.15)
@@ -64,36 +77,37 @@ def bar_figure(
 
 
 def size_histogram_figure(summary: InventorySummary) -> Figure:
-    """Migratable files per size band (log-scaled count axis): where the bytes and requests go."""
-    fig = _figure()
-    ax = fig.add_subplot()
-    labels = [label for label, _ in summary.size_histogram]
-    values = [n for _, n in summary.size_histogram]
-    bars = ax.bar(range(len(labels)), values, color="#2f855a")
-    ax.bar_label(bars, labels=[f"{v:,}" if v else "" for v in values], padding=2)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    if any(values):
-        ax.set_yscale("log")
-    ax.set_ylabel("files (log scale)")
-    ax.set_title("Migratable files by size")
-    return fig
+    """Migratable files per size band, smallest band on top, each count written at its bar's
+    end (a linear axis: a count reads as a count, and the margin keeps every label inside)."""
+    counts = {label: n for label, n in summary.size_histogram}
+    return bar_figure(
+        counts,
+        title="Migratable files by size",
+        by_value=False,
+        colors=dict.fromkeys(counts, PROVEN_GREEN),
+    )
 
 
 def progress_figure(frame: DataFrame) -> Figure:
-    """Cumulative files uploaded and proven over time (from ``progress_frame``)."""
+    """Cumulative files uploaded and proven over time (from ``progress_frame``), against the
+    time since the first upload (seconds for a run of a few minutes, else minutes), with that
+    first upload's clock time (UTC) in the axis label."""
     fig = _figure()
     ax = fig.add_subplot()
     if len(frame):
-        ax.step(frame["at"], frame["files_uploaded"], where="post", label="uploaded")
+        first = frame["at"].iloc[0]
+        elapsed_s = [(at - first).total_seconds() for at in frame["at"]]
+        scale, unit = (60.0, "minutes") if elapsed_s[-1] > 180 else (1.0, "seconds")
+        x = [t / scale for t in elapsed_s]
+        ax.step(x, frame["files_uploaded"], where="post", label="uploaded", color=PLAIN_BLUE)
         if frame["files_proven"].iloc[-1] > 0:
-            ax.step(frame["at"], frame["files_proven"], where="post", label="proven by verify")
-        ax.legend(loc="upper left")
-        dates: Any = importlib.import_module("matplotlib.dates")  # untyped in matplotlib
-        locator = dates.AutoDateLocator()
-        ax.xaxis.set_major_locator(locator)
-        ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
+            ax.step(
+                x, frame["files_proven"], where="post", label="proven identical", color=PROVEN_GREEN
+            )
+        ax.legend(loc="lower right")
+        ax.set_xlabel(f"{unit} since the first upload ({first:%Y-%m-%d %H:%M:%S} UTC)")
     else:
         ax.text(0.5, 0.5, "nothing uploaded yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("files (cumulative)")
-    ax.set_title("Progress over time (UTC)")
+    ax.set_title("Progress over time")
     return fig

@@ -58,6 +58,24 @@ OUTCOME_MEANINGS: Mapping[str, str] = {
     NOT_CHECKED: "never verified yet (uploads are still checked by the server's SHA-256)",
 }
 
+# The outcome names a manager reads, in reports (the codes stay in files.csv and results.json).
+OUTCOME_LABELS: Mapping[str, str] = {
+    "match": "proven identical",
+    "differ": "different in the bucket",
+    "missing": "missing from the bucket",
+    "extra": "extra object in the bucket",
+    "source_changed": "original changed since upload",
+    "not_uploaded": "not uploaded",
+    "error": "could not be checked",
+    ROLLED_BACK: "rolled back",
+    NOT_CHECKED: "not checked yet",
+}
+# Which outcomes are good news, bad news, or neither (how a report colours them).
+OUTCOME_KIND: Mapping[str, str] = {
+    "match": "proven",
+    **dict.fromkeys(("differ", "missing", "extra", "source_changed", "error"), "failed"),
+    **dict.fromkeys(("not_uploaded", ROLLED_BACK, NOT_CHECKED), "not_checked"),
+}
 
 # -- the ledger, one row per file, joined with its verification history ---------------------
 
