@@ -209,8 +209,13 @@ def test_inventory_notebook(nb_settings, sample, tmp_path):
         run_id = state.latest_inventory_run()
         assert run_id == results["run_id"]
         assert sum(1 for _ in state.iter_inventory(run_id)) == sample.rows + sample.orphans
-    pngs = _embedded_pngs(run.html_path.read_text())
+    html = run.html_path.read_text()
+    pngs = _embedded_pngs(html)
     assert len(pngs) >= 3 and all(p.startswith(PNG_SIGNATURE) for p in pngs)
+    # words for people: problem meanings and what happens, no codes, no '..' folder, no marker
+    assert "a file on disk that no row references" in html and "not migrated until fixed" in html
+    assert ">blocking</th>" not in html and "dangling_symlink" not in html
+    assert ">..</td>" not in html and ".r2migrate-sample" not in html
 
 
 def test_dry_run_notebook_writes_nothing(nb_settings, sample, tmp_path):
@@ -220,6 +225,9 @@ def test_dry_run_notebook_writes_nothing(nb_settings, sample, tmp_path):
     assert results["actions"]["upload"] == sample.referenced_files
     assert results["batches_needed"] == -(-sample.referenced_files // 40)
     assert results["refused"] == results["actions"]["refuse"] > 0
+    html = run.html_path.read_text()
+    assert "LIST request" in html and "0 lookups" not in html
+    assert "the row names a file that is not on disk" in html  # a refusal's reason in words
     assert not _schema_exists(nb_settings.database_url)
     assert list(Bucket(nb_settings).iter_objects()) == []
 
@@ -241,6 +249,10 @@ def test_execute_then_verification_report(nb_settings, sample, media_root, tmp_p
     results = _check_run_folder(first, "03_execute")
     assert len(results["planned_batch_ids"]) == 3
     assert results["uploaded"] == 100 and results["failed"] == 0
+    html = first.html_path.read_text()
+    assert "<strong>Done.</strong> 100 files" in html and "already in the bucket" in html
+    assert "resolved_by_head" not in html and "files, " not in html  # no progress log dump
+    assert (first.run_dir / "progress.log").read_text().count("files") >= 3
     with State.open(nb_settings.database_url) as state:
         statuses = [b.status for b in state.list_batches()]
     assert statuses == [BatchStatus.COMPLETED, BatchStatus.COMPLETED, BatchStatus.PLANNED]
@@ -325,6 +337,9 @@ def test_rollback_notebook_is_a_dry_run_unless_told(nb_settings, sample, tmp_pat
     assert _check_run_folder(listing, "05_rollback") == {"batch_id": None, "dry_run": True}
     dry = run_notebook("05", {"batch_id": batch_id}, runs_dir=runs)
     assert _check_run_folder(dry, "05_rollback")["counts"]["would_delete"] == 50
+    dry_html = dry.html_path.read_text()
+    assert "nothing was deleted" in dry_html and "still completed" in dry_html
+    assert "is now" not in dry_html and "status now" not in dry_html
     assert sorted(k for k, _ in bucket.iter_objects()) == before
     real = run_notebook("05", {"batch_id": batch_id, "dry_run": "false"}, runs_dir=runs)
     results = _check_run_folder(real, "05_rollback")
@@ -462,3 +477,24 @@ def test_interactive_paths_use_widgets(nb_settings, tmp_path):
     with State.open(nb_settings.database_url) as state:
         assert {b.status for b in state.list_batches()} == {BatchStatus.COMPLETED}
     assert not (tmp_path / "runs").exists()  # nothing saved when run by hand
+
+
+def test_explore_filters_by_value_folder_and_size_band():
+    import pandas as pd
+
+    from r2migrate.notebooks.display import filter_frame
+
+    frame = pd.DataFrame(
+        {
+            "problem": ["missing | orphan", "missing", "", "orphan"],
+            "folder": ["a", "b", "a", "a"],
+            "size_bytes": pd.array([10, 5 << 20, None, 2 << 10], dtype="Int64"),
+        }
+    )
+    assert len(filter_frame(frame, {"problem": "(all)", "folder": "(all)"}, "size_bytes")) == 4
+    assert list(filter_frame(frame, {"problem": "orphan"}, "size_bytes").index) == [0, 3]
+    chosen = filter_frame(frame, {"problem": "missing", "folder": "a"}, "size_bytes")
+    assert list(chosen.index) == [0]
+    banded = filter_frame(frame, {}, "size_bytes", "1 KiB to 1 MiB")
+    assert list(banded.index) == [3]
+    assert list(filter_frame(frame, {}, "size_bytes", "under 1 KiB").index) == [0]

@@ -26,6 +26,8 @@ so that notebooks and front ends import one path.
 from r2migrate.notebooks.display import (
     BatchProgressView,
     batch_picker,
+    explore_table,
+    run_table,
     say,
     settings_rows,
     show_batches,
@@ -52,7 +54,7 @@ from r2migrate.notebooks.runner import (
     run_notebook,
     save_results,
 )
-from r2migrate.report.text import human_bytes
+from r2migrate.report.text import human_bytes, human_duration
 
 __all__ = [
     "RESERVED_PARAMETERS",
@@ -64,14 +66,17 @@ __all__ = [
     "batch_picker",
     "check_parameters",
     "default_notebooks_dir",
+    "explore_table",
     "export_html",
     "find_notebook",
     "human_bytes",
+    "human_duration",
     "is_secret_name",
     "list_notebooks",
     "parse_parameters",
     "read_notebook_info",
     "run_notebook",
+    "run_table",
     "save_results",
     "say",
     "settings_rows",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import textwrap
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -51,16 +52,19 @@ def bar_figure(
     log: bool = False,
     by_value: bool = True,
     colors: Mapping[str, str] | None = None,
+    wrap: int = 44,
 ) -> Figure:
     """Horizontal bars, one per key, the value written at each bar's end: largest on top, or
     (``by_value=False``) in the mapping's order from the top (years, sizes). ``colors`` maps a
-    key to its bar's colour (blue otherwise)."""
-    fig = _figure(height_in=max(1.6, 0.45 * len(counts) + 1.0))
-    ax = fig.add_subplot()
+    key to its bar's colour (blue otherwise). Labels longer than ``wrap`` characters are
+    wrapped onto more lines."""
     items = sorted(counts.items(), key=lambda kv: kv[1]) if by_value else [*counts.items()][::-1]
-    labels = [k for k, _ in items]
+    labels = [textwrap.fill(str(k), wrap) for k, _ in items]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig = _figure(height_in=max(1.6, 0.3 * lines + 0.15 * len(labels) + 1.0))
+    ax = fig.add_subplot()
     values = [v for _, v in items]
-    shades = [(colors or {}).get(k, PLAIN_BLUE) for k in labels]
+    shades = [(colors or {}).get(k, PLAIN_BLUE) for k, _ in items]
     bars = ax.barh(labels, values, color=shades)
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3)
     if log and any(v > 0 for v in values):

@@ -120,7 +120,8 @@ def progress_frame(rows: Iterable[AuditRow]) -> DataFrame:
 
 def inventory_frame(items: Iterable[MediaFile]) -> DataFrame:
     """One row per inventory item, with its top folder, year (from the path, else mtime) and
-    problems as text; ``blocking`` says whether a problem keeps it from being uploaded."""
+    problems as text (codes, and ``meanings`` for people, `` | ``-separated); ``blocking`` says
+    whether a problem keeps it from being uploaded."""
     pd = _pd()
     data = []
     for item in items:
@@ -131,21 +132,33 @@ def inventory_frame(items: Iterable[MediaFile]) -> DataFrame:
                 "relative_path": path,
                 "object_key": item.object_key,
                 "size_bytes": item.size_bytes,
-                "folder": path.split("/", 1)[0] if "/" in path else "(top level)",
+                "folder": inventory_folder(path),
                 "year": _year_of(path, item.mtime_ns),
                 "orphan": item.is_orphan,
                 "problems": ", ".join(item.problems),
                 "blocking": any(Problem(p).blocking for p in item.problems),
+                "meanings": " | ".join(PROBLEM_MEANINGS.get(p, p) for p in item.problems),
                 "content_type": item.content_type,
             }
         )
     columns = [
         "file_id", "relative_path", "object_key", "size_bytes", "folder", "year", "orphan",
-        "problems", "blocking", "content_type",
+        "problems", "blocking", "meanings", "content_type",
     ]  # fmt: skip
     frame = pd.DataFrame(data, columns=columns)
     # Nullable integers: a missing size or year stays empty instead of turning the column float.
     return frame.astype({"size_bytes": "Int64", "year": "Int64"})
+
+
+def inventory_folder(path: str) -> str:
+    """The top folder a reader knows: '(top level)' for a bare name, and one label for the
+    names that climb out of the media folder or are absolute (never a '..' or '' folder)."""
+    if "/" not in path:
+        return "(top level)"
+    top = path.split("/", 1)[0]
+    if top in ("", ".", "..") or ":" in top or "\\" in top:
+        return "(outside the media folder)"
+    return top
 
 
 def _year_of(path: str, mtime_ns: int | None) -> int | None:
@@ -158,8 +171,13 @@ def _year_of(path: str, mtime_ns: int | None) -> int | None:
     return datetime.fromtimestamp(mtime_ns / 1e9, UTC).year
 
 
+# What a problem does to a file, in words (instead of ``blocking`` True / False).
+EFFECTS = {True: "not migrated until fixed", False: "migrated; worth a look"}
+
+
 def problem_counts_frame(frame: DataFrame) -> DataFrame:
-    """Per problem code (from ``inventory_frame``): files, bytes, blocking, what it means."""
+    """Per problem code (from ``inventory_frame``): files, bytes, blocking (and its ``effect``
+    in words), what it means."""
     pd = _pd()
     rows = []
     counts: Counter[str] = Counter()
@@ -175,10 +193,12 @@ def problem_counts_frame(frame: DataFrame) -> DataFrame:
                 "files": n,
                 "bytes": sizes[code],
                 "blocking": Problem(code).blocking,
+                "effect": EFFECTS[Problem(code).blocking],
                 "meaning": PROBLEM_MEANINGS.get(code, ""),
             }
         )
-    return pd.DataFrame(rows, columns=["problem", "files", "bytes", "blocking", "meaning"])
+    columns = ["problem", "files", "bytes", "blocking", "effect", "meaning"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def plan_frame(summary: PlanSummary) -> DataFrame:

@@ -27,6 +27,19 @@ def human_bytes(n: float | None) -> str:
     return f"{n:.1f} TiB"
 
 
+def human_duration(seconds: float | None) -> str:
+    """0.42 -> '0.4 s'; 75 -> '1 min 15 s'; 7300 -> '2 h 1 min'; None -> '-'."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
 def cell(value: object, *, max_chars: int = MAX_CELL_CHARS) -> str:
     """One table cell: control characters and non-UTF-8 bytes escaped, cut in the middle.
 
