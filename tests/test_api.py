@@ -168,6 +168,7 @@ PROTECTED = [
     ("POST", "/batches/b1/rollback"),
     ("GET", "/batches/b1/files"),
     ("GET", "/openapi.json"),
+    ("GET", "/docs"),
 ]
 
 
@@ -261,6 +262,32 @@ def test_openapi_describes_every_endpoint_behind_bearer_auth(client):
     }
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "401" in spec["paths"]["/batches"]["get"]["responses"]
+
+
+def test_docs_page_and_openapi_document_every_request_body(client, base_url):
+    spec = client.get("/openapi.json").json()
+    bodies = {"CreateBatches", "ProcessBatch", "VerifyBatch", "RollbackBatch"}
+    schemas = spec["components"]["schemas"]
+    for name in bodies:
+        assert schemas[name].get("description"), name
+        for field, prop in schemas[name]["properties"].items():
+            assert prop.get("description"), f"{name}.{field} is not described"
+    verify = spec["paths"]["/batches/{batch_id}/verify"]["post"]
+    assert {p["name"] for p in verify["parameters"] if p["in"] == "query"} >= {"deep", "sample"}
+    assert "409" in spec["paths"]["/batches/{batch_id}/stop"]["post"]["responses"]
+
+    page = client.get("/docs")
+    assert page.status_code == 200, page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    text = page.text
+    for path in spec["paths"]:
+        assert path in text, path
+    assert "POST /batches/{batch_id}/rollback" in text
+    assert "true: only report what would be deleted" in text
+    assert "JSON body (optional)" in text  # verify's and process's bodies may be left out
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert httpx.get(f"{base_url}/docs").status_code == 401
 
 
 # -- input validation ---------------------------------------------------------------------------
@@ -396,10 +423,12 @@ def test_processing_over_http_completes_verifies_and_rolls_back(client, sample):
 
     dry = client.post(f"/batches/{batch_id}/rollback", json={"dry_run": True}).json()
     assert dry["dry_run"] is True
-    assert dry["counts"]["would_delete"] == len(dry["deleted"]) > 0
+    assert dry["counts"]["would_delete"] == len(dry["would_delete"]) > 0
+    assert dry["deleted"] == []  # nothing was deleted
     undo = client.post(f"/batches/{batch_id}/rollback", json={"dry_run": False}).json()
     assert undo["ok"] is True
-    assert sorted(undo["deleted"]) == sorted(dry["deleted"])
+    assert sorted(undo["deleted"]) == sorted(dry["would_delete"])
+    assert undo["would_delete"] == []
     assert undo["batch_status"] == "rolled_back"
     assert client.get(f"/batches/{batch_id}").json()["status"] == "rolled_back"
 
@@ -427,9 +456,8 @@ def test_second_process_call_while_running_is_409_and_stop_resumes_later(client,
         assert stopped["job"]["state"] == "interrupted"
         assert stopped["job"]["error"]["code"] == "interrupted"
         assert stopped["progress"]["files_done"] < stopped["total_files"]
-        idle = client.post(f"/batches/{batch_id}/stop")
-        assert idle.status_code == 200
-        assert idle.json() is None
+        idle = _error(client.post(f"/batches/{batch_id}/stop"), 409, "not_running")
+        assert "interrupted" in idle["message"]
     finally:
         release.set()
     again = client.post(f"/batches/{batch_id}/process")
@@ -440,6 +468,41 @@ def test_second_process_call_while_running_is_409_and_stop_resumes_later(client,
     result = client.post(f"/batches/{batch_id}/verify", json={}).json()
     assert result["ok"] is True
     assert result["counts"]["match"] == done["total_files"]
+
+
+def test_stop_on_an_idle_batch_is_409_not_null(client, sample):
+    (batch_id,) = _plan(client, batch_size=1000, max_files=5)["batch_ids"]
+    err = _error(client.post(f"/batches/{batch_id}/stop"), 409, "not_running")
+    assert batch_id in err["message"]
+    assert f"/batches/{batch_id}/process" in err["hint"]
+
+
+def test_verify_takes_deep_and_sample_from_the_query_as_well(client, sample):
+    (batch_id,) = _plan(client, batch_size=1000, max_files=10)["batch_ids"]
+    assert client.post(f"/batches/{batch_id}/process").status_code == 202
+    assert _wait_for(client, batch_id, _finished)["status"] == "completed"
+    deep = client.post(f"/batches/{batch_id}/verify?deep=true")
+    assert deep.status_code == 200, deep.text
+    assert deep.json()["deep"] is True
+    assert deep.json()["deep_checked"] == 10
+    sampled = client.post(f"/batches/{batch_id}/verify", params={"sample": 3, "seed": 7}).json()
+    assert (sampled["sample"], sampled["sample_seed"], sampled["deep_checked"]) == (3, 7, 3)
+    cheap = client.post(f"/batches/{batch_id}/verify").json()
+    assert cheap["deep"] is False and cheap["deep_checked"] == 0
+    _error(client.post(f"/batches/{batch_id}/verify?deep=maybe"), 422, "invalid_request")
+
+
+def test_an_interrupted_job_reports_the_files_it_uploaded(client, proxy, sample):
+    proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
+    (batch_id,) = _plan(client, batch_size=1000, max_files=100)["batch_ids"]
+    assert client.post(f"/batches/{batch_id}/process").status_code == 202
+    _wait_for(client, batch_id, lambda b: b["uploaded_files"] >= 8)
+    assert client.post(f"/batches/{batch_id}/stop").status_code == 202
+    stopped = _wait_for(client, batch_id, _finished)
+    proxy.rule = None
+    assert stopped["job"]["state"] == "interrupted"
+    assert stopped["uploaded_files"] < stopped["total_files"]
+    assert stopped["job"]["uploaded"] == stopped["uploaded_files"] >= 8
 
 
 def test_a_failing_runner_reports_a_json_error_not_a_traceback(client, proxy, sample):

@@ -29,6 +29,7 @@ LAYERS = {
     "report": 5,
     "worker": 5,
     "repairs": 5,
+    "service": 5,
     "cli": 6,
     "api": 6,
     "notebooks": 6,

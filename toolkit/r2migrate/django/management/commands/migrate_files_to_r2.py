@@ -1,7 +1,8 @@
 """``manage.py migrate_files_to_r2``: the original system's command over r2migrate's stages.
 
-Must never hold logic of its own: each flag calls the library function the CLI calls
-(``inventory``, ``plan``, ``run``, ``State.list_batches``/``get_batch``, ``rollback``) and renders.
+Must never hold logic of its own: each flag calls the ``service`` function the CLI calls
+(``plan_batches``, ``run_batches``, ``list_batches``, ``batch_status``, ``rollback_batch``,
+``verify_batches``) and renders.
 
     migrate_files_to_r2                      inventory + plan + run every batch with work left
     migrate_files_to_r2 --dry-run            inventory + plan dry run: writes nothing anywhere
@@ -21,14 +22,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from r2migrate import service
 from r2migrate.django import render
-from r2migrate.django.base import ToolkitCommand, open_state
+from r2migrate.django.base import ToolkitCommand
 from r2migrate.django.conf import ProjectSettings
-from r2migrate.stages.inventory import inventory, is_blocked
-from r2migrate.stages.plan import plan
-from r2migrate.stages.rollback import rollback
-from r2migrate.stages.transfer import RunSummary, run
-from r2migrate.stages.verify import verify
+from r2migrate.stages.inventory import is_blocked
+from r2migrate.stages.transfer import RunSummary
 from r2migrate.store.ledger import MediaFile
 
 
@@ -142,7 +141,6 @@ class Command(ToolkitCommand):
         settings = project.settings
         settings.require("database_url", *settings.source_settings, "bucket_name")
         counts = {f.label: render.FieldCount() for f in project.fields}
-        collected: list[MediaFile] = []
 
         def on_file(item: MediaFile) -> None:
             if item.is_orphan:
@@ -156,37 +154,23 @@ class Command(ToolkitCommand):
                 count.ready_bytes += item.size_bytes or 0
             for p in item.problems:
                 count.problems[p] = count.problems.get(p, 0) + 1
-            if dry_run:
-                collected.append(item)
 
-        # A dry run must not even create the state schema, as `r2migrate plan --dry-run`.
-        with open_state(settings, migrate=not dry_run, require_ledger=False) as state:
-            summary = inventory(settings, state, save=not dry_run, on_file=on_file)
-            self.echo(render.inventory_lines(summary, counts))
-            self.echo("")
-            planned = plan(
-                settings,
-                state,
-                items=collected if dry_run else None,
-                dry_run=dry_run,
-                batch_size=settings.batch_size,
-            )
-            self.echo(render.plan_lines(planned, show=show))
-            if dry_run:
-                return
-            self.echo("")
-            result = run(settings, state)
-            batches = [state.get_batch(b.batch_id) for b in result.batches]
-        self._finish_run(result, batches)
+        # A dry run writes nothing, not even the state schema, as `r2migrate plan --dry-run`.
+        planned = service.plan_batches(settings, dry_run=dry_run, on_file=on_file)
+        self.echo(render.inventory_lines(planned.inventory, counts))
+        self.echo("")
+        self.echo(render.plan_lines(planned.plan, show=show))
+        if dry_run:
+            return
+        self.echo("")
+        ran = service.run_batches(settings)
+        self._finish_run(ran.summary, ran.batches)
 
     def _resume(self, project: ProjectSettings, batch_id: str) -> None:
         settings = project.settings
         settings.require("database_url", *settings.source_settings, "bucket_name")
-        with open_state(settings) as state:
-            state.get_batch(batch_id)  # BatchNotFound (exit 4) before any bucket request
-            result = run(settings, state, batch_id=batch_id, resume=True)
-            batches = [state.get_batch(b.batch_id) for b in result.batches]
-        self._finish_run(result, batches)
+        ran = service.run_batches(settings, batch_id=batch_id, resume=True)
+        self._finish_run(ran.summary, ran.batches)
 
     def _finish_run(self, result: RunSummary, batches: list[Any]) -> None:
         if not result.batches:
@@ -204,26 +188,22 @@ class Command(ToolkitCommand):
     # -- state views ----------------------------------------------------------------------------
 
     def _list_batches(self, project: ProjectSettings) -> None:
-        with open_state(project.settings) as state:
-            found = state.list_batches()
+        found = [s.batch for s in service.list_batches(project.settings)]
         if not found:
             self.echo("No batches yet. Run `manage.py migrate_files_to_r2` to create them.")
             return
         self.echo(render.batch_table(found))
 
     def _batch_status(self, project: ProjectSettings, batch_id: str) -> None:
-        with open_state(project.settings) as state:
-            batch = state.get_batch(batch_id)
-            files = state.batch_files(batch_id)
-        self.echo(render.batch_lines(batch, files))
+        status = service.batch_status(project.settings, batch_id, with_files=True)
+        self.echo(render.batch_lines(status.batch, status.files))
 
     # -- rollback and verify --------------------------------------------------------------------
 
     def _rollback(self, project: ProjectSettings, batch_id: str, *, dry_run: bool) -> None:
         settings = project.settings
         settings.require("database_url", "bucket_name")
-        with open_state(settings) as state:
-            summary = rollback(settings, state, batch_id, dry_run=dry_run)
+        summary = service.rollback_batch(settings, batch_id, dry_run=dry_run)
         self.echo(render.rollback_lines(summary))
         if not summary.ok:
             self.fail_files(
@@ -234,10 +214,7 @@ class Command(ToolkitCommand):
     def _verify(self, project: ProjectSettings, batch_id: str | None, *, deep: bool) -> None:
         settings = project.settings
         settings.require("database_url", *settings.source_settings, "bucket_name")
-        with open_state(settings) as state:
-            summary = verify(
-                settings, state, batch_id=batch_id, all_batches=batch_id is None, deep=deep
-            )
+        summary = service.verify_batches(settings, batch_id=batch_id, deep=deep)
         self.echo(render.verify_lines(summary))
         if not summary.ok:
             bad = sum(n for o, n in summary.counts.items() if o != "match")
