@@ -7,6 +7,7 @@ which ``--dump-dom`` returns; a screenshot of the same screen must show the verd
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -24,9 +25,16 @@ from tests.test_notebooks import nb_settings  # noqa: F401  (the fixture, shared
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREEN = (1280, 800)
+PNG = b"\x89PNG\r\n\x1a\n"
 GREEN, RED = (0x2F, 0x85, 0x5A), (0xC5, 0x30, 0x30)  # report.figures PROVEN_GREEN, FAILED_RED
 MEASURE = """<script>
-const box = document.getElementById("verdict").getBoundingClientRect();
+function holding(text) {  // the element whose own text holds ``text``
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (node.textContent.includes(text)) return node.parentElement;
+  }
+}
+const box = (document.getElementById(WANTED) || holding(WANTED)).getBoundingClientRect();
 document.body.setAttribute("data-measured", JSON.stringify(
   {top: box.top, bottom: box.bottom, screen: window.innerHeight, width: window.innerWidth}));
 </script></body>"""
@@ -58,14 +66,25 @@ def _chromium(tmp_path: Path, *args: str) -> str:
     return done.stdout
 
 
+def _box_of(html_path: Path, wanted: str, tmp_path: Path) -> tuple[dict, str]:
+    """The box of the element with id ``wanted``, else of the one whose text holds it, as
+    Chromium lays the page out; and the DOM."""
+    measured = tmp_path / f"measured-{html_path.parent.name}.html"
+    page = html_path.read_text(encoding="utf-8")
+    script = MEASURE.replace("WANTED", json.dumps(wanted))
+    measured.write_text(page.replace("</body>", script, 1), encoding="utf-8")
+    dom = _chromium(tmp_path, "--dump-dom", measured.as_uri())
+    box = json.loads(re.search(r'data-measured="([^"]+)"', dom)[1].replace("&quot;", '"'))
+    # --dump-dom's window keeps room for browser chrome (its viewport is shorter than the
+    # screenshot's): what fits the smaller one fits 1280x800 too.
+    assert box["width"] == SCREEN[0] and box["screen"] <= SCREEN[1], box
+    return box, dom
+
+
 def _first_screen(html_path: Path, tmp_path: Path) -> tuple[dict, str, list]:
     """The verdict block's box and word as Chromium lays it out, and its pixels on a screenshot
     of the first screen."""
-    measured = tmp_path / f"measured-{html_path.parent.name}.html"
-    page = html_path.read_text(encoding="utf-8")
-    measured.write_text(page.replace("</body>", MEASURE, 1), encoding="utf-8")
-    dom = _chromium(tmp_path, "--dump-dom", measured.as_uri())
-    box = json.loads(re.search(r'data-measured="([^"]+)"', dom)[1].replace("&quot;", '"'))
+    box, dom = _box_of(html_path, "verdict", tmp_path)
     verdict = re.search(r'data-verdict="([^"]+)"', dom)[1]
     shot = tmp_path / f"{html_path.parent.name}.png"
     _chromium(tmp_path, f"--screenshot={shot}", html_path.as_uri())
@@ -102,9 +121,6 @@ def test_verification_report_leads_with_the_verdict(nb_settings, sample, tmp_pat
     ):
         box, verdict, pixels = _first_screen(report.html_path, tmp_path)
         assert verdict == word
-        # --dump-dom's window keeps room for browser chrome (its viewport is shorter than the
-        # screenshot's): the verdict must fit the smaller one, so it fits 1280x800 too.
-        assert box["width"] == SCREEN[0] and box["screen"] <= SCREEN[1], box
         assert 0 <= box["top"] < box["bottom"] <= box["screen"], box
         assert _near(pixels, colour) > 2_000, word  # the verdict's colour is seen there...
         assert _near(pixels, other) == 0, word  # ...and not the other verdict's
@@ -116,3 +132,19 @@ def test_verification_report_leads_with_the_verdict(nb_settings, sample, tmp_pat
     failed_html = failing.html_path.read_text(encoding="utf-8")
     assert "1 missing from the bucket" in failed_html
     assert "119 of 120 files are proven identical; 1 needs attention." in failed_html
+
+
+def test_inventory_report_leads_with_what_can_be_migrated(nb_settings, sample, tmp_path):  # noqa: F811
+    report = run_notebook("01", runs_dir=tmp_path / "runs")
+    box, dom = _box_of(report.html_path, "can be migrated", tmp_path)
+    assert 0 <= box["top"] < box["bottom"] <= box["screen"], box
+    assert f"{sample.referenced_files} files" in dom
+    pngs = [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', dom)]
+    assert len(pngs) >= 3 and all(p.startswith(PNG) and len(p) > 2_000 for p in pngs)
+    shot = tmp_path / "inventory.png"
+    _chromium(tmp_path, f"--screenshot={shot}", report.html_path.as_uri())
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        colours = image.convert("RGB").getcolors(maxcolors=SCREEN[0] * SCREEN[1])
+    assert colours is not None and len(colours) > 50  # text, tables and bars: not a blank page
