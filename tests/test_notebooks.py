@@ -460,3 +460,33 @@ def test_explore_filters_by_value_folder_and_size_band():
     banded = filter_frame(frame, {}, "size_bytes", "1 KiB to 1 MiB")
     assert list(banded.index) == [3]
     assert list(filter_frame(frame, {}, "size_bytes", "under 1 KiB").index) == [0]
+
+
+def test_verdict_block_words_and_colours():
+    from r2migrate.notebooks.verdict import outcome_rows, verdict_html
+
+    cost = {"operations_usd": 0.0012, "class_a_ops": 130, "class_b_ops": 240}
+    passing = {
+        "ok": True, "files": 3, "files_done": 3, "bytes_done": 3072, "bytes_proven": 3072,
+        "verdicts": {"proven": 3}, "verify_outcomes": {"match": 3}, "cost_so_far": cost,
+    }  # fmt: skip
+    html = verdict_html(passing, batches=1, where="the bucket media")
+    assert 'data-verdict="PASS"' in html and "#2f855a" in html
+    assert "All 3 files are proven identical" in html and "in 1 batch." in html
+    assert "What failed:</b> Nothing." in html and "$0.0012 in requests" in html
+    unchecked = {
+        **passing, "ok": False, "verdicts": {"proven": 1, "needs_attention": 1, "not_checked": 1},
+        "verify_outcomes": {"match": 1, "differ": 1, "not_checked": 1},
+        "status_counts": {"conflict": 1},
+    }  # fmt: skip
+    html = verdict_html(unchecked, batches=2)
+    assert 'data-verdict="ATTENTION"' in html and "#c53030" in html
+    assert "1 of 3 files are proven identical; 1 needs attention and 1 is not checked yet." in html
+    assert "1 different in the bucket, 1 blocked by a different object" in html
+    assert 'data-verdict="NOTHING TO CHECK"' in verdict_html({"ok": True})
+    rows = outcome_rows({"not_checked": 2, "missing": 1, "match": 5, "extra": 0})
+    assert [r[0] for r in rows] == [
+        "proven identical",
+        "missing from the bucket",
+        "not checked yet",
+    ]
