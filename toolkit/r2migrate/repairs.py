@@ -32,12 +32,10 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from r2migrate.errors import BatchRolledBack, BucketError, SourceError, SourceRefused
-from r2migrate.media import disk as source
-from r2migrate.media.http import MediaServer
+from r2migrate.media.base import open_media_source
 from r2migrate.rules import binding
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
@@ -77,21 +75,15 @@ class _Measurer:
     """Measures a source file as it is now (size, mtime, SHA-256), on disk or over HTTP."""
 
     def __init__(self, settings: Settings) -> None:
-        self.server = MediaServer.from_settings(settings) if settings.source == "http" else None
-        self.media_root = Path(settings.media_root or ".")
+        self.media = open_media_source(settings)
 
     def measure(self, name: str) -> _Measured:
-        if self.server is not None:
-            found = self.server.stat(name)
-            sha, size = self.server.sha256(name)
-            return _Measured(size, found.mtime_ns, sha)
-        on_disk = source.stat_media_file(self.media_root, name)
-        sha, size = source.sha256_file(self.media_root, name)
-        return _Measured(size, on_disk.mtime_ns, sha)
+        found = self.media.stat(name)
+        sha, size = self.media.sha256(name)
+        return _Measured(size, found.mtime_ns, sha)
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        self.media.close()
 
 
 def repair(

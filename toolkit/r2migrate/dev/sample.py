@@ -27,7 +27,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from r2migrate.errors import ConfigError, DatabaseUnavailable, ToolkitError
-from r2migrate.settings.config import redact_url
+from r2migrate.settings.model import redact_url
 
 logger = logging.getLogger(__name__)
 

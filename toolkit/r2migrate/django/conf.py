@@ -18,7 +18,6 @@ django-storages' own fallbacks (``AWS_S3_ACCESS_KEY_ID`` → ``AWS_ACCESS_KEY_ID
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from r2migrate.django.discovery import (
     reference_id_column_for,
 )
 from r2migrate.errors import ConfigError
+from r2migrate.rules.text import did_you_mean
 from r2migrate.settings.config import Settings, load_settings
 
 __all__ = [
@@ -314,8 +314,7 @@ def _check_r2migrate_keys(r2: Mapping[str, Any]) -> None:
     problems = []
     for key in r2:
         if key not in allowed:
-            guess = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
-            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            hint = did_you_mean(str(key), sorted(allowed))
             problems.append(f"R2MIGRATE[{key!r}]: unknown setting{hint}")
     if problems:
         raise ConfigError(problems, hint="R2MIGRATE takes r2migrate's setting names.")

@@ -6,12 +6,12 @@ name is what counts, so ``upload_to`` (string or callable) plays no part.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from r2migrate.errors import ConfigError
+from r2migrate.rules.text import did_you_mean
 
 __all__ = ["FieldReference", "discover_file_fields", "reference_id_column_for"]
 
@@ -82,8 +82,7 @@ def discover_file_fields(
     if unknown:
         problems = []
         for entry in unknown:
-            guess = difflib.get_close_matches(entry, known, n=1, cutoff=0.6)
-            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            hint = did_you_mean(entry, known)
             problems.append(
                 f"R2MIGRATE['exclude']: {entry!r} names no model with a file field{hint}"
             )

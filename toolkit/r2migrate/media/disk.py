@@ -18,14 +18,10 @@ platform without it, goes through the walk above, which has the last word and th
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import os
-import platform
-import re
 import stat
-import sys
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +30,8 @@ from types import TracebackType
 from typing import BinaryIO
 
 from r2migrate.errors import ConfigError, Problem, SourceError, UnsafePath
+from r2migrate.media.names import _HINT_NOT_REGULAR, _HINT_UNSAFE, check_name, media_name
+from r2migrate.media.openat2 import PATH_FLAGS, RESOLVE_STRICT, openat2
 
 __all__ = [
     "HashingReader",
@@ -57,16 +55,8 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # would also demand read permission and call a 0711 directory unreadable.
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[/\\]")
-_SEPARATORS = re.compile(r"[/\\]")
-
-_HINT_UNSAFE = (
-    "r2migrate reads only files inside MEDIA_ROOT and never follows a symlink out of it; "
-    "fix the row's name or the symlink."
-)
 _HINT_MISSING = "Check media_root (MEDIA_ROOT) and the name stored in the row."
 _HINT_UNREADABLE = "Run r2migrate as a user that can read MEDIA_ROOT, or fix the permissions."
-_HINT_NOT_REGULAR = "Only regular files can be migrated; fix the row or replace the entry."
 
 
 @dataclass(frozen=True)
@@ -318,33 +308,6 @@ def _entry_kind(root: str, name: str, entry: os.DirEntry[str]) -> str | None:
     return None
 
 
-def media_name(name: str | None) -> str:
-    """The file a Django row names today: ``FileSystemStorage.path`` rules, without the disk.
-
-    Django joins MEDIA_ROOT and the name and normalises the result lexically (``safe_join``), so
-    ``a//b.txt``, ``./a/b.txt`` and ``a/drafts/../b.txt`` are all the file ``a/b.txt``, whatever
-    ``drafts`` is on disk; django-storages' ``clean_name`` normalises the same way, so the key
-    names the same file. A trailing '/' is kept (it names a directory; the read refuses it).
-    Backslashes are ordinary characters on disk. Refused (``UnsafePath``) with a precise code:
-    ``EMPTY_NAME``, ``ABSOLUTE_PATH``, ``TRAVERSAL`` (climbs out, or a '..' between
-    backslashes, which django-storages would turn into a climb), ``KEY_INVALID`` (NUL),
-    ``NOT_REGULAR_FILE`` (MEDIA_ROOT itself).
-    """
-    text = _check_name(name, allow_dotdot=True)
-    cleaned = os.path.normpath(text)
-    if cleaned == ".." or cleaned.startswith("../"):
-        raise UnsafePath(
-            f"{text!r} climbs out of MEDIA_ROOT", problem=Problem.TRAVERSAL, hint=_HINT_UNSAFE
-        )
-    if cleaned == ".":
-        raise UnsafePath(
-            f"{text!r} names MEDIA_ROOT itself, not a file under it",
-            problem=Problem.NOT_REGULAR_FILE,
-            hint=_HINT_NOT_REGULAR,
-        )
-    return cleaned + "/" if text.endswith("/") else cleaned
-
-
 def unicode_spellings(media_root: Path, name: str, *, limit: int = 8) -> list[str]:
     """Names on disk that are Unicode-equivalent (NFC-equal) to ``name``, each component alike.
 
@@ -372,38 +335,10 @@ def unicode_spellings(media_root: Path, name: str, *, limit: int = 8) -> list[st
     return found
 
 
-def _check_name(name: str | None, *, allow_dotdot: bool = False) -> str:
-    if name is None or not name.strip():
-        raise UnsafePath(
-            f"empty file name {name!r}",
-            problem=Problem.EMPTY_NAME,
-            hint="The row holds no file name; fix or delete the row.",
-        )
-    reason = None
-    problem = Problem.TRAVERSAL
-    if "\0" in name:
-        reason, problem = "contains a NUL byte", Problem.KEY_INVALID
-    elif name.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(name):
-        reason, problem = "is absolute", Problem.ABSOLUTE_PATH
-    elif ".." in name.split("/") and not allow_dotdot:
-        reason = "has a '..' segment"
-    elif any(".." in part.split("\\") for part in name.split("/") if "\\" in part):
-        reason = "has a '..' segment between backslashes"
-    else:
-        try:
-            os.fsencode(name)
-        except UnicodeEncodeError:
-            reason = "cannot be spelled as a file name (lone surrogate)"
-            problem = Problem.NAME_NOT_UTF8
-    if reason is not None:
-        raise UnsafePath(f"{name!r} {reason}", problem=problem, hint=_HINT_UNSAFE)
-    return name
-
-
 def _resolve(root: str, name: str | None) -> str:
     """Resolve like ``realpath``, one component at a time, so that every symlink on the way
     (not only the final answer) must stay inside the root: a link out and back in is refused."""
-    text = _check_name(name)
+    text = check_name(name)
     current = root
     walked = ""
     for part in text.split("/"):
@@ -489,51 +424,6 @@ def _open_walk(media_root: Path, name: str | None) -> tuple[int, SourceStat]:
         os.close(dir_fd)
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    )
-
-
-def _load_openat2() -> Callable[[int, bytes, int, int], int] | None:
-    """Linux's openat2(2) through libc's syscall(); None where it does not exist or is barred."""
-    if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
-        return None
-    if not os.path.isdir("/proc/self/fd"):  # the reopen below goes through it
-        return None
-    try:
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return None
-    syscall.restype = ctypes.c_long
-
-    def openat2(dir_fd: int, path: bytes, flags: int, resolve: int) -> int:
-        how = _OpenHow(flags, 0, resolve)
-        fd = int(syscall(_SYS_OPENAT2, dir_fd, path, ctypes.byref(how), ctypes.sizeof(how)))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        return fd
-
-    # Probe once: an old kernel answers ENOSYS, a container's seccomp filter EPERM or ENOSYS.
-    try:
-        os.close(openat2(_AT_FDCWD, b".", _PATH_FLAGS, _RESOLVE_STRICT))
-    except OSError:
-        return None
-    return openat2
-
-
-# openat2 has one number on every architecture that has it (the generic syscall table).
-_SYS_OPENAT2 = 437
-_OPENAT2_MACHINES = frozenset({"x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x"})
-_AT_FDCWD = -100
-_PATH_FLAGS = getattr(os, "O_PATH", 0) | os.O_NOFOLLOW | os.O_CLOEXEC
-# The kernel refuses any '..' escape, absolute path or symlink anywhere on the way (ELOOP/EXDEV):
-# such names go to the component-by-component walk, which knows which symlinks may stay.
-_RESOLVE_STRICT = 0x08 | 0x04 | 0x02  # RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | NO_MAGICLINKS
-_openat2 = _load_openat2() if hasattr(os, "O_PATH") else None
 _root_cache: dict[str, tuple[int, int, str]] = {}  # MEDIA_ROOT as given -> (dev, ino, realpath)
 
 
@@ -545,8 +435,8 @@ def _open_fast(media_root: Path, name: str | None) -> tuple[int, SourceStat] | N
     device is never opened, then reopened read-only through /proc (same inode, no new lookup).
     Any refusal or oddity returns None and the careful walk decides, with its precise errors.
     """
-    text = _check_name(name)
-    if _openat2 is None or text.endswith("/"):
+    text = check_name(name)
+    if openat2 is None or text.endswith("/"):
         return None
     try:
         root_fd = os.open(media_root, _DIR_FLAGS & ~os.O_NOFOLLOW)
@@ -560,7 +450,7 @@ def _open_fast(media_root: Path, name: str | None) -> tuple[int, SourceStat] | N
             real = os.readlink(f"/proc/self/fd/{root_fd}")
             cached = (root_stat.st_dev, root_stat.st_ino, real)
             _root_cache[os.fspath(media_root)] = cached
-        path_fd = _openat2(root_fd, os.fsencode(text), _PATH_FLAGS, _RESOLVE_STRICT)
+        path_fd = openat2(root_fd, os.fsencode(text), PATH_FLAGS, RESOLVE_STRICT)
     except OSError:
         return None
     finally:

@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, urlsplit
 
 from r2migrate.errors import Problem, SourceError, SourceRefused, SourceUnavailable
-from r2migrate.media.disk import _check_name  # the same text rules as the disk side
+from r2migrate.media.names import check_name  # the same text rules as the disk side
 
 if TYPE_CHECKING:
-    from r2migrate.settings.config import Settings
+    from r2migrate.settings.model import Settings
 
 __all__ = ["MediaServer", "RemoteBody", "RemoteStat", "SeekWindow", "media_url_for"]
 
@@ -81,7 +81,7 @@ def media_url_for(media_url: str, name: str | None) -> str:
     refuse as text (empty, NUL, absolute, a ``..`` segment) and ``SourceError`` for a name ending
     in ``/``, before anything is sent.
     """
-    text = _check_name(name)
+    text = check_name(name)
     if text.endswith("/"):
         raise SourceError(
             f"{text!r} ends in '/', so it names a directory",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r2migrate.errors import ConfigError
+from r2migrate.rules.text import closest
 from r2migrate.settings.config import SECRET_FIELDS
 
 RESERVED_PARAMETERS = frozenset({"results_path"})  # injected by run_notebook, never by a user
@@ -238,10 +239,8 @@ def check_parameters(
 
 
 def _closest(name: str, known: Mapping[str, object]) -> str:
-    import difflib
-
-    match = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    match = closest(name, known)
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 def _carries_secret(value: object, secrets: Sequence[str]) -> str | None:

@@ -47,6 +47,7 @@ from r2migrate.errors import (
     TransientBucketError,
 )
 from r2migrate.media import disk as source
+from r2migrate.media.base import media_setting
 from r2migrate.media.http import MediaServer
 from r2migrate.rules import keys
 from r2migrate.runtime.logs import RedactingFilter
@@ -255,10 +256,9 @@ class _Doctor:
             if self.conn is not None:
                 with contextlib.suppress(Exception):
                     self.conn.close()
-        if self.settings is not None and self.settings.source == "http":
-            self._record("media_url", self._check_media_url, needs_settings=("media_url",))
-        else:
-            self._record("media_root", self._check_media_root, needs_settings=("media_root",))
+        where = media_setting(self.settings) if self.settings else "media_root"
+        media_check = {"media_root": self._check_media_root, "media_url": self._check_media_url}
+        self._record(where, media_check[where], needs_settings=(where,))
         bucket_needs = ("bucket_name", "endpoint_url", "access_key", "secret_key")
         self._record("ca_bundle", self._check_ca_bundle, needs_settings=("endpoint_url",))
         self._record(

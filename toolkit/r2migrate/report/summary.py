@@ -19,7 +19,7 @@ from r2migrate.report.rows import (
     file_verdict,
     resolve_scope,
 )
-from r2migrate.stages.inventory import (
+from r2migrate.rules.pricing import (
     CLASS_A_USD_PER_MILLION,
     CLASS_B_USD_PER_MILLION,
     STORAGE_USD_PER_GB_MONTH,

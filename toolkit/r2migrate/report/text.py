@@ -9,22 +9,12 @@ from collections.abc import Sequence
 
 from r2migrate.errors import PROBLEM_MEANINGS
 from r2migrate.rules.keys import printable_name
+from r2migrate.rules.text import human_bytes as human_bytes  # its home; re-exported here
 from r2migrate.stages.transfer import RunSummary
 from r2migrate.store.ledger import Batch
 
 MAX_CELL_CHARS = 72
 """Widest cell of a terminal table; longer ones keep their start and end around an ellipsis."""
-
-
-def human_bytes(n: float | None) -> str:
-    """1536 -> '1.5 KiB'; None -> '-'."""
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def human_duration(seconds: float | None) -> str:

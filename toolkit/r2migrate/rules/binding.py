@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from r2migrate.errors import ConfigError, TargetMismatch
-from r2migrate.settings.config import Settings, redact_url
+from r2migrate.settings.model import Settings, redact_url
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

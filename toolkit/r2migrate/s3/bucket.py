@@ -12,25 +12,20 @@ import hashlib
 import logging
 import os
 import ssl
-import stat
 import threading
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
-import boto3
 import botocore.exceptions
-from botocore.config import Config
 
 from r2migrate.errors import (
     AccessDenied,
     BucketError,
     BucketUnavailable,
     CertificateRefused,
-    ConfigError,
     DigestMismatch,
     NoSuchBucket,
     ObjectChanged,
@@ -41,14 +36,51 @@ from r2migrate.errors import (
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-    from r2migrate.settings.config import Settings
+    from r2migrate.settings.model import Settings
+
+from r2migrate.s3.client import make_client, tls_hint, tls_verify
+from r2migrate.s3.multipart import (
+    _HASH_BLOCK_BYTES,
+    MAX_PARTS,
+    MIN_PART_BYTES,
+    FileRegion,
+    PartSender,
+    SourceMoved,
+    SourceShort,
+    SourceUnreadable,
+    _is_regular_file,
+    _PartWindow,
+    _source_changed,
+    part_size_for,
+    sha256_b64,
+)
+
+__all__ = [
+    "DENIED_CODES",
+    "DIGEST_CODES",
+    "MAX_PARTS",
+    "MIN_PART_BYTES",
+    "SHA256_METADATA_KEY",
+    "TRANSIENT_CODES",
+    "Bucket",
+    "FileRegion",
+    "ObjectInfo",
+    "PartSender",
+    "PutResult",
+    "SourceMoved",
+    "SourceShort",
+    "SourceUnreadable",
+    "make_client",
+    "part_size_for",
+    "sha256_b64",
+    "tls_hint",
+    "tls_verify",
+    "translate_error",
+]
 
 log = logging.getLogger(__name__)
 
 SHA256_METADATA_KEY = "sha256"  # sent as x-amz-meta-sha256, hex digest of the whole file
-MIN_PART_BYTES = 5 * 1024 * 1024
-MAX_PARTS = 10_000
-_HASH_BLOCK_BYTES = 1 << 20  # one reusable read buffer per multipart upload
 
 TRANSIENT_CODES = frozenset(
     {
@@ -89,130 +121,6 @@ class ObjectInfo:
 class PutResult:
     etag: str
     part_size_bytes: int | None = None
-
-
-@dataclass(frozen=True)
-class FileRegion:
-    """``size`` bytes of the open file ``fd`` from ``offset``: a part sent without copying it."""
-
-    fd: int
-    offset: int
-    size: int
-
-
-class SourceShort(OSError):
-    """The file ended before its region did, so the request was cut off: the source shrank."""
-
-
-class SourceUnreadable(OSError):
-    """Reading the file for a part failed (EIO, ...): a source problem, not a network one."""
-
-
-class SourceMoved(DigestMismatch):
-    """The file changed before any byte of it was sent: worth another try, as for small files."""
-
-    retryable = True
-
-
-# Sends one part of a multipart upload and returns its ETag: (key, upload id, part number, the
-# bytes, their SHA-256 in base64). fastput.FastPut.upload_part is one; raises BucketError.
-PartSender = Callable[[str, str, int, FileRegion, str], str]
-
-
-def sha256_b64(hex_digest: str) -> str:
-    """The ChecksumSHA256 header value: base64 of the raw digest."""
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
-
-
-def part_size_for(size_bytes: int, chunk_bytes: int) -> int:
-    """Equal parts of at least `chunk_bytes`, grown until the file fits in 10,000 parts."""
-    part = max(chunk_bytes, MIN_PART_BYTES)
-    while size_bytes > part * MAX_PARTS:
-        part *= 2
-    return part
-
-
-def tls_verify(settings: Settings) -> bool | str:
-    """botocore's ``verify``: False (no checks), True (certifi's bundle) or a CA bundle's path.
-
-    A ``ca_bundle`` that is not a readable file is a ConfigError here, before any request, not
-    an unreadable-bundle error on the first connection.
-    """
-    if not settings.verify:
-        _warn_insecure_once(settings.effective_endpoint_url)
-        return False
-    if settings.ca_bundle is None:
-        return True
-    try:
-        with settings.ca_bundle.open("rb") as fh:
-            fh.read(1)
-    except OSError as exc:
-        raise ConfigError(
-            f"ca_bundle {settings.ca_bundle}: {exc.strerror or exc}",
-            hint="Point ca_bundle (or AWS_CA_BUNDLE) at a PEM file of CA certificates.",
-        ) from exc
-    return str(settings.ca_bundle)
-
-
-_insecure_warned = threading.Event()
-
-
-def _warn_insecure_once(endpoint: str | None) -> None:
-    """`verify = false`: one warning per process, instead of urllib3's one per request."""
-    import urllib3
-
-    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-    if not _insecure_warned.is_set():
-        _insecure_warned.set()
-        log.warning(
-            "verify is false: TLS certificates of %s are not checked (this warning is shown once)",
-            endpoint or "the endpoint",
-        )
-
-
-def tls_hint(settings: Settings) -> str:
-    """What to do about a refused certificate, naming the bundle in use and where it came from."""
-    if settings.ca_bundle is None:
-        trusted = "certifi's CA bundle (ca_bundle is not set)"
-    else:
-        where = settings.sources.get("ca_bundle", "default")
-        trusted = f"ca_bundle {settings.ca_bundle} (from {where})"
-    return (
-        f"The endpoint's certificate is not signed by a CA in {trusted}. Point ca_bundle "
-        "(--set ca_bundle=PATH, R2MIGRATE_CA_BUNDLE or AWS_CA_BUNDLE) at the PEM file of the CA "
-        "that signed it; `--set ca_bundle=` (empty) clears an inherited AWS_CA_BUNDLE; "
-        "`r2migrate doctor` checks the bundle."
-    )
-
-
-def make_client(settings: Settings, *, max_pool_connections: int | None = None) -> S3Client:
-    """A client with R2-safe checksum settings and no hidden retries (we record every attempt)."""
-    config = Config(
-        region_name=settings.effective_region_name or "us-east-1",
-        signature_version="s3v4",
-        s3={"addressing_style": settings.addressing_style},  # type: ignore[arg-type]
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        # Every worker thread may send up to 4 parts of a large file at once (transfer).
-        max_pool_connections=max_pool_connections or max(10, settings.workers * 4 + 4),
-        # botocore >= 1.36 adds CRC checksums R2 has rejected; we send SHA-256 ourselves.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        user_agent_extra="r2migrate",
-    )
-    session = boto3.session.Session(
-        aws_access_key_id=settings.access_key,
-        aws_secret_access_key=settings.secret_key,
-        aws_session_token=settings.session_token,
-    )
-    client: S3Client = session.client(
-        "s3",
-        endpoint_url=settings.effective_endpoint_url,
-        verify=tls_verify(settings),
-        config=config,
-    )
-    return client
 
 
 def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = None) -> BucketError:
@@ -258,100 +166,6 @@ def translate_error(exc: Exception, *, op: str, bucket: str, key: str | None = N
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied(f"{where}: no credentials configured", code="NoCredentials")
     return BucketError(f"{where}: {type(exc).__name__}: {exc}", code=type(exc).__name__)
-
-
-class _PartWindow:
-    """Bytes ``[offset, offset + size)`` of a seekable stream, as a file botocore can stream.
-
-    botocore takes the length from ``len()``, rewinds with ``seek``/``tell`` and reads in
-    blocks; every read seeks the underlying stream first, so nothing else need keep its place.
-    """
-
-    def __init__(
-        self, stream: IO[bytes], offset: int, size: int, lock: threading.Lock | None = None
-    ) -> None:
-        self._stream = stream
-        self.offset = offset
-        self._size = max(0, size)
-        self._pos = 0
-        # Windows of one stream sent in parallel share this lock: a seek and its read are one step.
-        self._lock = lock or threading.Lock()
-        self.shrank = False  # the stream ended early while botocore read it
-
-    def __len__(self) -> int:
-        return self._size
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = min(max(0, base + pos), self._size)
-        return self._pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        left = self._size - self._pos
-        count = left if size is None or size < 0 else min(size, left)
-        if count <= 0:
-            return b""
-        with self._lock:
-            self._stream.seek(self.offset + self._pos)
-            data = self._stream.read(count)
-        if len(data) < count:
-            # Shrunk since it was hashed: end the request now rather than leave the server
-            # waiting for the promised Content-Length until the read timeout.
-            self.shrank = True
-            raise OSError(f"the source ended {count - len(data)} bytes early")
-        self._pos += len(data)
-        return data
-
-    def region(self) -> FileRegion:
-        """The window as a region of the stream's file (the stream must be a real file)."""
-        return FileRegion(self._stream.fileno(), self.offset, self._size)
-
-    def still_hashes_to(self, digest_b64: str) -> bool:
-        """Read the window again: does it still have the SHA-256 it had when it was hashed?"""
-        again = hashlib.sha256()
-        got = self.hash(bytearray(_HASH_BLOCK_BYTES), again)
-        return got == self._size and base64.b64encode(again.digest()).decode() == digest_b64
-
-    def hash(self, scratch: bytearray, *digests: Any) -> int:
-        """Feed the window to ``digests`` through ``scratch``; the bytes found (short at EOF)."""
-        readinto = getattr(self._stream, "readinto", None)
-        done = 0
-        with memoryview(scratch) as view:
-            while done < self._size:
-                want = min(len(view), self._size - done)
-                with self._lock:
-                    self._stream.seek(self.offset + done)
-                    if readinto is not None:
-                        count = int(readinto(view[:want]) or 0)
-                        chunk: Any = view[:count]
-                    else:  # a stream without readinto: one copy per read
-                        chunk = self._stream.read(want)
-                        count = len(chunk)
-                if not count:
-                    break
-                for digest in digests:
-                    digest.update(chunk)
-                done += count
-        return done
-
-
-def _is_regular_file(stream: IO[bytes]) -> bool:
-    """True for a stream on a regular file, which parts may read at any offset in parallel."""
-    try:
-        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _source_changed(key: str, read_bytes: int, size_bytes: int) -> DigestMismatch:
-    return DigestMismatch(
-        f"{key}: the file changed while it was uploaded "
-        f"({read_bytes} bytes read, {size_bytes} expected)",
-        code="SourceChanged",
-    )
 
 
 class Bucket:

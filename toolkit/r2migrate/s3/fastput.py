@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import hmac
 import html
 import os
 import re
@@ -39,7 +37,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -68,9 +66,11 @@ from r2migrate.s3.bucket import (
     sha256_b64,
     tls_verify,
 )
+from r2migrate.s3.client import ssl_context_for
+from r2migrate.s3.sigv4 import UNSIGNED_PAYLOAD, SigV4Signer, canonical_uri
 
 if TYPE_CHECKING:
-    from r2migrate.settings.config import Settings
+    from r2migrate.settings.model import Settings
 
 __all__ = [
     "UNSIGNED_PAYLOAD",
@@ -80,9 +80,6 @@ __all__ = [
     "translate_response",
 ]
 
-UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-_ALGORITHM = "AWS4-HMAC-SHA256"
-_SERVICE = "s3"
 _USER_AGENT = "r2migrate-fastput"
 _CONCAT_LIMIT_BYTES = 1 << 20  # above this the body goes in a second write instead of a copy
 _RECV_BYTES = 65536
@@ -113,97 +110,6 @@ _HEADER_PARAMETERS: Mapping[str, str] = {
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: nothing to encode, no CR/LF
 _XML_CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _XML_MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
-
-
-# -- signing ------------------------------------------------------------------------------------
-
-
-def canonical_uri(path: str) -> str:
-    """``path`` percent-encoded as S3 wants: UTF-8, every byte but ``A-Za-z0-9-_.~/`` escaped.
-
-    S3 signs the URI exactly as sent and never normalises it (no ``.``/``..`` folding, no
-    double encoding), so this one string is both the request target and the canonical URI.
-    """
-    return quote(path, safe="/~")
-
-
-def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
-
-
-class SigV4Signer:
-    """AWS Signature Version 4 for S3 headers; the day's signing key is derived once per date.
-
-    Thread-safe: the cache is a dict whose entries are computed idempotently.
-    """
-
-    def __init__(
-        self,
-        *,
-        access_key: str,
-        secret_key: str,
-        region: str,
-        session_token: str | None = None,
-        service: str = _SERVICE,
-    ) -> None:
-        self.access_key = access_key
-        self._secret = secret_key
-        self.region = region
-        self.service = service
-        self.session_token = session_token
-        self._keys: dict[str, bytes] = {}
-
-    def signing_key(self, date: str) -> bytes:
-        """HMAC chain secret → date → region → service → ``aws4_request`` (``date`` YYYYMMDD)."""
-        key = self._keys.get(date)
-        if key is None:
-            k_date = _hmac(f"AWS4{self._secret}".encode(), date)
-            key = _hmac(_hmac(_hmac(k_date, self.region), self.service), "aws4_request")
-            self._keys = {date: key}  # one day at a time; a new day replaces the old key
-        return key
-
-    def sign(
-        self,
-        method: str,
-        uri: str,
-        headers: Iterable[tuple[str, str]],
-        *,
-        amz_date: str,
-        payload_hash: str = UNSIGNED_PAYLOAD,
-        query: str = "",
-    ) -> tuple[list[tuple[str, str]], str]:
-        """Sign one request; ``headers`` are (lower-case name, value) pairs including ``host``.
-
-        Returns the headers to send (the given ones plus ``x-amz-date``, ``x-amz-content-sha256``,
-        ``x-amz-security-token`` when set, and ``authorization``) and the canonical request.
-        Every given header is signed, as botocore signs every header it sends but a few.
-        """
-        signed = list(headers)
-        signed.append(("x-amz-date", amz_date))
-        signed.append(("x-amz-content-sha256", payload_hash))
-        if self.session_token:
-            signed.append(("x-amz-security-token", self.session_token))
-        signed.sort()
-        canonical_headers = "".join(f"{name}:{' '.join(value.split())}\n" for name, value in signed)
-        signed_names = ";".join(name for name, _ in signed)
-        canonical = f"{method}\n{uri}\n{query}\n{canonical_headers}\n{signed_names}\n{payload_hash}"
-        date = amz_date[:8]
-        scope = f"{date}/{self.region}/{self.service}/aws4_request"
-        to_sign = (
-            f"{_ALGORITHM}\n{amz_date}\n{scope}\n"
-            + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-        )
-        signature = hmac.new(
-            self.signing_key(date), to_sign.encode("utf-8"), hashlib.sha256
-        ).hexdigest()
-        signed.append(
-            (
-                "authorization",
-                f"{_ALGORITHM} Credential={self.access_key}/{scope}, "
-                f"SignedHeaders={signed_names}, Signature={signature}",
-            )
-        )
-        return signed, canonical
 
 
 # -- responses and errors -----------------------------------------------------------------------
@@ -525,7 +431,7 @@ class FastPut:
         )
         self._ssl_context: ssl.SSLContext | None = None
         if self.tls:
-            self._ssl_context = ssl_context or _default_ssl_context(tls_verify(settings))
+            self._ssl_context = ssl_context or ssl_context_for(tls_verify(settings))
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[_Connection] = set()
@@ -742,23 +648,6 @@ class FastPut:
             self._open.discard(conn)
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
-
-
-def _default_ssl_context(verify: bool | str) -> ssl.SSLContext:
-    """Like botocore: the ``ca_bundle`` path alone, else certifi's bundle when installed, else
-    the system store; False = no checks."""
-    if not verify:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    try:
-        import certifi
-    except ImportError:  # pragma: no cover - botocore then uses its own bundle; we use the system's
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _object_parameter_headers(params: Mapping[str, str], problems: list[str]) -> dict[str, str]:

@@ -18,18 +18,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from r2migrate.errors import Problem, SourceError, SourceRefused, UnsafePath
-from r2migrate.media import disk as source
-from r2migrate.media.http import MediaServer
+from r2migrate.errors import Problem, SourceError, UnsafePath
+from r2migrate.media.base import MediaSource, open_media_source
+from r2migrate.media.sources import DiskSource
 from r2migrate.rules import binding, keys
+from r2migrate.rules.pricing import (
+    CLASS_A_USD_PER_MILLION,
+    CLASS_B_USD_PER_MILLION,
+    STORAGE_USD_PER_GB_MONTH,
+)
 from r2migrate.settings.config import Settings
 from r2migrate.store import catalog
 from r2migrate.store.ledger import Connection, MediaFile, State, connect
 
-# Cloudflare R2 list prices (USD); Class A = writes and lists, Class B = reads and HEADs.
-CLASS_A_USD_PER_MILLION = 4.50
-CLASS_B_USD_PER_MILLION = 0.36
-STORAGE_USD_PER_GB_MONTH = 0.015
 DEFAULT_FILES_PER_S = 250.0  # measured on 2 cores against a local server; see `make bench`
 DEFAULT_MIB_PER_S = 60.0
 
@@ -131,10 +132,8 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     exactly the files on disk that no row resolves to. A name on disk that is not UTF-8 is stored
     escaped (``keys.escape_name``) and flagged ``name_not_utf8``.
     """
-    if settings.source == "http":
-        yield from _scan_http(settings)
-        return
-    media_root = source.check_media_root(settings.media_root)
+    media = open_media_source(settings)
+    media.check()  # a missing MEDIA_ROOT fails the command, not every row
     refs = [
         catalog.parse_reference(r, id_column=settings.reference_id_column)
         for r in settings.references
@@ -142,29 +141,43 @@ def scan_media(settings: Settings) -> Iterator[MediaFile]:
     seen_keys: set[str] = set()
     resolved: set[str] = set()
 
-    with connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn:
-        collisions = unicode_collisions(settings, conn, refs, media_root)
-        for ref in refs:
-            for row in catalog.iter_source_rows(conn, ref):
-                item = _examine_row(settings, row, seen_keys, collisions)
-                item = _locate(media_root, item)
+    with media:
+        with connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn:
+            collisions = _unicode_collisions(
+                (row.name for ref in refs for row in catalog.iter_source_rows(conn, ref)),
+                media.same_content,
+            )
+
+            def rows() -> Iterator[MediaFile]:
+                for ref in refs:
+                    for row in catalog.iter_source_rows(conn, ref):
+                        yield _examine_row(settings, row, seen_keys, collisions)
+
+            # Over HTTP each stat is a HEAD: ``workers`` in flight, results in row order.
+            workers = settings.workers if media.concurrent_stats else 1
+            for item in _ordered_map(lambda item: _locate(media, item), rows(), workers):
                 if item.disk_path is not None:
                     # 'a.txt/' is refused (django-storages keeps the '/'), yet names a.txt.
                     resolved.add(item.disk_path.rstrip("/"))
                 yield item
+        yield from _orphans(media, resolved)
+
+
+def _orphans(media: MediaSource, resolved: set[str]) -> Iterator[MediaFile]:
+    """The files the source lists that no row resolves to (none where it cannot list)."""
     unlisted: list[str] = []
 
     def note_unlisted(name: str, exc: SourceError) -> None:
         # A folder we may not list: record it as a problem row and keep walking.
         unlisted.append(name)
 
-    for name in source.iter_media_files(media_root, on_error=note_unlisted):
+    for name in media.iter_files(on_error=note_unlisted):
         while unlisted:
             yield _unlisted_row(unlisted.pop(0))
         if name in resolved or name in TOOL_FILES:
             continue
         try:
-            st = source.stat_media_file(media_root, name)
+            st = media.stat(name)
             size: int | None = st.size_bytes
             mtime: int | None = st.mtime_ns
         except SourceError:
@@ -186,7 +199,7 @@ def examine_reference(
     For checks that walk the rows themselves (the cutover check). Duplicates are not looked
     for; ``collisions`` comes from ``unicode_collisions``.
     """
-    return _locate(media_root, _examine_row(settings, row, set(), collisions))
+    return _locate(DiskSource(media_root), _examine_row(settings, row, set(), collisions))
 
 
 def unicode_collisions(
@@ -195,7 +208,7 @@ def unicode_collisions(
     """The row names refused as ``unicode_collision`` (one pass over the names)."""
     return _unicode_collisions(
         (row.name for ref in refs for row in catalog.iter_source_rows(conn, ref)),
-        lambda names: _same_bytes(media_root, names),
+        DiskSource(media_root).same_content,
     )
 
 
@@ -244,98 +257,30 @@ def _unicode_collisions(
     return frozenset(refused)
 
 
-def _same_bytes(media_root: Path, names: list[str]) -> bool:
-    """True when every name resolves to a readable file and all have one SHA-256."""
-    digests: set[str] = set()
-    for name in names:
-        disk, problems, _ = _find_on_disk(media_root, name)
-        if disk is None or any(Problem(p).blocking for p in problems):
-            return False
-        try:
-            digests.add(source.sha256_file(media_root, disk)[0])
-        except SourceError:
-            return False
-    return len(digests) == 1
-
-
-def _find_on_disk(
-    media_root: Path, name: str
-) -> tuple[str | None, list[str], source.SourceStat | None]:
-    """The disk name a row's name resolves to, the problems met on the way, and its stat."""
-    try:
-        disk = source.media_name(name)
-    except SourceError as exc:
-        return None, [exc.problem.value], None
-    try:
-        return disk, [], source.stat_media_file(media_root, disk)
-    except SourceError as exc:
-        if exc.problem is not Problem.MISSING or disk.endswith("/"):
-            return disk, [exc.problem.value], None
-    # django-storages will ask for the row's exact spelling; the bytes may sit under another.
-    others = [c for c in source.unicode_spellings(media_root, disk) if c != disk]
-    if len(others) > 1:
-        return None, [Problem.UNICODE_AMBIGUOUS.value], None
-    if not others:
-        return disk, [Problem.MISSING.value], None
-    try:
-        found = source.stat_media_file(media_root, others[0])
-    except SourceError as exc:
-        return others[0], [Problem.UNICODE_SPELLING.value, exc.problem.value], None
-    return others[0], [Problem.UNICODE_SPELLING.value], found
-
-
-def _locate(media_root: Path, item: MediaFile) -> MediaFile:
-    """The row with the file it resolves to on disk, its size and mtime, or why there is none."""
+def _locate(media: MediaSource, item: MediaFile) -> MediaFile:
+    """The row with the file it resolves to on the source, its size and mtime, or why there is
+    none."""
     name = item.relative_path
     if name is None or not name.strip():
         return item
-    disk, found, st = _find_on_disk(media_root, name)
-    problems = tuple(dict.fromkeys((*item.problems, *found)))
+    found = media.locate(name, refused=item.problems)
+    problems = tuple(dict.fromkeys((*item.problems, *found.problems)))
     return dataclasses.replace(
         item,
         problems=problems,
-        disk_path=disk,
-        size_bytes=st.size_bytes if st else None,
-        mtime_ns=st.mtime_ns if st else None,
+        disk_path=found.name,
+        size_bytes=found.stat.size_bytes if found.stat else None,
+        mtime_ns=found.stat.mtime_ns if found.stat else None,
     )
-
-
-def _scan_http(settings: Settings) -> Iterator[MediaFile]:
-    """Referencing rows sized by HEAD requests to media_url, ``workers`` in flight, in order.
-
-    401/403 (``SourceRefused``) and an unreachable server (``SourceUnavailable``, after the
-    retries) stop the inventory: they are about the set-up, not about one file.
-    """
-    refs = [
-        catalog.parse_reference(r, id_column=settings.reference_id_column)
-        for r in settings.references
-    ]
-    seen_keys: set[str] = set()
-    with (
-        MediaServer.from_settings(settings) as server,
-        connect(settings.database_url, connect_timeout_s=settings.connect_timeout_s) as conn,
-    ):
-        # No bytes to compare without fetching them: every NFC-equal pair is refused.
-        collisions = _unicode_collisions(
-            (row.name for ref in refs for row in catalog.iter_source_rows(conn, ref)), None
-        )
-
-        def stat(name: str) -> tuple[int, int | None]:
-            found = server.stat(name)
-            return found.size_bytes, found.mtime_ns
-
-        def rows() -> Iterator[MediaFile]:
-            for ref in refs:
-                for row in catalog.iter_source_rows(conn, ref):
-                    yield _examine_row(settings, row, seen_keys, collisions)
-
-        yield from _ordered_map(lambda item: _with_size(item, stat), rows(), settings.workers)
 
 
 def _ordered_map(
     work: Callable[[MediaFile], MediaFile], items: Iterable[MediaFile], workers: int
 ) -> Iterator[MediaFile]:
     """``map(work, items)`` on ``workers`` threads with a bounded window, results in input order."""
+    if workers <= 1:  # no thread to gain from
+        yield from map(work, items)
+        return
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="r2m-head")
     window: deque[Future[MediaFile]] = deque()
     try:
@@ -397,26 +342,6 @@ def _examine_row(
         content_encoding=content_encoding,
         problems=ordered,
     )
-
-
-_NAME_REFUSALS = frozenset(
-    {Problem.TRAVERSAL.value, Problem.ABSOLUTE_PATH.value, Problem.KEY_INVALID.value}
-)
-
-
-def _with_size(item: MediaFile, stat: Callable[[str], tuple[int, int | None]]) -> MediaFile:
-    """The row with the file's size and mtime from the media server, or why it has none."""
-    name = item.relative_path
-    if name is None or not name.strip() or _NAME_REFUSALS.intersection(item.problems):
-        return item
-    try:
-        size, mtime = stat(name)
-    except SourceRefused:
-        raise
-    except SourceError as exc:
-        problems = tuple(dict.fromkeys((*item.problems, exc.problem.value)))
-        return dataclasses.replace(item, problems=problems)
-    return dataclasses.replace(item, size_bytes=size, mtime_ns=mtime)
 
 
 def is_blocked(item: MediaFile) -> bool:

@@ -11,11 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 
 from r2migrate.errors import BucketError, Problem, SourceError, StateError
-from r2migrate.media import disk as source
-from r2migrate.media.http import MediaServer
+from r2migrate.media.base import open_media_source
 from r2migrate.rules import binding, keys
 from r2migrate.s3.bucket import Bucket, ObjectInfo
 from r2migrate.settings.config import Settings
@@ -105,20 +103,16 @@ def _decide(
 
 
 class _SourceHasher:
-    """SHA-256 of a source file, from MEDIA_ROOT or (``source = "http"``) from media_url."""
+    """SHA-256 of a source file, from the source the settings name (MEDIA_ROOT or media_url)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.media_root = Path(settings.media_root or ".")
-        self.server = MediaServer.from_settings(settings) if settings.source == "http" else None
+        self.media = open_media_source(settings)
 
     def __call__(self, name: str) -> tuple[str, int]:
-        if self.server is not None:
-            return self.server.sha256(name)
-        return source.sha256_file(self.media_root, name)
+        return self.media.sha256(name)
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        self.media.close()
 
 
 def plan(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import multiprocessing
 import multiprocessing.queues
@@ -24,8 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, BinaryIO
 
 from r2migrate.errors import (
     AccessDenied,
@@ -39,14 +37,12 @@ from r2migrate.errors import (
     Interrupted,
     NoSuchBucket,
     ObjectExists,
-    Problem,
     SourceError,
     SourceRefused,
     SourceUnavailable,
     ToolkitError,
 )
-from r2migrate.media import disk as source
-from r2migrate.media.http import MediaServer, SeekWindow
+from r2migrate.media.base import SourceChanged, open_media_source
 from r2migrate.rules import binding
 from r2migrate.runtime.logs import configure_logging
 from r2migrate.runtime.pool import collect_finished
@@ -73,24 +69,6 @@ FLUSH_EVERY_FILES = 64
 # Parts of one large file sent at once, so a batch holding one big file still uses several
 # connections; they stream from the file (no part is held in memory).
 PART_WORKERS = 4
-
-
-def _check_against_ledger(rec: FileRecord, found: source.SourceStat) -> None:
-    """Send only the file inventory measured: another size (or mtime, where recorded) is a
-    ``source_changed`` failure, never an upload of other bytes under the planned key."""
-    if found.size_bytes == rec.size_bytes and rec.mtime_ns in (None, found.mtime_ns):
-        return
-    now = f"{found.size_bytes} bytes, mtime_ns {found.mtime_ns}"
-    raise SourceError(
-        f"{rec.relative_path} is now {now}; inventory measured {rec.size_bytes} bytes, "
-        f"mtime_ns {rec.mtime_ns}. Nothing was sent.",
-        problem=Problem.SOURCE_CHANGED,
-        hint="Take the inventory and plan again for the changed file.",
-    )
-
-
-class SourceChanged(Exception):
-    """The file changed between the stat before reading and the stat after (retryable)."""
 
 
 @dataclass(frozen=True)
@@ -166,20 +144,55 @@ class RunSummary:
         return self.uploaded / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+class _ToBucket:
+    """Where a source hands one file's bytes: this run's bucket, small PUTs and parts through
+    fastput when it is on (``media.base.Uploader``)."""
+
+    def __init__(self, sender: Sender, rec: FileRecord) -> None:
+        self.sender = sender
+        self.rec = rec
+
+    def put_bytes(self, data: bytes, sha256_hex: str) -> str:
+        return self.sender._put_small(self.rec, data, sha256_hex)
+
+    def put_file(
+        self, fh: BinaryIO, *, size_bytes: int, mtime_ns: int, part_size_bytes: int
+    ) -> tuple[str, str]:
+        fast = self.sender.fast
+        sha, result = self.sender.bucket.put_file_multipart(
+            self.rec.object_key,
+            fh,
+            size_bytes=size_bytes,
+            mtime_ns=mtime_ns,
+            part_size_bytes=part_size_bytes,
+            content_type=self.rec.content_type,
+            content_encoding=self.rec.content_encoding,
+            part_workers=PART_WORKERS,
+            send_part=fast.upload_part if fast is not None else None,
+        )
+        return sha, result.etag
+
+    def put_stream(
+        self, body: IO[bytes], *, size_bytes: int, part_size_bytes: int, sha256_hex: str
+    ) -> str:
+        return self.sender.bucket.put_multipart_checked(
+            self.rec.object_key,
+            body,
+            size_bytes=size_bytes,
+            part_size_bytes=part_size_bytes,
+            sha256_hex=sha256_hex,
+            content_type=self.rec.content_type,
+            content_encoding=self.rec.content_encoding,
+        ).etag
+
+
 class Sender:
     """Sends one claimed file with retries; runs in worker threads, never touches the DB."""
 
     def __init__(self, settings: Settings, bucket: Bucket, stop: threading.Event) -> None:
-        # source = "http": the bytes come from the application's MEDIA_URL, not from the disk.
-        self.http: MediaServer | None = None
-        if settings.source == "http":
-            self.http = MediaServer.from_settings(settings)
-        elif settings.media_root is None:
-            raise ConfigError(
-                "media_root is not set.", hint="Set media_root (Django's MEDIA_ROOT)."
-            )
+        self.media = open_media_source(settings)  # MEDIA_ROOT or the application's MEDIA_URL
+        self.media.require_configured()
         self.settings = settings
-        self.media_root = Path(settings.media_root or ".")
         self.bucket = bucket
         self.stop = stop
         self.rng = random.Random()
@@ -216,8 +229,7 @@ class Sender:
             log.warning("%d retries after %s", n, code)
         if self.fast is not None:
             self.fast.close()
-        if self.http is not None:
-            self.http.close()
+        self.media.close()
 
     def _put_small(self, rec: FileRecord, data: bytes, sha: str) -> str:
         """One create-only PUT: the lean path when on, boto3 for what it cannot send."""
@@ -309,98 +321,22 @@ class Sender:
                 return self._failed(rec, attempt, code, message, events, transient=retryable)
 
     def _put(self, rec: FileRecord) -> tuple[str, str, int | None, int, int | None]:
-        if self.http is not None:
-            return self._put_http(rec, self.http)
-        # One safe path resolution per file; the checks after the read use the descriptor
-        # (fstat), which is what was read, so a rename or swap afterwards cannot fool them.
-        fh, before = source.open_media_file_with_stat(self.media_root, rec.relative_path)
-        with fh:
-            _check_against_ledger(rec, before)
-            if before.size_bytes <= self.settings.multipart_threshold_bytes:
-                data = fh.read()
-                after = os.fstat(fh.fileno())
-                if (
-                    after.st_size != before.size_bytes
-                    or after.st_mtime_ns != before.mtime_ns
-                    or len(data) != before.size_bytes
-                ):
-                    raise SourceChanged(f"{rec.relative_path} changed while it was read")
-                sha = hashlib.sha256(data).hexdigest()
-                etag = self._put_small(rec, data, sha)
-                return sha, etag, None, len(data), before.mtime_ns
-            # Large: one pass hashes the parts and the whole file, then the parts go from the
-            # file at their offsets (fastput: sendfile), each checked by the server.
-            part = part_size_for(before.size_bytes, self.settings.multipart_chunksize_bytes)
-            sha, result = self.bucket.put_file_multipart(
-                rec.object_key,
-                fh,
-                size_bytes=before.size_bytes,
-                mtime_ns=before.mtime_ns,
-                part_size_bytes=part,
-                content_type=rec.content_type,
-                content_encoding=rec.content_encoding,
-                part_workers=PART_WORKERS,
-                send_part=self.fast.upload_part if self.fast is not None else None,
-            )
-            return sha, result.etag, part, before.size_bytes, before.mtime_ns
-
-    def _put_http(
-        self, rec: FileRecord, server: MediaServer
-    ) -> tuple[str, str, int | None, int, int | None]:
-        """The same proof over HTTP: the SHA-256 of the bytes received, their count equal to the
-        Content-Length and to the size inventory recorded, then the same create-only PUT.
-
-        A body shorter than its Content-Length raises SourceUnavailable (retried); a size other
-        than the ledger's is a SIZE_MISMATCH failure and nothing is sent.
-        """
-        expected = rec.size_bytes
-        with server.open(rec.relative_path) as body:
-            self._check_remote_size(rec, body.content_length, "its Content-Length")
-            mtime_ns = body.mtime_ns if body.mtime_ns is not None else rec.mtime_ns
-            if expected <= self.settings.multipart_threshold_bytes:
-                data = body.read(expected + 1)  # one byte more than expected shows a longer body
-                self._check_remote_size(rec, len(data), "the body received")
-                sha = hashlib.sha256(data).hexdigest()
-                etag = self._put_small(rec, data, sha)
-                return sha, etag, None, len(data), mtime_ns
-            # Large: the digest travels in the metadata sent before the parts, so it needs a
-            # first pass; the body is not kept, so the parts come from a second GET, which
-            # put_multipart_checked re-hashes and aborts on if the two differ. That GET is
-            # held one part at a time (SeekWindow): the multipart path reads each part twice.
-            digest = hashlib.sha256()
-            while chunk := body.read(1 << 20):
-                digest.update(chunk)
-            self._check_remote_size(rec, body.bytes_read, "the body received")
-        sha = digest.hexdigest()
-        part = part_size_for(expected, self.settings.multipart_chunksize_bytes)
-        with server.open(rec.relative_path) as again:
-            self._check_remote_size(rec, again.content_length, "its Content-Length")
-            result = self.bucket.put_multipart_checked(
-                rec.object_key,
-                cast("IO[bytes]", SeekWindow(again, part)),  # read, readinto, forward seeks
-                size_bytes=expected,
-                part_size_bytes=part,
-                sha256_hex=sha,
-                content_type=rec.content_type,
-                content_encoding=rec.content_encoding,
-            )
-        return sha, result.etag, part, expected, mtime_ns
-
-    @staticmethod
-    def _check_remote_size(rec: FileRecord, size: int | None, what: str) -> None:
-        """``size`` (None: not told) must be the size inventory recorded for the file."""
-        if size is not None and size != rec.size_bytes:
-            raise SourceError(
-                f"{rec.relative_path!r}: {what} is {size} bytes, the inventory recorded "
-                f"{rec.size_bytes}; nothing was uploaded",
-                problem=Problem.SIZE_MISMATCH,
-                hint="If the file changed on purpose, take a new inventory and plan.",
-            )
+        """The source reads the file and proves it is the one inventory measured; its bytes go
+        to the bucket whole (up to the threshold) or in parts."""
+        part: int | None = None
+        if rec.size_bytes > self.settings.multipart_threshold_bytes:
+            part = part_size_for(rec.size_bytes, self.settings.multipart_chunksize_bytes)
+        sent = self.media.send(
+            rec.relative_path,
+            size_bytes=rec.size_bytes,
+            mtime_ns=rec.mtime_ns,
+            part_size_bytes=part,
+            to=_ToBucket(self, rec),
+        )
+        return sent.sha256_hex, sent.etag, sent.part_size_bytes, sent.size_bytes, sent.mtime_ns
 
     def _source_sha256(self, name: str) -> tuple[str, int]:
-        if self.http is not None:
-            return self.http.sha256(name)
-        return source.sha256_file(self.media_root, name)
+        return self.media.sha256(name)
 
     def _head(self, key: str) -> ObjectInfo | None:
         """HEAD with the same retry rules as a PUT: transient failures back off and try again."""
@@ -630,8 +566,8 @@ def run(
 
 def check_source_reachable(settings: Settings) -> None:
     """A disk source must be a readable MEDIA_ROOT before any file is claimed (exit 2)."""
-    if settings.source != "http":
-        source.check_media_root(settings.media_root)
+    with open_media_source(settings) as media:
+        media.check()
 
 
 def check_bucket(bucket: Bucket, settings: Settings, stop: threading.Event) -> None:

@@ -39,7 +39,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from r2migrate.errors import (
@@ -47,15 +46,12 @@ from r2migrate.errors import (
     ConfigError,
     ExitCode,
     Interrupted,
-    Problem,
     SourceError,
-    SourceRefused,
     SourceUnavailable,
 )
-from r2migrate.media import disk as source
-from r2migrate.media.disk import SourceStat
-from r2migrate.media.http import MediaServer, RemoteStat
+from r2migrate.media.base import FileStat, MediaSource, open_media_source
 from r2migrate.rules import binding
+from r2migrate.rules.pricing import CLASS_A_USD_PER_MILLION, CLASS_B_USD_PER_MILLION
 from r2migrate.runtime.pool import drain
 from r2migrate.runtime.retry import Requests
 from r2migrate.s3.bucket import Bucket, ObjectInfo, sha256_b64
@@ -65,8 +61,6 @@ from r2migrate.store.ledger import DONE_STATUSES, Batch, FileRecord, FileStatus,
 
 log = logging.getLogger(__name__)
 
-CLASS_A_USD_PER_MILLION = 4.50  # R2: writes and LIST
-CLASS_B_USD_PER_MILLION = 0.36  # R2: reads (HEAD, GET)
 FLUSH_EVERY_S = 0.5  # ledger writes are grouped: one transaction per flush, not per file
 FLUSH_EVERY_FILES = 64
 
@@ -176,14 +170,12 @@ class _Checker:
     def __init__(
         self,
         bucket: Bucket,
-        media_root: Path,
+        media: MediaSource,
         settings: Settings,
         stop: threading.Event,
-        server: MediaServer | None = None,
     ) -> None:
         self.bucket = bucket
-        self.media_root = media_root
-        self.server = server  # source = "http": the source is read from MEDIA_URL
+        self.media = media
         self.settings = settings
         self.stop = stop
         self.rng = random.Random()
@@ -258,11 +250,7 @@ class _Checker:
         moved = found.size_bytes != rec.size_bytes or not _same_mtime(found.mtime_ns, rec.mtime_ns)
         if deep and rec.source_sha256 is not None:
             try:
-                digest, size = (
-                    self.server.sha256(rec.relative_path)
-                    if self.server is not None
-                    else source.sha256_file(self.media_root, rec.relative_path)
-                )
+                digest, size = self.media.sha256(rec.relative_path)
             except SourceError as exc:
                 self._raise_if_the_server_failed(exc)
                 return f"source {exc.problem.value}: {exc.message}"
@@ -282,16 +270,14 @@ class _Checker:
     def _raise_if_the_server_failed(self, exc: SourceError) -> None:
         """Over HTTP only a 404 says something about the file: 401/403 stops verify (the
         credentials are wrong for every file), any other refusal is an error row."""
-        if self.server is None or exc.problem is Problem.MISSING:
-            return
-        if isinstance(exc, SourceRefused):
+        error = self.media.about_the_source(exc)
+        if error is exc:
             raise exc
-        raise SourceUnavailable(exc.message, hint=exc.hint) from exc
+        if error is not None:
+            raise error from exc
 
-    def _stat_source(self, name: str) -> RemoteStat | SourceStat:
-        if self.server is not None:
-            return self.server.stat(name)
-        return source.stat_media_file(self.media_root, name)
+    def _stat_source(self, name: str) -> FileStat:
+        return self.media.stat(name)
 
 
 def _same_mtime(found: int | None, recorded: int | None) -> bool:
@@ -397,8 +383,8 @@ def verify(
         settings = binding.settings_for_batch(settings, batches[0])
     else:
         batches, left_out = binding.split_by_binding(settings, state.list_batches())
-    if settings.source != "http" and settings.media_root is None:
-        raise ConfigError("media_root is not set.", hint="Set media_root (Django's MEDIA_ROOT).")
+    media = open_media_source(settings)
+    media.require_configured()
     rows = [
         rec
         for b in batches
@@ -437,8 +423,7 @@ def verify(
                 ),
                 rec,
             )
-    server = MediaServer.from_settings(settings) if settings.source == "http" else None
-    checker = _Checker(bucket, Path(settings.media_root or "."), settings, stop, server)
+    checker = _Checker(bucket, media, settings, stop)
     try:
         unchecked = drain(
             lambda rec: checker.check(rec, rec.id in deep_ids),
@@ -461,8 +446,7 @@ def verify(
         ) from exc
     finally:
         tally.flush()
-        if server is not None:
-            server.close()
+        media.close()
 
     prefixes: list[str] = []
     if tally.aborted is None:
