@@ -12,15 +12,15 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
-from datetime import UTC, date, datetime
-from enum import Enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from r2migrate import errors
 from r2migrate.errors import ConfigError, ExitCode, Interrupted, ToolkitError
 from r2migrate.notebooks.params import NotebookInfo, check_parameters, find_notebook
+from r2migrate.rules.text import jsonable
 from r2migrate.settings.config import load_settings
 
 log = logging.getLogger(__name__)
@@ -318,23 +318,15 @@ def _scrub(secrets: Sequence[str], paths: Sequence[Path]) -> int:
 
 
 def _jsonable(value: object) -> object:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Enum):
-        return value.value
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
-    item = getattr(value, "item", None)  # numpy / pandas scalars
-    if callable(item):
-        return item()
+    """``json.dumps``' fallback: ``rules.text.jsonable``, plus arrays and series (``tolist``);
+    what neither knows is refused rather than stored as its repr."""
     tolist = getattr(value, "tolist", None)
-    if callable(tolist):
+    if callable(tolist):  # numpy arrays and scalars, pandas series
         return tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in results.json")
+    converted = jsonable(value)
+    if converted is value:
+        raise TypeError(f"cannot store {type(value).__name__} in results.json")
+    return converted
 
 
 def save_results(results: Mapping[str, Any], results_path: str | Path | None) -> None:
