@@ -581,6 +581,68 @@ def test_dashboard_without_a_token_asks_for_one(base_url, tmp_path, sample):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "an API token is needed" in dom.stdout
     assert 'id="login"' in dom.stdout
+    assert "Sign in to watch the migration" in dom.stdout
+    assert '<section id="welcome" class="welcome">' in dom.stdout  # shown, not hidden
+    assert "`" not in dom.stdout  # no developer hint with literal backticks
+    assert "Authorization" not in dom.stdout
+    shot = tmp_path / "dashboard-no-token.png"
+    assert _chromium(tmp_path, f"--screenshot={shot}", f"{base_url}/").returncode == 0
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed (CI: `apt-get install -y chromium`)",
+)
+def test_dashboard_shows_verification_queue_and_leaves_rolled_back_batches_out(
+    client, base_url, api_settings, s3_admin, tmp_path
+):
+    import re
+
+    proven, undone, queued, broken = _plan(client, batch_size=10, max_files=40)["batch_ids"]
+    for batch_id in (proven, undone, broken):
+        assert client.post(f"/batches/{batch_id}/process").status_code == 202
+        assert _wait_for(client, batch_id, _finished)["status"] == "completed"
+    assert client.post(f"/batches/{proven}/verify").json()["ok"] is True
+    assert client.post(f"/batches/{undone}/rollback", json={"dry_run": False}).json()["ok"]
+    assert client.post(f"/batches/{queued}/enqueue").json()["queued"] is True
+    gone = client.get(f"/batches/{broken}/files", params={"limit": 1}).json()["files"][0]
+    s3_admin.delete_object(Bucket=api_settings.bucket_name, Key=gone["object_key"])
+    assert client.post(f"/batches/{broken}/verify").json()["counts"]["missing"] == 1
+    listed = {b["batch_id"]: b for b in client.get("/batches").json()["batches"]}
+    assert listed[broken]["verify_problems"] == {"missing": 1}
+    assert listed[queued]["queued"] is True and listed[proven]["queued"] is False
+
+    dom = _chromium(tmp_path, "--dump-dom", f"{base_url}/#token={TOKEN}")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+
+    def row(batch_id: str) -> str:
+        found = re.search(rf'<tr[^>]*data-batch-id="{batch_id}">(.*?)</tr>', page, re.S)
+        assert found, batch_id
+        return found.group(1)
+
+    assert "verified 10/10" in row(proven)
+    assert "1 missing" in row(broken)
+    assert ">queued<" in row(queued)
+    assert ">process<" not in row(queued)  # the workers have it
+    assert ">rolled back<" in row(undone)
+    assert ">verify<" not in row(undone) and ">verify<" in row(proven)
+    assert ">roll back…<" in row(proven)  # opens a dry-run preview, then asks to confirm
+    assert ">roll back…<" not in row(undone) + row(queued)
+    assert '<section id="rollback" class="rollback" hidden="">' in page
+    assert api_settings.bucket_name in row(proven)
+    # the header counts what is being migrated: the rolled-back batch's 10 files are left out
+    assert "3 batch(es), 20 / 30 files done" in page
+    assert "1 queued for workers" in page and "1 rolled back, not counted" in page
+    total = re.search(r'<div id="total-bar">(.*?)</div>\s*<span', page, re.S)
+    assert total and ">67%<" in total.group(1)
+    assert 'aria-label="files per second over time"' in page  # the throughput chart is drawn
+
+    shot = tmp_path / "dashboard-mixed.png"
+    taken = _chromium(tmp_path, f"--screenshot={shot}", f"{base_url}/#token={TOKEN}")
+    assert taken.returncode == 0, taken.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def test_enqueue_hands_the_batch_to_the_workers_once(client, api_settings, sample):

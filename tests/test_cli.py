@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -478,3 +479,168 @@ def test_run_prints_wall_time_and_head_settlements_apart(settings, sample, stack
     assert int(found[1]) == total - 5
     assert float(found[2]) <= wall + 0.05  # printed with one decimal
     assert "; 5 already in the bucket with their SHA-256 (settled by HEAD" in ran.stdout
+
+
+# -- one way to name a batch, help that teaches, hints that work, Ctrl-C and pipes (issue 18)
+
+
+def _all_commands(group=None, path=()):
+    import click
+
+    group = group or main
+    yield path, group
+    if isinstance(group, click.Group):
+        for name, command in group.commands.items():
+            yield from _all_commands(command, (*path, name))
+
+
+BATCH_COMMANDS = {
+    "run": "--resume-batch",
+    "status": "--batch-status",
+    "rollback": "--rollback-batch",
+    "verify": None,
+    "watch": None,
+    "report": None,
+}
+
+
+@pytest.mark.parametrize("command", sorted(BATCH_COMMANDS))
+def test_every_batch_command_takes_dash_dash_batch(command):
+    out = _invoke([command, "--help"]).output
+    assert "--batch" in out and " ID " in out, out
+    alias = BATCH_COMMANDS[command]
+    if alias:
+        assert alias in out
+    assert "BATCH_ID" not in out  # the old positional still works, unlisted
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "--batch", "nope"],
+        ["status", "nope"],
+        ["status", "--batch-status", "nope"],
+        ["rollback", "--batch", "nope", "--dry-run"],
+        ["rollback", "--rollback-batch", "nope"],
+        ["rollback", "nope"],
+        ["verify", "--batch", "nope"],
+        ["run", "--batch", "nope"],
+        ["run", "--resume-batch", "nope"],
+    ],
+    ids=" ".join,
+)
+def test_each_spelling_of_a_batch_reaches_the_ledger(settings, args):
+    env = _env(settings)
+    assert _invoke(["db", "upgrade"], env).exit_code == 0
+    result = _invoke(args, env)
+    assert result.exit_code == 4, result.output  # unknown batch: the name got through
+    assert "nope" in result.output
+
+
+def test_two_different_batches_are_a_usage_error():
+    result = _invoke(["status", "one", "--batch", "two"])
+    assert result.exit_code == 2
+    assert "Name one batch" in result.output
+    assert _invoke(["rollback"]).exit_code == 2
+
+
+def test_every_option_has_help_and_every_help_ends_with_examples():
+    import click
+
+    missing = [
+        f"{' '.join(path)} {'/'.join(p.opts)}"
+        for path, command in _all_commands()
+        for p in command.params
+        if isinstance(p, click.Option) and not p.hidden and not p.help
+    ]
+    assert missing == []
+    for path, _ in _all_commands():
+        out = _invoke([*path, "--help"]).output
+        lines = [line.strip() for line in out.strip().splitlines()]
+        tail = lines[lines.index("Examples:") + 1 :] if "Examples:" in lines else []
+        assert tail and all(line.startswith(("r2migrate ", "R2MIGRATE_")) for line in tail), path
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--set", "bucket_nam=x"], {}),
+        ([], {"R2MIGRATE_BUCKT_NAME": "x"}),
+        (["--set", "batch_size=abc"], {}),
+    ],
+    ids=["set", "env", "value"],
+)
+def test_a_settings_error_hint_names_a_command_that_works(tmp_path, args, env):
+    import re
+    import shlex
+
+    failed = _invoke([*args, "batches"], env)
+    assert failed.exit_code == 2
+    named = re.findall(r"`(r2migrate [^`]+)`", failed.output.split("hint:", 1)[1])
+    assert named, failed.output
+    for command in named:
+        again = _invoke([*args, *shlex.split(command)[1:]], env)
+        assert again.exit_code == 0, (command, again.output)
+    assert "bucket_name" in _invoke(["config", "names"]).output
+
+
+def test_progress_off_a_terminal_is_a_plain_line_every_interval():
+    import io
+
+    from r2migrate.cli.progress import ProgressBar
+
+    stream = io.StringIO()
+    with ProgressBar("upload", total=10, stream=stream, interval_s=0) as bar:
+        bar.advance(3)
+        bar.show(7, note="b1")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("upload: 3/10 files (30%)")
+    assert lines[-1].startswith("upload: 7/10 files (70%)") and lines[-1].endswith(", b1")
+    quiet = io.StringIO()
+    with ProgressBar("upload", total=10, stream=quiet, interval_s=3600, leave=True) as bar:
+        bar.advance(4)
+    (closing,) = quiet.getvalue().splitlines()  # the interval never passed: the last line only
+    assert closing.startswith("upload: 4/10 files (40%)")
+    transient = io.StringIO()  # like a bar a terminal clears: no closing line
+    with ProgressBar("inventory", stream=transient, interval_s=3600) as bar:
+        bar.advance(4)
+    assert transient.getvalue() == ""
+    assert "\x1b" not in stream.getvalue() + quiet.getvalue()
+    assert "\r" not in stream.getvalue() + quiet.getvalue()
+
+
+def test_ctrl_c_names_the_partial_batch_and_the_exact_resume_command(settings, sample, stack):
+    import signal
+    import time
+
+    from tests.proxy import FaultProxy
+
+    host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
+    proxy = FaultProxy(host, int(port))
+    env = _env(
+        settings, R2MIGRATE_WORKERS="4", R2MIGRATE_PROCESSES="1", R2MIGRATE_ENDPOINT_URL=proxy.url
+    )
+    assert _invoke(["plan", "--batch-size", "500"], env).exit_code == 0
+    (batch,) = json.loads(_invoke(["batches", "--json"], env).stdout)
+    with proxy:
+        proxy.rule = lambda r: ("delay", 0.2) if r.method == "PUT" else None
+        child = subprocess.Popen(
+            [sys.executable, "-m", "r2migrate", "--set", "batch_size=500", "run"],
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while sum(proxy.count("PUT").values()) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    bid = batch["batch_id"]
+    assert f"partial: {bid} (" in err
+    assert f"`r2migrate --set batch_size=500 run --batch {bid}`" in err
+    # stderr is a pipe: progress came as plain lines, no bar redrawn with \r or colours
+    assert re.search(r"^upload: \d+/120 files \(\d+%\)", err, re.M), err
+    assert "\x1b[" not in out + err and "\r" not in out + err

@@ -121,11 +121,14 @@ def test_unknown_batches_and_missing_settings_fail_before_any_work(make_settings
 
 def test_enqueue_hands_a_batch_to_the_workers_once(settings, sample):
     (batch_id,) = service.plan_batches(settings, max_files=5).plan.batch_ids
+    assert service.batch_status(settings, batch_id).queued is False
     first = service.enqueue_batch(settings, batch_id)
     assert (first.batch_id, first.queued, first.jobs) == (batch_id, True, {"todo": 1})
     again = service.enqueue_batch(settings, batch_id)
     assert (again.queued, again.jobs) == (False, {"todo": 1})
     assert service.batch_status(settings, batch_id).batch.status.value == "planned"
+    assert service.batch_status(settings, batch_id).queued is True
+    assert [o.queued for o in service.list_batches(settings)] == [True]
 
 
 def test_repair_sends_again_only_what_verify_found_missing(settings, sample, s3_admin):
@@ -134,9 +137,14 @@ def test_repair_sends_again_only_what_verify_found_missing(settings, sample, s3_
     keys = sorted(Bucket(settings).iter_objects())
     s3_admin.delete_object(Bucket=settings.bucket_name, Key=keys[0][0])
     assert service.verify_batches(settings, batch_id=batch_id).counts["missing"] == 1
+    assert service.batch_status(settings, batch_id).verify_problems == {"missing": 1}
+    (listed,) = service.list_batches(settings)
+    assert listed.verify_problems == {"missing": 1}
+    assert listed.batch.verified_files == 7
     repaired = service.repair_batches(settings, batch_id=batch_id)
     assert repaired.summary.requeued == 1
     assert repaired.summary.failed == 0
     assert [b.batch_id for b in repaired.batches] == [batch_id]
     assert sorted(Bucket(settings).iter_objects()) == keys
     assert service.verify_batches(settings, batch_id=batch_id).ok
+    assert service.batch_status(settings, batch_id).verify_problems == {}

@@ -75,11 +75,18 @@ class RepairedBatches:
 
 @dataclass(frozen=True)
 class BatchOverview:
-    """One batch as the ledger holds it, where it stands, and (when asked for) its files."""
+    """One batch as the ledger holds it, where it stands, and (when asked for) its files.
+
+    ``verify_problems``: files whose last check failed, by outcome (``{"differ": 2}``); the
+    proven ones are ``batch.verified_files``. ``queued``: a job for it waits or runs in the
+    ``r2migrate worker`` queue.
+    """
 
     batch: Batch
     progress: BatchProgress
     files: list[FileRecord] = field(default_factory=list)
+    verify_problems: dict[str, int] = field(default_factory=dict)
+    queued: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,11 +289,22 @@ def rollback_batch(
 
 
 def list_batches(settings: Settings, *, state: State | None = None) -> list[BatchOverview]:
-    """Every batch, oldest first, with its progress (no files)."""
+    """Every batch, oldest first, with its progress, verification and queue state (no files)."""
     with _using(settings, state) as st:
         batches = st.list_batches()
         progress = {p.batch_id: p for p in progress_snapshot(st)}
-    return [BatchOverview(b, progress[b.batch_id]) for b in batches if b.batch_id in progress]
+        problems = st.verify_problem_counts()
+        queued = _queued(st)
+    return [
+        BatchOverview(
+            b,
+            progress[b.batch_id],
+            verify_problems=problems.get(b.batch_id, {}),
+            queued=b.batch_id in queued,
+        )
+        for b in batches
+        if b.batch_id in progress
+    ]
 
 
 def batch_status(
@@ -298,7 +316,9 @@ def batch_status(
         batch = st.get_batch(batch_id)
         (progress,) = progress_snapshot(st, batch_id)
         files = st.batch_files(batch_id) if with_files else []
-    return BatchOverview(batch, progress, files)
+        problems = st.verify_problem_counts().get(batch_id, {})
+        queued = batch_id in _queued(st)
+    return BatchOverview(batch, progress, files, verify_problems=problems, queued=queued)
 
 
 def enqueue_batch(settings: Settings, batch_id: str, *, state: State | None = None) -> Enqueued:
@@ -310,6 +330,12 @@ def enqueue_batch(settings: Settings, batch_id: str, *, state: State | None = No
         st.get_batch(batch_id)  # BatchNotFound before anything is queued
         queued = worker.queue_batch(settings, st, batch_id)
         return Enqueued(batch_id=batch_id, queued=queued, jobs=worker.job_counts(st))
+
+
+def _queued(state: State) -> set[str]:
+    from r2migrate import worker  # procrastinate is imported only by those who queue
+
+    return worker.queued_batches(state)
 
 
 def _target_settings(settings: Settings) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from r2migrate import service
-from r2migrate.api.context import ApiContext, Ctx, require_token
+from r2migrate.api.context import Ctx, require_token
 from r2migrate.api.handlers import ERROR_RESPONSES
 from r2migrate.api.schemas import (
     PLAN_PROBLEMS_SHOWN,
@@ -22,6 +22,7 @@ from r2migrate.api.schemas import (
     CreateBatches,
     FileOut,
     FilePage,
+    JobOut,
     PlanItemOut,
     PlanOut,
     ProgressOut,
@@ -38,8 +39,11 @@ BatchId = Annotated[str, PathParam(min_length=1, max_length=200, description="a 
 router = APIRouter(dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
 
 
-def batch_out(overview: service.BatchOverview, ctx: ApiContext) -> BaseModel:
-    """A batch as the ledger holds it, where it stands, and this server's runner for it."""
+def batch_out(overview: service.BatchOverview, job: JobOut | None) -> BaseModel:
+    """A batch as the ledger holds it, where it stands, and this server's runner for it.
+
+    Callers read ``job`` before the ledger: a runner seen finished has written its last status,
+    so a batch never shows "running" beside a runner that has ended."""
     batch, progress = overview.batch, overview.progress
     return BatchOut.model_validate(
         {
@@ -48,7 +52,9 @@ def batch_out(overview: service.BatchOverview, ctx: ApiContext) -> BaseModel:
             },
             "status": batch.status.value,
             "progress": ProgressOut.model_validate(progress),
-            "job": ctx.jobs.view(batch.batch_id),
+            "job": job,
+            "verify_problems": overview.verify_problems,
+            "queued": overview.queued,
         }
     )
 
@@ -81,14 +87,17 @@ def create_batches(ctx: Ctx, body: CreateBatches, response: Response) -> BaseMod
 @router.get("/batches", response_model=BatchList)
 def list_batches(ctx: Ctx) -> BatchList:
     """Every batch, oldest first, with progress, throughput, ETA and recent failures."""
+    jobs = ctx.jobs.views()
     overviews = service.list_batches(ctx.settings)
-    return BatchList.model_validate({"batches": [batch_out(o, ctx) for o in overviews]})
+    batches = [batch_out(o, jobs.get(o.batch.batch_id)) for o in overviews]
+    return BatchList.model_validate({"batches": batches})
 
 
 @router.get("/batches/{batch_id}", response_model=BatchOut)
 def get_batch(ctx: Ctx, batch_id: BatchId) -> BaseModel:
     """One batch: counts, bytes, throughput, ETA, status, failures, this server's runner."""
-    return batch_out(service.batch_status(ctx.settings, batch_id), ctx)
+    job = ctx.jobs.view(batch_id)
+    return batch_out(service.batch_status(ctx.settings, batch_id), job)
 
 
 @router.get("/batches/{batch_id}/files", response_model=FilePage)

@@ -121,6 +121,11 @@ class JobRegistry:
             job = self._jobs.get(batch_id)
             return job.view() if job is not None else None
 
+    def views(self) -> dict[str, JobOut]:
+        """Every runner this server started, by batch id."""
+        with self._lock:
+            return {batch_id: job.view() for batch_id, job in self._jobs.items()}
+
     def running(self, batch_id: str) -> bool:
         with self._lock:
             job = self._jobs.get(batch_id)

@@ -171,6 +171,11 @@ BatchOut = model_of(
         "status": str,
         "progress": ProgressOut,
         "job": JobOut | None,
+        "verify_problems": (
+            dict[str, int],
+            Field(description="files whose last check failed, by outcome ({differ: 2})"),
+        ),
+        "queued": (bool, Field(description="a job for it waits or runs in the worker queue")),
         "endpoint_url": (str, Field(description='normalised; "" = AWS\'s own endpoint')),
         "source_kind": (str, Field(description="disk | http")),
     },

@@ -6,12 +6,15 @@ Must never compute anything the library does not already return, nor print: it r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from r2migrate.errors import PROBLEM_MEANINGS
 from r2migrate.rules.keys import printable_name
 from r2migrate.rules.text import human_bytes as human_bytes  # its home; re-exported here
-from r2migrate.stages.transfer import RunSummary
-from r2migrate.store.ledger import Batch
+
+if TYPE_CHECKING:  # annotations only: `r2migrate batches` must not load boto3
+    from r2migrate.stages.transfer import RunSummary
+    from r2migrate.store.ledger import Batch
 
 MAX_CELL_CHARS = 72
 """Widest cell of a terminal table; longer ones keep their start and end around an ellipsis."""

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from procrastinate.schema import SchemaManager
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -455,6 +454,8 @@ def ledger_sql(schema: str = "r2migrate") -> str:
     parts.append(f"-- procrastinate {procrastinate_version()}: its file names no schema")
     parts.append(_QUEUE_SCHEMA.replace("{schema}", s) + ";")
     parts.append(f"SET LOCAL search_path TO {s};")
+    from procrastinate.schema import SchemaManager  # only to create the queue: keeps startup fast
+
     parts.append(SchemaManager.get_schema().rstrip())
     parts.append(
         f"INSERT INTO {s}.queue_schema (procrastinate_version) "
@@ -679,6 +680,8 @@ class State:
         log.info("installing procrastinate %s's tables in schema %s", installed, self.schema)
         self.conn.execute(self._q(_QUEUE_SCHEMA.replace("{schema}", "{s}")))
         self.conn.execute(self._q("SET LOCAL search_path TO {s}"))  # its file names no schema
+        from procrastinate.schema import SchemaManager
+
         self.conn.execute(SchemaManager.get_schema().encode())
         self.conn.execute(
             self._q("INSERT INTO {s}.queue_schema (procrastinate_version) VALUES (%s)"),
@@ -1042,6 +1045,21 @@ class State:
                 (batch_id,),
             ).fetchone()
         return int(row["n"]) if row else 0
+
+    def verify_problem_counts(self) -> dict[str, dict[str, int]]:
+        """Per batch, files whose last check failed, by outcome (``{"b1": {"differ": 2}}``)."""
+        with translate_db_errors("counting verification problems"):
+            rows = self.conn.execute(
+                self._q(
+                    "SELECT batch_id, substr(error_code, 8) AS outcome, count(*) AS n"
+                    " FROM {s}.files WHERE error_code LIKE %s GROUP BY 1, 2"
+                ),
+                ("verify:%",),
+            ).fetchall()
+        found: dict[str, dict[str, int]] = {}
+        for r in rows:
+            found.setdefault(r["batch_id"], {})[r["outcome"]] = int(r["n"])
+        return found
 
     def _has_worker_table(self) -> bool:
         row = self.conn.execute(
