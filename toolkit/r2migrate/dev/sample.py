@@ -32,7 +32,7 @@ from r2migrate.settings.model import redact_url
 logger = logging.getLogger(__name__)
 
 SAMPLE_TABLE = "list_cutter_savedfile"
-SAMPLE_MARKER = ".r2migrate-sample"  # inside media_root; counted as one of the orphans
+SAMPLE_MARKER = ".r2migrate-sample"  # inside media_root; the tool's own, never an orphan
 TRAVERSAL_TARGET = "outside.txt"  # in media_root.parent, reached by the row '../outside.txt'
 _TABLE_COMMENT = "r2migrate sample data"
 _TRAVERSAL_HEADER = b"r2migrate sample: traversal target, must never be uploaded\n"
@@ -43,8 +43,9 @@ class SampleData:
     """What ``create_sample_data`` wrote: exact counts per category, for tests to assert on.
 
     Row categories count rows; ``files_on_disk`` and ``orphans`` count regular files under
-    media_root (the marker file is one of the orphans). ``duplicates`` counts the extra rows that
-    repeat another row's path. ``referenced_bytes`` sums the distinct files rows point at.
+    media_root (the marker file is on disk, but the tool's own: not an orphan). ``duplicates``
+    counts the extra rows that repeat another row's path. ``referenced_bytes`` sums the distinct
+    files rows point at.
     """
 
     rows: int
@@ -184,7 +185,7 @@ def create_sample_data(
         rows=len(tree.rows),
         files_on_disk=files + len(_ORPHAN_NAMES) + 1,
         referenced_files=files,
-        orphans=len(_ORPHAN_NAMES) + 1,
+        orphans=len(_ORPHAN_NAMES),
         total_bytes=tree.disk_bytes,
         referenced_bytes=tree.referenced_bytes,
         **counts,

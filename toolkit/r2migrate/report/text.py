@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from r2migrate.errors import PROBLEM_MEANINGS
 from r2migrate.rules.keys import printable_name
+from r2migrate.rules.text import human_bytes as human_bytes  # its home; re-exported here
 
 if TYPE_CHECKING:  # annotations only: `r2migrate batches` must not load boto3
     from r2migrate.stages.transfer import RunSummary
@@ -19,15 +20,17 @@ MAX_CELL_CHARS = 72
 """Widest cell of a terminal table; longer ones keep their start and end around an ellipsis."""
 
 
-def human_bytes(n: float | None) -> str:
-    """1536 -> '1.5 KiB'; None -> '-'."""
-    if n is None:
+def human_duration(seconds: float | None) -> str:
+    """0.42 -> '0.4 s'; 75 -> '1 min 15 s'; 7300 -> '2 h 1 min'; None -> '-'."""
+    if seconds is None:
         return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 def cell(value: object, *, max_chars: int = MAX_CELL_CHARS) -> str:

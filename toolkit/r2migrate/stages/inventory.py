@@ -35,6 +35,10 @@ from r2migrate.store.ledger import Connection, MediaFile, State, connect
 DEFAULT_FILES_PER_S = 250.0  # measured on 2 cores against a local server; see `make bench`
 DEFAULT_MIB_PER_S = 60.0
 
+# The tool's own files under MEDIA_ROOT: the demo sample's marker (``dev/sample.py``). Never
+# reported as orphans: nothing of the application's is missing a row.
+TOOL_FILES = frozenset({".r2migrate-sample"})
+
 _HISTOGRAM_EDGES = (0, 1 << 10, 16 << 10, 256 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30)
 
 
@@ -171,7 +175,7 @@ def _orphans(media: MediaSource, resolved: set[str]) -> Iterator[MediaFile]:
     for name in media.iter_files(on_error=note_unlisted):
         while unlisted:
             yield _unlisted_row(unlisted.pop(0))
-        if name in resolved:
+        if name in resolved or name in TOOL_FILES:
             continue
         try:
             st = media.stat(name)
