@@ -347,7 +347,7 @@ def test_a_media_server_failing_every_request_stops_the_run_naming_it(
         # every file was tried and failed: the batch is failed (a resume tries them again)
         assert state.get_batch(batch_id).status.value == "failed"
     assert "media server failed every recent request" in info.value.message
-    assert f"--resume-batch {batch_id}" in info.value.hint
+    assert f"run --batch {batch_id}" in info.value.hint
     assert _objects(settings) == {}
 
 

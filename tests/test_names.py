@@ -60,7 +60,7 @@ def odd_tree(media_root: Path, fresh_database_url: str) -> Path:
 def _cli(args: list[str], settings) -> str:
     result = CliRunner().invoke(main, args, env=_env(settings), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # progress lines go to stderr
 
 
 def test_cli_shows_odd_names_escaped_cut_in_tables_and_whole_in_csv(

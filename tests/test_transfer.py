@@ -207,7 +207,7 @@ def test_endpoint_down_stops_with_a_clear_error_and_resumable_state(
     with State.open(settings.database_url) as state:
         with pytest.raises(BucketUnavailable) as info:
             run_batches(settings, state, batch_id=batch_id)
-        assert "--resume-batch" in info.value.hint
+        assert "run --batch" in info.value.hint
         assert state.get_batch(batch_id).status is BatchStatus.PARTIAL
         proxy.rule = None
         summary = run_batches(settings, state, batch_id=batch_id)

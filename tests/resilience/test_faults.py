@@ -61,7 +61,7 @@ def test_every_request_failing_stops_with_exit_3_and_resumable_state(
     assert d["attempts_after_first"] == 0
     # only object requests failing: the run notices the outage and stops, resumable
     assert "the S3 endpoint failed every recent request" in second
-    assert "--resume-batch" in second
+    assert "run --batch" in second
     assert d["batch_status_after_second"] == "partial"
     assert d["live_leases_after_second"] == 0
     assert set(d["statuses_after_second"]) <= {"pending", "failed"}

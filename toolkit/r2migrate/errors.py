@@ -402,7 +402,7 @@ class NotebookFailed(ToolkitError):
 
 class Interrupted(ToolkitError):
     exit_code = ExitCode.INTERRUPTED
-    default_hint = "Nothing is lost: resume with `r2migrate run --resume-batch BATCH`."
+    default_hint = "Nothing is lost: resume with `r2migrate run --batch BATCH`."
 
 
 class FastPutProtocolError(Exception):

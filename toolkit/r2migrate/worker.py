@@ -582,8 +582,9 @@ def run_workers(
                 tick_s=min(poll_s, settings.stalled_worker_s / 3),
                 on_tick=lambda: _poll(app, settings, state, sup, summary, once=once),
             )
-    if errors and errors[0][0] != "Interrupted":
-        raise rebuild_error(errors[0])
+    first_error = rebuild_error(errors[0]) if errors else None
+    if first_error is not None and not isinstance(first_error, Interrupted):
+        raise first_error
     if stop.is_set():
         raise Interrupted(
             "Interrupted; every finished upload is recorded.",

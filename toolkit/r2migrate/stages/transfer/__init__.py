@@ -130,7 +130,7 @@ def run(
         where = unfinished[0] if unfinished else (results[-1].batch_id if results else "")
         raise Interrupted(
             f"Interrupted during batch {where}; finished work is recorded.",
-            hint=f"Resume with `r2migrate run --resume-batch {where}`.",
+            hint=f"Resume with `r2migrate run --batch {where}`.",
         )
     return RunSummary(
         tuple(results),

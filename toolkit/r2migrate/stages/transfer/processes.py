@@ -12,7 +12,6 @@ import logging
 import multiprocessing
 import multiprocessing.queues
 import os
-import queue
 import signal
 import threading
 import time
@@ -31,6 +30,7 @@ from r2migrate.errors import (
     ToolkitError,
 )
 from r2migrate.runtime.logs import configure_logging
+from r2migrate.runtime.supervisor import Supervisor
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings
 from r2migrate.stages.progress import StageProgress
@@ -51,46 +51,33 @@ def run_processes(
     on_progress: Callable[[StageProgress], None] | None,
 ) -> RunSummary:
     """Spawn `count` upload processes over the same batches; the ledger's leases split the work."""
-    ctx = multiprocessing.get_context("spawn")  # no fork: the parent holds sockets and threads
-    halt = ctx.Event()
-    inbox: multiprocessing.queues.Queue[tuple[str, Any]] = ctx.Queue()
-    children = [
-        ctx.Process(
-            target=_child_main,
-            args=(settings, list(batch_ids), halt, inbox),
-            name=f"r2migrate-upload-{i}",
-        )
-        for i in range(count)
-    ]
-    log.info("running %d batch(es) in %d processes", len(batch_ids), count)
-    for child in children:
-        child.start()
-    messages: list[tuple[str, Any]] = []
-    seen: dict[str, tuple[int, str]] = {}
-    try:
-        while any(c.is_alive() for c in children) or not inbox.empty():
-            if stop.is_set():
-                halt.set()
-            with contextlib.suppress(queue.Empty):
-                messages.append(inbox.get(timeout=0.5))
-            if on_progress is not None:
-                _poll_progress(state, batch_ids, seen, on_progress)
-    except KeyboardInterrupt:
-        stop.set()
-        halt.set()
-        log.warning("interrupted: waiting for the upload processes to record what is in flight")
-        while any(c.is_alive() for c in children) or not inbox.empty():
-            with contextlib.suppress(queue.Empty):
-                messages.append(inbox.get(timeout=0.5))
-    for child in children:
-        child.join()
     per_batch: dict[str, list[BatchResult]] = {}
     errors: list[ErrorPayload] = []
-    for kind, payload in messages:
+    seen: dict[str, tuple[int, str]] = {}
+
+    def take(kind: str, payload: Any) -> None:
         if kind == "result":
             per_batch.setdefault(payload.batch_id, []).append(payload)
         elif kind == "error":
             errors.append(payload)
+
+    def tick() -> bool:
+        if on_progress is not None:
+            _poll_progress(state, batch_ids, seen, on_progress)
+        return sup.alive()
+
+    sup = Supervisor(
+        _child_main,
+        (settings, list(batch_ids)),
+        count=count,
+        name="r2migrate-upload",
+        stop=stop,
+        on_message=take,
+        on_interrupt="wait",  # a second Ctrl-C waits for in-flight uploads to be recorded
+    )
+    log.info("running %d batch(es) in %d processes", len(batch_ids), count)
+    with sup:
+        sup.run(tick_s=0.5, on_tick=tick, receive_s=0.5)
     if stop.is_set():
         for bid in batch_ids:
             if (
@@ -100,12 +87,12 @@ def run_processes(
                 finalize_batch(state, bid, [])
         raise Interrupted(
             "Interrupted; every finished upload is recorded.",
-            hint="Resume with `r2migrate run` (or `--resume-batch BATCH`).",
+            hint="Resume with `r2migrate run` (or `r2migrate run --batch BATCH`).",
         )
     if errors:
         raise rebuild_error(errors[0])
     # A process killed from outside leaves leased rows; finish them here, in this process.
-    dead = [c for c in children if c.exitcode not in (0, None)]
+    dead = [e for e in sup.exits if not e.ok]
     if dead:
         log.warning("%d upload process(es) died; finishing their files here", len(dead))
         sender = Sender(settings, Bucket(settings), stop)

@@ -334,7 +334,7 @@ class BatchScheduler:
             return
         unfinished = [r.batch_id for r in self.results if r.status is BatchStatus.PARTIAL]
         first = unfinished[0] if unfinished else batch_ids[0]
-        resume = f"resume with `r2migrate run --resume-batch {first}`"
+        resume = f"resume with `r2migrate run --batch {first}`"
         if self.outage_code == SOURCE_UNAVAILABLE:
             raise SourceUnavailable(
                 f"Batch {first} stopped: the media server failed every recent request "
