@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 
 from r2migrate.dev import stack as devstack
@@ -41,6 +42,11 @@ from r2migrate.dev.sample import SampleData
 from r2migrate.dev.stack import StackInfo
 from r2migrate.settings.config import Settings, load_settings
 from tests.helpers.sample import SampleTemplate
+
+# No per-example deadline: hypothesis' 200 ms is a speed assertion, which failed
+# test_fastput's signature properties on a loaded 2-core machine (pytest-timeout guards hangs).
+hypothesis.settings.register_profile("r2migrate", deadline=None)
+hypothesis.settings.load_profile("r2migrate")
 
 _STRIPPED_PREFIXES = ("AWS_", "R2MIGRATE_")
 _STRIPPED_NAMES = ("DATABASE_URL",)

@@ -41,10 +41,12 @@ class SampleTemplate:
         """CREATE DATABASE ``name`` as a copy of the sample's database; returns its URL.
 
         The template must have no open connection: nothing but ``build`` ever connects to it.
+        FILE_COPY copies its files instead of writing every page to the WAL (0.19 s against
+        0.29 s here, the suite's PostgreSQL running without fsync).
         """
         with psycopg.connect(stack.database_url, autocommit=True) as conn:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
                     sql.Identifier(name), sql.Identifier(self.database)
                 )
             )
