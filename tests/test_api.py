@@ -25,7 +25,7 @@ from r2migrate.api.app import check_exposure, create_app, serve
 from r2migrate.errors import ConfigError
 from r2migrate.settings.config import Settings
 from r2migrate.store.ledger import State
-from tests.proxy import FaultProxy
+from tests.helpers.proxy import FaultProxy
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -51,6 +51,7 @@ from r2migrate.s3.fastput import FastPut
 from r2migrate.settings.config import Settings, load_settings
 from r2migrate.stages.inventory import is_blocked
 from r2migrate.store.ledger import MediaFile, State
+from tests.helpers.tables import create_saved_files
 
 NOBODY = 65534
 NFC = unicodedata.normalize("NFC", "café.txt")
@@ -139,10 +140,7 @@ def tree_state(top: Path) -> dict[str, tuple[object, ...]]:
 
 
 def seed_rows(database_url: str, rows: tuple[str | None, ...]) -> None:
-    with psycopg.connect(database_url) as conn:
-        conn.execute("CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_path text)")
-        for name in rows:
-            conn.execute("INSERT INTO list_cutter_savedfile (file_path) VALUES (%s)", (name,))
+    create_saved_files(database_url, rows)
 
 
 def pipeline(settings: Settings, subject: int) -> Problems:

@@ -19,7 +19,7 @@ from r2migrate.errors import (
 )
 from r2migrate.s3.bucket import Bucket, part_size_for, sha256_b64
 from r2migrate.s3.fastput import FastPut
-from tests.proxy import FaultProxy
+from tests.helpers.proxy import FaultProxy
 
 MIB = 1024 * 1024
 SENDERS = ["boto3", "fastput"]  # how put_file_multipart sends its parts

@@ -441,7 +441,7 @@ def test_run_prints_wall_time_and_head_settlements_apart(settings, sample, stack
 
     from r2migrate.s3.bucket import Bucket
     from r2migrate.store.ledger import State
-    from tests.proxy import FaultProxy
+    from tests.helpers.proxy import FaultProxy
 
     host, port = stack.endpoint_url.rsplit("//", 1)[1].split(":")
     proxy = FaultProxy(host, int(port))

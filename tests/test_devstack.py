@@ -8,9 +8,12 @@ import shutil
 import stat
 import statistics
 import subprocess
+import tempfile
 import unicodedata
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import psutil
@@ -239,8 +242,20 @@ def test_stop_never_signals_a_pid_that_is_not_ours(tmp_path):
             stranger.kill()
 
 
-def test_stop_then_start_again_keeps_credentials_and_data(tmp_path):
-    root = tmp_path / "own-stack"
+@pytest.fixture
+def own_root() -> Iterator[Path]:
+    """A folder for a stack of the test's own, outside pytest's temp root: its unix sockets
+    must fit in 100 bytes under a pytest-xdist worker's deeper tmp_path, and another pytest
+    session chmods /tmp/pytest-of-<user> to 0700 (see the ``stack`` fixture)."""
+    root = Path(tempfile.mkdtemp(prefix="r2m-own-"))
+    try:
+        yield root / "own-stack"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_stop_then_start_again_keeps_credentials_and_data(own_root):
+    root = own_root
     try:
         first = devstack.start_stack(root, bucket_name="first-bucket")
         with psycopg.connect(first.database_url) as conn:
@@ -379,12 +394,12 @@ def test_stack_files_stay_inside_root(stack):
     assert os.path.commonpath([stack.root, stack.media_root]) == str(stack.root)
 
 
-def test_dev_up_with_another_bucket_creates_it_but_keeps_the_stacks_bucket(tmp_path):
+def test_dev_up_with_another_bucket_creates_it_but_keeps_the_stacks_bucket(own_root):
     from click.testing import CliRunner
 
     from r2migrate.cli.main import main
 
-    root = tmp_path / "own-stack"
+    root = own_root
     env = {"R2MIGRATE_STATE_DIR": str(root)}
     try:
         first = CliRunner().invoke(main, ["dev", "up", "--bucket", "first-bucket"], env=env)

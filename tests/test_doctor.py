@@ -1,24 +1,21 @@
 """doctor.py against the real stack: passes on it, fails with a hint for each broken service.
 
 Servers that lack a capability (ignore If-None-Match, do not check ChecksumSHA256, ignore If-Match
-on DELETE, skewed clock) are played by ``ForgingProxy``: the lead's ``FaultProxy`` plus one rule
-kind that answers a request itself with a forged response, so the client sees a "success" the
-real server would never give. Every test also scans the whole report for secrets.
+on DELETE, skewed clock) are played by ``FaultProxy`` (tests/helpers/proxy.py), whose rule
+kind ``("respond", status, headers)`` answers a request itself with a forged response, so the
+client sees a "success" the real server would never give. Every test also scans the whole report
+for secrets.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import json
-import socket
-import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from email.utils import formatdate
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
@@ -38,7 +35,7 @@ from r2migrate.settings.config import Settings, load_settings
 from r2migrate.stages.inventory import inventory
 from r2migrate.stages.plan import plan
 from r2migrate.store.ledger import SCHEMA_VERSION, State
-from tests.proxy import FaultProxy, Request
+from tests.helpers.proxy import FaultProxy, Request
 
 # `r2migrate.doctor` is the function (the package re-exports it); the module is in sys.modules.
 doctor_module = importlib.import_module("r2migrate.report.doctor")
@@ -61,96 +58,14 @@ DISK_ORDER = [name for name in CHECK_ORDER if name not in ("media_url", "storage
 # -- helpers --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HeaderRequest(Request):
-    headers: dict[str, str] = field(default_factory=dict, compare=False)
-
-
-class ForgingProxy(FaultProxy):
-    """FaultProxy whose rule may also return ``("respond", status, headers)``: answered here.
-
-    A header given as None is left out (``{"Date": None}``: a response without a Date header).
-
-    The rule sees a ``HeaderRequest`` (the request headers, lower-cased). Only the request
-    loop is replaced; forwarding, 503 and reset behave as in the base class.
-    """
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection((self.target_host, self.target_port), timeout=30)
-        except OSError:
-            client.close()
-            return
-        threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
-        buf = b""
-        try:
-            while not self._stopped.is_set():
-                while b"\r\n\r\n" not in buf:
-                    chunk = client.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, target, _ = lines[0].split(" ", 2)
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                parts = urlsplit(target)
-                request = HeaderRequest(method, unquote(parts.path), parts.query, length, headers)
-                with self._lock:
-                    self.requests.append(request)
-                decision = self.rule(request) if self.rule else None
-                if isinstance(decision, tuple) and decision[0] == "respond":
-                    _body, buf = self._read_body(client, buf, length, headers)
-                    status, extra = decision[1], decision[2]
-                    out = {"Content-Length": "0", "Date": formatdate(usegmt=True), **extra}
-                    block = "".join(f"{k}: {v}\r\n" for k, v in out.items() if v is not None)
-                    client.sendall(f"HTTP/1.1 {status} Forged\r\n{block}\r\n".encode("latin-1"))
-                    continue
-                if decision in ("503", "slowdown"):
-                    _body, buf = self._read_body(client, buf, length, headers)
-                    xml = (
-                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable"
-                        b"</Code><Message>injected by test proxy</Message></Error>"
-                    )
-                    client.sendall(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
-                        + f"Content-Length: {len(xml)}\r\n\r\n".encode()
-                        + xml
-                    )
-                    continue
-                upstream.sendall(head + b"\r\n\r\n")
-                remaining = length
-                if buf:
-                    take = buf[:remaining]
-                    upstream.sendall(take)
-                    buf = buf[len(take) :]
-                    remaining -= len(take)
-                while remaining > 0:
-                    chunk = client.recv(min(65536, remaining))
-                    if not chunk:
-                        return
-                    upstream.sendall(chunk)
-                    remaining -= len(chunk)
-        except (OSError, ValueError):
-            return
-        finally:
-            for s in (client, upstream):
-                with contextlib.suppress(OSError):
-                    s.close()
-
-
 @pytest.fixture
 def proxy_to(stack):
-    """``proxy_to(rule)``: a ForgingProxy in front of the stack's S3 server, closed afterwards."""
-    opened: list[ForgingProxy] = []
+    """``proxy_to(rule)``: a FaultProxy in front of the stack's S3 server, closed afterwards."""
+    opened: list[FaultProxy] = []
 
-    def make(rule=None) -> ForgingProxy:
+    def make(rule=None) -> FaultProxy:
         parts = urlsplit(stack.endpoint_url)
-        proxy = ForgingProxy(parts.hostname or "127.0.0.1", parts.port or 80, rule=rule)
+        proxy = FaultProxy(parts.hostname or "127.0.0.1", parts.port or 80, rule=rule)
         opened.append(proxy)
         return proxy
 

@@ -58,7 +58,7 @@ from r2migrate.s3.fastput import (
     translate_response,
 )
 from r2migrate.settings.config import Settings
-from tests.proxy import FaultProxy
+from tests.helpers.proxy import FaultProxy
 
 AMZ_DATE = "20250102T030405Z"
 

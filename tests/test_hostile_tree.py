@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from django.core.exceptions import SuspiciousOperation
 
@@ -25,6 +24,7 @@ from r2migrate.errors import ToolkitError
 from r2migrate.rules import keys
 from r2migrate.s3.bucket import Bucket
 from r2migrate.store.ledger import MediaFile, State
+from tests.helpers.tables import create_saved_files
 
 
 def nfc(text: str) -> str:
@@ -379,10 +379,7 @@ def test_hostile_tree_migrates_and_reads_back_through_s3storage(
         if case.setup is not None:
             case.setup(world)
     rows = [None if c.row is None else c.row.replace("@MEDIA@", str(world.media)) for c in CASES]
-    with psycopg.connect(fresh_database_url) as conn:
-        conn.execute("CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_path text)")
-        for row in rows:
-            conn.execute("INSERT INTO list_cutter_savedfile (file_path) VALUES (%s)", (row,))
+    create_saved_files(fresh_database_url, rows)
     settings = make_settings(media_root=world.media, location=location)
 
     seen: list[MediaFile] = []

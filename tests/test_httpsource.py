@@ -33,6 +33,7 @@ from r2migrate.errors import (
 from r2migrate.media.http import MediaServer, media_url_for
 from r2migrate.s3.bucket import Bucket
 from r2migrate.store.ledger import FileStatus, State
+from tests.helpers.tables import add_saved_files, create_saved_files
 from tests.mediaserver import MediaHTTPServer
 
 MIB = 1024 * 1024
@@ -59,16 +60,7 @@ def _seed(database_url: str, root: Path, names: list[str] = ROWS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     (root.parent / "outside.txt").write_bytes(b"must never be read")
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_name text,"
-            " file_path text)"
-        )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_name, file_path) VALUES (%s, %s)",
-                [(Path(n).name, n) for n in names],
-            )
+    create_saved_files(database_url, names, shape="named")
 
 
 @pytest.fixture
@@ -333,11 +325,7 @@ def test_a_media_server_failing_every_request_stops_the_run_naming_it(
     )
     with psycopg.connect(settings.database_url) as conn:
         conn.execute("DELETE FROM list_cutter_savedfile")
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_name, file_path) VALUES (%s, %s)",
-                [(Path(n).name, n) for n in names],
-            )
+        add_saved_files(conn, names, shape="named")
     with State.open(settings.database_url) as state:
         inventory(settings, state)
         (batch_id,) = plan(settings, state, batch_size=100).batch_ids
@@ -462,11 +450,7 @@ def test_retries_of_one_cause_are_summarised_not_repeated(
     )
     with psycopg.connect(settings.database_url) as conn:
         conn.execute("DELETE FROM list_cutter_savedfile")
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_name, file_path) VALUES (%s, %s)",
-                [(Path(n).name, n) for n in names],
-            )
+        add_saved_files(conn, names, shape="named")
     with State.open(settings.database_url) as state:
         inventory(settings, state)
         plan(settings, state, batch_size=100)

@@ -5,22 +5,17 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from r2migrate import inventory
 from r2migrate.errors import ConfigError, Problem
 from r2migrate.stages.inventory import estimate_cost
 from r2migrate.store.ledger import MediaFile, State
+from tests.helpers.tables import create_saved_files
 
 
 def _rows(database_url: str, names: list[str | None]) -> None:
-    with psycopg.connect(database_url) as conn:
-        conn.execute("CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_path text)")
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_path) VALUES (%s)", [(n,) for n in names]
-            )
+    create_saved_files(database_url, names)
 
 
 def _write(root: Path, name: str, data: bytes = b"x") -> None:

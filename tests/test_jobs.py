@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg import sql
@@ -42,8 +41,9 @@ from r2migrate.worker import (
     serve,
 )
 from tests.cli_env import cli_env as _cli_env
+from tests.helpers.proxy import FaultProxy
+from tests.helpers.tables import create_saved_files
 from tests.mediaserver import MediaHTTPServer
-from tests.proxy import FaultProxy
 
 TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
 
@@ -149,17 +149,7 @@ def _seed_files(database_url: str, root: Path, n: int, size: int = 2048) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(size))
         names.append(name)
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_name text,"
-            " file_path text)"
-        )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_name, file_path) VALUES (%s, %s)",
-                [(Path(n).name, n) for n in names],
-            )
-    return n
+    return create_saved_files(database_url, names, shape="named")
 
 
 def _subprocess_env(settings, **extra: str) -> dict[str, str]:

@@ -18,7 +18,6 @@ import unicodedata
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -32,6 +31,7 @@ from r2migrate.s3.bucket import Bucket
 from r2migrate.stages.plan import Action
 from r2migrate.store.ledger import State
 from tests.cli_env import cli_env as _env
+from tests.helpers.tables import create_saved_files
 from tests.test_api import AUTH, TOKEN, running
 
 LATIN1 = b"caf\xe9 latin1.txt"
@@ -50,10 +50,7 @@ def odd_tree(media_root: Path, fresh_database_url: str) -> Path:
     (media_root / TAB).write_bytes(b"tab")
     (media_root / LONG).parent.mkdir(parents=True)
     (media_root / LONG).write_bytes(b"long")
-    with psycopg.connect(fresh_database_url) as conn:
-        conn.execute("CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_path text)")
-        for name in ("uploads/ok.txt", TAB, LONG, "../outside.txt"):
-            conn.execute("INSERT INTO list_cutter_savedfile (file_path) VALUES (%s)", (name,))
+    create_saved_files(fresh_database_url, ["uploads/ok.txt", TAB, LONG, "../outside.txt"])
     return media_root
 
 
@@ -133,9 +130,7 @@ def test_plan_refuses_a_name_whose_other_spelling_is_already_in_the_bucket(
     Bucket(settings).put_object_checked(
         nfd, theirs, sha256_hex=hashlib.sha256(theirs).hexdigest(), content_type="text/plain"
     )
-    with psycopg.connect(fresh_database_url) as conn:
-        conn.execute("CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_path text)")
-        conn.execute("INSERT INTO list_cutter_savedfile (file_path) VALUES (%s)", (nfc,))
+    create_saved_files(fresh_database_url, [nfc])
     with State.open(settings.database_url) as state:
         inventory(settings, state)
         summary = plan(settings, state, dry_run=True)

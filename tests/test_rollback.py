@@ -17,7 +17,7 @@ from r2migrate.stages.plan import Action
 from r2migrate.stages.rollback import RollbackOutcome, rollback
 from r2migrate.stages.verify import verify
 from r2migrate.store.ledger import BatchStatus, FileStatus, State, new_owner_id
-from tests.proxy import FaultProxy, Flaky
+from tests.helpers.proxy import FaultProxy, Flaky
 from tests.test_verify import migrate, replace_object, row_for, seed_tree
 
 

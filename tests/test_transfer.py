@@ -19,7 +19,8 @@ from r2migrate import run as run_batches
 from r2migrate.errors import AccessDenied, BucketError, BucketUnavailable, TransientBucketError
 from r2migrate.s3.bucket import Bucket, translate_error
 from r2migrate.store.ledger import BatchStatus, FileStatus, State
-from tests.proxy import FaultProxy
+from tests.helpers.proxy import FaultProxy
+from tests.helpers.tables import create_saved_files
 
 MIB = 1024 * 1024
 
@@ -32,22 +33,8 @@ def _make_files(root: Path, n: int, size: int = 2048) -> None:
 
 
 def _seed_rows(database_url: str, root: Path) -> int:
-    import psycopg
-
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_id text UNIQUE,"
-            " file_name text, file_path text, uploaded_at timestamptz, system_tags jsonb,"
-            " user_tags jsonb, metadata jsonb, user_id integer)"
-        )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_id, file_name, file_path)"
-                " VALUES (%s, %s, %s)",
-                [(f"f{i}", Path(n).name, n) for i, n in enumerate(names)],
-            )
-    return len(names)
+    return create_saved_files(database_url, names, shape="django", unique_file_id=True)
 
 
 def _plan(settings) -> list[str]:

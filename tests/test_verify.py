@@ -17,7 +17,8 @@ from r2migrate.errors import BatchNotFound, ConfigError
 from r2migrate.s3.bucket import Bucket
 from r2migrate.stages.verify import CLASS_B_USD_PER_MILLION, VerifyOutcome, key_space, verify
 from r2migrate.store.ledger import FileRecord, FileStatus, State
-from tests.proxy import FaultProxy, Flaky
+from tests.helpers.proxy import FaultProxy, Flaky
+from tests.helpers.tables import create_saved_files
 
 
 def seed_tree(database_url: str, root: Path, n: int, *, size: int = 1000) -> None:
@@ -27,18 +28,7 @@ def seed_tree(database_url: str, root: Path, n: int, *, size: int = 1000) -> Non
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(os.urandom(size + i))
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "CREATE TABLE list_cutter_savedfile (id serial PRIMARY KEY, file_id text,"
-            " file_name text, file_path text, uploaded_at timestamptz, system_tags jsonb,"
-            " user_tags jsonb, metadata jsonb, user_id integer)"
-        )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_id, file_name, file_path)"
-                " VALUES (%s, %s, %s)",
-                [(f"f{i}", Path(name).name, name) for i, name in enumerate(names)],
-            )
+    create_saved_files(database_url, names, shape="django")
 
 
 def migrate(settings, state: State, *, batch_size: int = 1000, run: bool = True) -> list[str]:

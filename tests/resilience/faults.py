@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
-from tests.proxy import FaultProxy, Request
+from tests.helpers.proxy import FaultProxy, Request
 
 RESPONSE_FAULTS = frozenset({"reset_after_forward", "truncate", "stall"})
 ANSWER_FAULTS = {

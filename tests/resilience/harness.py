@@ -44,6 +44,7 @@ from r2migrate import inventory, plan, verify
 from r2migrate.s3.bucket import Bucket
 from r2migrate.settings.config import Settings, load_settings
 from r2migrate.store.ledger import State
+from tests.helpers.tables import create_saved_files
 from tests.resilience.faults import ChaosProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,18 +151,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def seed_rows(world: World, names: Sequence[str | None]) -> None:
     """The original system's table with one row per name (None and '' allowed)."""
-    with psycopg.connect(world.database_url) as conn:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS list_cutter_savedfile (id serial PRIMARY KEY,"
-            " file_id text, file_name text, file_path text, uploaded_at timestamptz,"
-            " system_tags jsonb, user_tags jsonb, metadata jsonb, user_id integer)"
-        )
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO list_cutter_savedfile (file_id, file_name, file_path)"
-                " VALUES (%s, %s, %s)",
-                [(f"f{i}", Path(n).name if n else n, n) for i, n in enumerate(names)],
-            )
+    create_saved_files(world.database_url, names, shape="django", if_not_exists=True)
 
 
 def plan_batches(world: World, *, batch_size: int = 1000) -> list[str]:

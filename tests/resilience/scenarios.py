@@ -287,16 +287,19 @@ def postgres_restart(
     put_delay_s: float = 0.02,
     processes: int = 1,
     command: tuple[str, ...] = ("run",),
+    stalled_worker_s: float = 30.0,
 ) -> Outcome:
     """Stop the stack's PostgreSQL (SIGINT: fast shutdown) mid-run, restart it, resume.
 
     ``world`` must live on the stack at ``stack_root`` (the scenario stops that stack's
-    postgres, never another one).
+    postgres, never another one). With ``worker``, the batch job a stopped worker left running
+    is queued again once its heartbeat is ``stalled_worker_s`` old (the default, 30 s, is
+    waited out at every restart).
     """
     started = time.monotonic()
     _prepare(world, files, seed=seed)
     world.proxy.rule = _slow_puts(put_delay_s)
-    env = runner_env(world, processes=processes)
+    env = runner_env(world, processes=processes, stalled_worker_s=stalled_worker_s)
     rng = random.Random(seed)
     codes: list[int] = []
     outputs: list[str] = []

@@ -117,7 +117,7 @@ def test_bounds_stop_the_faults(proxy: ChaosProxy, stack: StackInfo, fresh_bucke
 
 
 def test_seeded_faults_repeat_exactly() -> None:
-    from tests.proxy import Request
+    from tests.helpers.proxy import Request
 
     requests = [Request("PUT", f"/b/k{i % 40}", "", 10) for i in range(400)]
     first = [seeded_faults(0.2, seed=1)(r) for r in requests]

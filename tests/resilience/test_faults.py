@@ -10,7 +10,7 @@ import pytest
 from r2migrate import rollback, run
 from r2migrate.s3.bucket import Bucket
 from r2migrate.store.ledger import State
-from tests.proxy import Request
+from tests.helpers.proxy import Request
 from tests.resilience import scenarios
 from tests.resilience.faults import ALL_FAULTS
 from tests.resilience.harness import World, events, ledger, make_tree, plan_batches, seed_rows

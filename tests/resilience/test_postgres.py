@@ -6,6 +6,8 @@ session stack the other tests share.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +24,16 @@ pytestmark = pytest.mark.resilience
 
 
 @pytest.fixture(scope="module")
-def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    root = tmp_path_factory.mktemp("pg-restart-stack")
+def own_stack() -> Iterator[StackInfo]:
+    # Outside pytest's temp root, as the session stack (tests/conftest.py): another pytest
+    # session on the machine resets /tmp/pytest-of-<user> to 0700, which locked the postgres
+    # system user out of this stack's data folder at its restart.
+    root = Path(tempfile.mkdtemp(prefix="r2migrate-test-stack-"))
     try:
         yield devstack.start_stack(root)
     finally:
         devstack.stop_stack(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -56,8 +62,17 @@ def own_world(own_stack: StackInfo, tmp_path: Path) -> Iterator[World]:
 def test_postgres_stopped_mid_run_stops_the_runner_clearly_and_resume_loses_nothing(
     own_world: World, own_stack: StackInfo, command: tuple[str, ...]
 ) -> None:
+    # The job a stopped worker left running goes back to the queue once its heartbeat is
+    # stalled_worker_s old: 3 s here (the dead-worker scenario uses 2) rather than 30 at each
+    # restart.
     out = scenarios.postgres_restart(
-        own_world, own_stack.root, files=300, seed=11, restarts=2, command=command
+        own_world,
+        own_stack.root,
+        files=300,
+        seed=11,
+        restarts=2,
+        command=command,
+        stalled_worker_s=3.0,
     )
     audit, d = out.audit, out.details
     assert d["stopped"] == 2, d

@@ -90,6 +90,10 @@ def make_app(settings: Settings) -> procrastinate.App:
         },
         min_size=1,
         max_size=4,
+        # How long a query waits for a connection. psycopg_pool's default (30 s) made a worker
+        # that lost PostgreSQL take a minute to exit (the job's status, then the worker's
+        # unregistration, each waited in full): one heartbeat interval is enough.
+        timeout=max(1.0, settings.stalled_worker_s / 3),
     )
     app = procrastinate.App(connector=connector)
     app.task(
