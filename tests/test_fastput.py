@@ -29,7 +29,6 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from hypothesis import example, given
-from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from r2migrate.errors import (
@@ -133,11 +132,6 @@ def _botocore_sign(
     signature = auth.signature(auth.string_to_sign(request, canonical), request)
     auth._inject_signature_to_request(request, signature)
     return canonical, str(request.headers["Authorization"])
-
-
-# Deadlines measure this machine's load, not the signer: on 2 busy cores a case took 388 ms once.
-hypothesis_settings.register_profile("r2migrate", deadline=None)
-hypothesis_settings.load_profile("r2migrate")
 
 
 @given(
