@@ -589,6 +589,22 @@ def test_cutover_check_sorts_every_row_the_site_serves(project):
     assert "broken today already: 2" in out  # gone.txt and the renamed row
 
 
+def test_cutover_check_stops_at_an_error_wrong_for_every_key(project):
+    """Wrong credentials (AccessDenied, whole_run) stop the check: no row is blamed for them."""
+    populate(project)
+    _run("migrate_files_to_r2")
+    wrong = {**project.s3_options, "secret_key": "not-the-secret"}
+    storages = {
+        **project.s3_storages,
+        "r2": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": wrong},
+    }
+    with override_settings(STORAGES=storages):
+        err, out = _error("r2migrate_cutover_check")
+    assert err.returncode == ExitCode.CONFIG
+    assert "access denied" in str(err)
+    assert "will break after the switch" not in out
+
+
 def test_cutover_check_fails_while_s3storage_would_overwrite(project):
     populate(project)
     _run("migrate_files_to_r2")

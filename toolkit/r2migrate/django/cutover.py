@@ -41,7 +41,7 @@ from typing import Any
 
 from r2migrate.django.render import table
 from r2migrate.django.storage_options import StorageOptions, check_storage_options
-from r2migrate.errors import ConfigError, ExitCode, Problem, SourceError
+from r2migrate.errors import ConfigError, Problem, SourceError
 from r2migrate.media import disk as source
 from r2migrate.rules import binding
 from r2migrate.s3.bucket import translate_error
@@ -386,7 +386,7 @@ def _check_row(
         asked.found.append(CutoverProblem.NO_OBJECT)
     except Exception as exc:
         err = translate_error(exc, op="HEAD", bucket=str(storage.bucket_name), key=key)
-        if err.exit_code == ExitCode.CONFIG:  # wrong credentials or bucket: all would fail
+        if err.whole_run:  # wrong credentials, bucket or certificate: every key would fail
             raise err from exc
         asked.found.append(CutoverProblem.ERROR)
         asked.notes.append(err.message)

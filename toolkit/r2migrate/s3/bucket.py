@@ -10,7 +10,6 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
@@ -49,6 +48,7 @@ from r2migrate.s3.multipart import (
     SourceMoved,
     SourceShort,
     SourceUnreadable,
+    _check_unchanged,
     _is_regular_file,
     _PartWindow,
     _source_changed,
@@ -366,7 +366,7 @@ class Bucket:
         whose bytes no longer hash the same.
         """
         fd = fh.fileno()
-        self._check_unchanged(key, fd, size_bytes, mtime_ns)
+        _check_unchanged(key, fd, size_bytes, mtime_ns)
         lock = threading.Lock()
         windows: list[tuple[_PartWindow, str]] = []
         whole = hashlib.sha256()
@@ -384,7 +384,7 @@ class Bucket:
                 )
             windows.append((window, base64.b64encode(part_hash.digest()).decode("ascii")))
             offset += got
-        self._check_unchanged(key, fd, size_bytes, mtime_ns)
+        _check_unchanged(key, fd, size_bytes, mtime_ns)
         sha256_hex = whole.hexdigest()
         upload_id = self._create_upload(key, sha256_hex, content_type, content_encoding)
         workers = min(part_workers, len(windows))
@@ -398,27 +398,9 @@ class Bucket:
                 parts = [f.result() for f in [pool.submit(self._upload_part, *j) for j in jobs]]
             else:
                 parts = [self._upload_part(*job) for job in jobs]
-            self._check_unchanged(key, fd, size_bytes, mtime_ns, started=True)
+            _check_unchanged(key, fd, size_bytes, mtime_ns, started=True)
             etag = self._complete_upload(key, upload_id, parts)
         return sha256_hex, PutResult(etag=etag, part_size_bytes=part_size_bytes)
-
-    @staticmethod
-    def _check_unchanged(
-        key: str, fd: int, size_bytes: int, mtime_ns: int, *, started: bool = False
-    ) -> None:
-        """Raise when the file's size or mtime moved: ``SourceMoved`` (retryable, code
-        ``source_changed`` as transfer gives a small file) while nothing is sent yet, else
-        ``DigestMismatch`` ``SourceChanged`` (the upload is aborted, the file is failed)."""
-        now = os.fstat(fd)
-        if now.st_size == size_bytes and now.st_mtime_ns == mtime_ns:
-            return
-        message = (
-            f"{key}: the file changed while it was uploaded (size {now.st_size:,} bytes, "
-            f"was {size_bytes:,}; modified at {now.st_mtime_ns} ns, was {mtime_ns})"
-        )
-        if started:
-            raise DigestMismatch(message, code="SourceChanged")
-        raise SourceMoved(message, code="source_changed")
 
     def put_multipart_checked(
         self,

@@ -153,3 +153,21 @@ def _source_changed(key: str, read_bytes: int, size_bytes: int) -> DigestMismatc
         f"({read_bytes} bytes read, {size_bytes} expected)",
         code="SourceChanged",
     )
+
+
+def _check_unchanged(
+    key: str, fd: int, size_bytes: int, mtime_ns: int, *, started: bool = False
+) -> None:
+    """Raise when the file's size or mtime moved: ``SourceMoved`` (retryable, code
+    ``source_changed`` as transfer gives a small file) while nothing is sent yet, else
+    ``DigestMismatch`` ``SourceChanged`` (the upload is aborted, the file is failed)."""
+    now = os.fstat(fd)
+    if now.st_size == size_bytes and now.st_mtime_ns == mtime_ns:
+        return
+    message = (
+        f"{key}: the file changed while it was uploaded (size {now.st_size:,} bytes, "
+        f"was {size_bytes:,}; modified at {now.st_mtime_ns} ns, was {mtime_ns})"
+    )
+    if started:
+        raise DigestMismatch(message, code="SourceChanged")
+    raise SourceMoved(message, code="source_changed")
