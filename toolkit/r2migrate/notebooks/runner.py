@@ -306,6 +306,7 @@ def save_results(results: Mapping[str, Any], results_path: str | Path | None) ->
     if results_path is None:
         return
     path = Path(results_path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # plain papermill may name a new folder
     text = json.dumps(dict(results), indent=2, sort_keys=True, default=_jsonable)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text + "\n", encoding="utf-8")

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import psycopg_pool
-from procrastinate import exceptions as pexc
 from psycopg.conninfo import conninfo_to_dict
 
 from r2migrate.errors import DatabaseUnavailable, StateError
@@ -80,6 +78,9 @@ def _owner_is_dead_here(owner: str) -> bool:
 def translate_queue_errors(doing: str, settings: Settings | None = None) -> Iterator[None]:
     """The one place procrastinate's connection errors become the toolkit's; a missing
     privilege is PrivilegeMissing (exit 4) with the GRANT for the role in ``settings``."""
+    import psycopg_pool  # only those who run the queue need these: keeps `batches` quick
+    from procrastinate import exceptions as pexc
+
     try:
         yield
     except (pexc.ConnectorException, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
