@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-pg e2e lint fmt lab bench chaos lock clean
+.PHONY: install demo test test-pg e2e lint fmt lab dist bench chaos lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,12 +54,21 @@ fmt: $(STAMP)
 	$(BIN)/ruff format toolkit tests bench scripts
 	$(BIN)/ruff check --fix toolkit tests bench scripts
 
-# JupyterLab on the notebooks, wired to the demo's embedded stack (run `make demo` once first;
-# this restarts the stack if it was stopped).
+# JupyterLab on the notebooks, wired to the demo's embedded stack under .r2migrate/demo: starts
+# the stack (or finds it running) and, when there was none yet, makes its sample data, so it works
+# with or without `make demo` first. JupyterLab refuses to run as root unless told to.
 LAB_STATE := $(CURDIR)/.r2migrate/demo
+LAB_ROOT  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: $(STAMP)
-	R2MIGRATE_STATE_DIR=$(LAB_STATE) $(BIN)/r2migrate dev up
-	R2MIGRATE_STATE_DIR=$(LAB_STATE) $(BIN)/jupyter lab --notebook-dir=$(CURDIR)/notebooks
+	@fresh=1; [ -f $(LAB_STATE)/stack.json ] && fresh=0; \
+	R2MIGRATE_STATE_DIR=$(LAB_STATE) $(BIN)/r2migrate dev up && \
+	if [ $$fresh = 1 ]; then R2MIGRATE_STATE_DIR=$(LAB_STATE) $(BIN)/r2migrate dev sample-data; fi
+	R2MIGRATE_STATE_DIR=$(LAB_STATE) $(BIN)/jupyter lab $(LAB_ROOT) --notebook-dir=$(CURDIR)/notebooks
+
+# A wheel and an sdist in dist/ (`pip install dist/r2migrate-*.whl`; nothing is published).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
 
 # This tool against s5cmd, rclone and the aws CLI on the same server; prints ratios.
 bench: $(STAMP)
@@ -74,4 +83,4 @@ lock: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^r2migrate' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

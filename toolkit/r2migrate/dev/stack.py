@@ -37,6 +37,7 @@ import psycopg
 from psycopg import sql
 
 from r2migrate.dev import cert as devcert
+from r2migrate.dev.extras import require_demo_extra
 from r2migrate.dev.postgres import (
     PG_SUPERUSER,
     PG_SYSTEM_USER,
@@ -186,6 +187,7 @@ def start_stack(
     """
     if bucket_name is not None and not _BUCKET_NAME.fullmatch(bucket_name):
         raise ConfigError(f"bucket name {bucket_name!r} is not a valid S3 bucket name")
+    require_demo_extra()  # before anything is made: say which pip command, not half a stack
     root = root.expanduser().resolve()
     _prepare_root(root, _postgres_system_user())
     stack = _read_json(root / STACK_FILE) or {}
