@@ -115,6 +115,6 @@ def reference_id_column_for(refs: Sequence[FieldReference]) -> str | None:
     raise ConfigError(
         f"The models with file fields use different primary-key columns ({detail}); r2migrate "
         "reads all references with one reference_id_column.",
-        hint="Migrate them in separate runs: R2MIGRATE['exclude'] the models of the other "
-        "primary-key column and set R2MIGRATE['reference_id_column'] for each run.",
+        hint="Migrate them in separate runs, each narrowed to the models of one primary-key "
+        "column with R2MIGRATE['models'] (or R2MIGRATE['exclude']).",
     )
