@@ -295,6 +295,52 @@ def test_references_must_be_identifiers(tmp_path: Path, bad: str) -> None:
     assert "references (override)" in str(err)
 
 
+def test_models_and_exclude_from_toml_env_and_set(tmp_path: Path) -> None:
+    assert (load(tmp_path).models, load(tmp_path).exclude) == ((), ())
+    write_toml(tmp_path, 'models = ["shop.Product", "shop.Invoice.pdf"]\n')
+    env = {"R2MIGRATE_EXCLUDE": "shop.Product.thumbnail, blog.Post"}
+    s = load(tmp_path, env=env, set_values={"models": "shop.Product"})
+    assert s.models == ("shop.Product",) and s.sources["models"] == "--set"
+    assert s.exclude == ("shop.Product.thumbnail", "blog.Post")
+    assert s.sources["exclude"] == "env R2MIGRATE_EXCLUDE"
+    assert dict((name, shown) for name, shown, _ in s.describe())["exclude"] == (
+        "shop.Product.thumbnail, blog.Post"
+    )
+
+
+@pytest.mark.parametrize("bad", ["Product", "shop.Product.file.x", "shop.Pro-duct", "shop..x"])
+def test_models_and_exclude_must_name_app_model_or_field(tmp_path: Path, bad: str) -> None:
+    err = config_error(tmp_path, overrides={"models": (bad,), "exclude": (bad,)})
+    assert f"models (override): {bad!r} is not app_label.Model or app_label.Model.field" in str(err)
+    assert "exclude (override)" in str(err)
+
+
+@pytest.mark.parametrize("how", ["toml", "env", "set"])
+def test_the_plain_cli_refuses_models_and_exclude(tmp_path: Path, how: str) -> None:
+    """They name Django models: only the Django adapter can apply them, never silently dropped."""
+    from click.testing import CliRunner
+
+    from r2migrate.cli.main import main
+
+    env = {"R2MIGRATE_STATE_DIR": str(tmp_path / "state")}
+    args = ["config", "show"]
+    if how == "toml":
+        write_toml(tmp_path, 'exclude = ["shop.Product"]\n')
+        env["R2MIGRATE_CONFIG"] = str(tmp_path / "r2migrate.toml")
+    elif how == "env":
+        env["R2MIGRATE_EXCLUDE"] = "shop.Product"
+    else:
+        args = ["--set", "exclude=shop.Product", *args]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == ExitCode.CONFIG, result.output
+    assert "names Django models, which only the Django adapter can resolve" in result.output
+    assert "list exactly the columns to migrate in `references`" in result.output
+    assert "config show" not in result.output.partition("hint:")[2]
+    plain = CliRunner().invoke(main, ["config", "show"], env={**env, "R2MIGRATE_EXCLUDE": ""})
+    if how != "toml":
+        assert plain.exit_code == 0, plain.output
+
+
 def test_object_parameters_from_toml_table_and_env_json(tmp_path: Path) -> None:
     write_toml(tmp_path, '[object_parameters]\nCacheControl = "max-age=86400"\n')
     s = load(tmp_path)

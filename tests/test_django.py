@@ -302,6 +302,93 @@ def test_discovery_and_its_errors(project):
         load_django_settings()
 
 
+def test_models_and_exclude_narrow_what_is_inventoried_and_planned(project, monkeypatch):
+    populate(project)
+    narrowed = {
+        "storage": "r2",
+        "models": ["list_cutter.SavedFile", "list_cutter.ProfileImage", "gallery.Photo.file"],
+        "exclude": ["list_cutter.profileimage.image", "gallery.Photo"],
+    }
+    with override_settings(R2MIGRATE=narrowed):
+        ps = load_django_settings()
+        s = ps.settings
+        assert s.references == ("list_cutter_savedfile.file_path",)
+        assert [f.label for f in ps.fields] == ["list_cutter.SavedFile.file_path"]
+        assert s.models == tuple(narrowed["models"]) and s.exclude == tuple(narrowed["exclude"])
+        with State.open(s.database_url) as state:
+            found = inventory(s, state)
+            planned = plan(s, state, batch_size=100, dry_run=True)
+        assert found.references == ("list_cutter_savedfile.file_path",)
+        assert found.rows == 8  # the seven saved files and the row whose file is gone
+        assert planned.upload_files == 7  # the avatars are not planned
+        # R2MIGRATE["references"] is added as it is, whatever models/exclude say
+        extra = {**narrowed, "references": ["list_cutter_profileimage.image"]}
+        with override_settings(R2MIGRATE=extra):
+            assert load_django_settings().settings.references == (
+                "list_cutter_savedfile.file_path",
+                "list_cutter_profileimage.image",
+            )
+
+    # From the environment (as r2migrate.toml's layers are read under Django too): the avatars.
+    monkeypatch.setenv("R2MIGRATE_MODELS", "list_cutter.ProfileImage")
+    text = _run("migrate_files_to_r2", batch_size=50)
+    assert "Uploaded 2 file(s)" in text
+    assert "list_cutter.ProfileImage.image" in text and "list_cutter.SavedFile" not in text
+    assert len(project.keys()) == 2
+    monkeypatch.delenv("R2MIGRATE_MODELS")
+    # manage.py --set beats the environment; exclude the avatars and the gallery: the rest.
+    monkeypatch.setenv("R2MIGRATE_EXCLUDE", "list_cutter.SavedFile")
+    text = _run(
+        "migrate_files_to_r2",
+        batch_size=50,
+        set_values=["exclude=list_cutter.ProfileImage,gallery.Photo,gallery.Rendition.file"],
+    )
+    assert "Uploaded 7 file(s)" in text and "list_cutter.ProfileImage" not in text
+    assert len(project.keys()) == 9
+
+
+def _refused(r2migrate: dict[str, Any], match: str) -> None:
+    with (
+        override_settings(R2MIGRATE={"storage": "r2", **r2migrate}),
+        pytest.raises(ConfigError, match=match),
+    ):
+        load_django_settings()
+
+
+def test_a_misspelled_model_or_field_is_a_config_error(project):
+    populate(project)
+    misspelled = {"models": ["list_cuter.SavedFile"]}
+    _refused(
+        misspelled,
+        r"models: 'list_cuter.SavedFile' names no model with a file field; "
+        r"did you mean 'list_cutter\.SavedFile'\?",
+    )
+    with override_settings(R2MIGRATE={"storage": "r2", **misspelled}):
+        err, _ = _error("migrate_files_to_r2", dry_run=True)
+        assert err.returncode == ExitCode.CONFIG
+        assert "did you mean 'list_cutter.SavedFile'" in str(err)
+    err, _ = _error(
+        "migrate_files_to_r2", dry_run=True, set_values=["exclude=list_cutter.SavedFile.file"]
+    )
+    assert err.returncode == ExitCode.CONFIG
+    assert "exclude: 'list_cutter.SavedFile.file' names no model with a file field" in str(err)
+    assert "did you mean 'list_cutter.SavedFile.file_path'" in str(err)
+    # a model without a file field is no match either; the form is checked first
+    _refused({"exclude": ["auth.User", "SavedFile"]}, "'SavedFile' is not app_label.Model or app_")
+    _refused({"exclude": ["auth.User"]}, "'auth.User' names no model with a file field")
+    # narrowing down to nothing, and narrowing with discovery off
+    _refused(
+        {"models": ["gallery.Photo"], "exclude": ["gallery.Photo.file"]},
+        r"FileField or ImageField \(after models/exclude\)",
+    )
+    _refused(
+        {"discover": False, "references": ["a_b.c"], "exclude": ["gallery.Photo"]},
+        "exclude narrow the discovered FileFields",
+    )
+    assert not _schema_exists(project.database_url)
+    assert project.keys() == set()
+
+
 # -- the command -------------------------------------------------------------------------------
 
 

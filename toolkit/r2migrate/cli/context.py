@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from r2migrate.errors import ConfigError
+from r2migrate.settings.checks import refuse_django_only
 from r2migrate.settings.config import CONFIG_ENV, ENV_PREFIX, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Ctx:
                 overrides=given,
                 override_labels={name: f"option {flag_name(name)}" for name in given},
             )
+            refuse_django_only(settings)  # models/exclude need the Django adapter
         except ConfigError as exc:
             # `config show` loads the same settings and would fail the same way.
             if exc.hint == ConfigError.default_hint:

@@ -47,7 +47,8 @@ POSTGRES_ENGINES = frozenset(
     {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}
 )
 # Keys of R2MIGRATE that steer the adapter rather than being Settings fields.
-ADAPTER_KEYS = frozenset({"database", "storage", "discover", "exclude"})
+# (``models`` and ``exclude`` are Settings fields: toml, env and --set may give them too.)
+ADAPTER_KEYS = frozenset({"database", "storage", "discover"})
 # DATABASES[...]["OPTIONS"] entries Django (or psycopg's Python API) consumes itself; everything
 # else is a libpq connection parameter and goes into the URL's query string.
 _DJANGO_ONLY_OPTIONS = frozenset(
@@ -241,9 +242,10 @@ def load_django_settings(
 
     ``database``/``storage`` are aliases (flags); they beat ``R2MIGRATE["database"]`` /
     ``R2MIGRATE["storage"]``. ``R2MIGRATE`` may hold any ``Settings`` field plus ``database``,
-    ``storage``, ``discover`` (default true: FileFields become references) and ``exclude``
-    (``app_label.Model[.field]`` entries). ``R2MIGRATE["references"]`` adds ``table.column``
-    pairs to the discovered ones. Raises one ``ConfigError`` listing what is wrong.
+    ``storage`` and ``discover`` (default true: FileFields become references). ``models`` and
+    ``exclude`` (``app_label.Model[.field]`` entries, from any layer) narrow the discovered
+    FileFields; ``R2MIGRATE["references"]`` adds ``table.column`` pairs to them, unfiltered.
+    Raises one ``ConfigError`` listing what is wrong.
     """
     from django.conf import settings as django_settings
 
@@ -272,34 +274,37 @@ def load_django_settings(
     storage_alias, storage_obj = target_storage(storage or r2.get("storage"))
     derived.update(settings_from_storage(storage_obj))
 
-    fields: tuple[FieldReference, ...] = ()
-    if r2.get("discover", True):
-        fields = discover_file_fields(using=alias, exclude=_as_list(r2.get("exclude")))
-    references = [f.reference for f in fields]
-    for extra in _as_list(r2.get("references")):
-        if extra not in references:
-            references.append(extra)
-    if not references:
-        raise ConfigError(
-            f"No model read from database {alias!r} has a FileField or ImageField, and "
-            "R2MIGRATE['references'] lists no table.column.",
-            hint="Add the app to INSTALLED_APPS, or list the columns in R2MIGRATE['references'].",
-        )
-    derived["references"] = tuple(references)
-    id_column = reference_id_column_for(fields)
-    if id_column is not None:
-        derived["reference_id_column"] = id_column
-
-    merged: dict[str, object] = {k: v for k, v in derived.items() if v is not None}
-    merged.update({k: v for k, v in r2.items() if k not in ADAPTER_KEYS and k != "references"})
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if str(merged.get("source", "")).lower() == "http" and not merged.get("media_url"):
+    base: dict[str, object] = {k: v for k, v in derived.items() if v is not None}
+    user: dict[str, object] = {
+        k: v for k, v in r2.items() if k not in ADAPTER_KEYS and k != "references"
+    }
+    user.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if str(user.get("source", "")).lower() == "http" and not {**base, **user}.get("media_url"):
         raise ConfigError(
             f"--source http reads each file from MEDIA_URL, but MEDIA_URL is {media_url!r}: a "
             "path, not an address this process can fetch from.",
             hint=f"Pass --media-url https://<your site>{media_url or '/media/'} (or set "
             "R2MIGRATE['media_url']); an auth header goes in R2MIGRATE['media_auth_header'].",
         )
+    # A first pass reads models/exclude from every layer (toml, env, R2MIGRATE, --set).
+    chosen = load_settings(overrides={**base, **user})
+    fields = _discovered(r2, alias, chosen)
+    references = [f.reference for f in fields]
+    for extra in _as_list(r2.get("references")):
+        if extra not in references:
+            references.append(extra)
+    if not references:
+        narrowed = " (after models/exclude)" if chosen.models or chosen.exclude else ""
+        raise ConfigError(
+            f"No model read from database {alias!r} has a FileField or ImageField{narrowed}, "
+            "and R2MIGRATE['references'] lists no table.column.",
+            hint="Add the app to INSTALLED_APPS, or list the columns in R2MIGRATE['references'].",
+        )
+    base["references"] = tuple(references)
+    id_column = reference_id_column_for(fields)
+    if id_column is not None:
+        base["reference_id_column"] = id_column
+    merged = {**base, **user}
     return ProjectSettings(
         settings=load_settings(overrides=merged),
         database_alias=alias,
@@ -307,6 +312,20 @@ def load_django_settings(
         storage=storage_obj,
         fields=fields,
     )
+
+
+def _discovered(r2: Mapping[str, Any], alias: str, chosen: Settings) -> tuple[FieldReference, ...]:
+    """The FileFields ``chosen.models``/``chosen.exclude`` keep (none when discovery is off)."""
+    if r2.get("discover", True):
+        return discover_file_fields(using=alias, models=chosen.models, exclude=chosen.exclude)
+    given = [name for name in ("models", "exclude") if getattr(chosen, name)]
+    if given:
+        raise ConfigError(
+            f"{' and '.join(given)} narrow the discovered FileFields, but "
+            "R2MIGRATE['discover'] is false.",
+            hint="Turn discovery on, or list the columns in R2MIGRATE['references'].",
+        )
+    return ()
 
 
 def _check_r2migrate_keys(r2: Mapping[str, Any]) -> None:

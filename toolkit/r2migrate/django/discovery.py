@@ -38,20 +38,23 @@ class FieldReference:
 
 
 def discover_file_fields(
-    *, using: str = "default", exclude: Iterable[str] = ()
+    *, using: str = "default", models: Iterable[str] = (), exclude: Iterable[str] = ()
 ) -> tuple[FieldReference, ...]:
     """Every FileField (ImageField included) of the installed, concrete models read from ``using``.
 
     Proxy and swapped models are skipped (their table belongs to another model); a multi-table
     child contributes only the fields stored in its own table, keyed by its own primary-key column.
-    A model the database routers send to another alias is skipped. ``exclude`` holds
-    ``app_label.Model`` or ``app_label.Model.field`` entries (case-insensitive); an entry that
-    matches nothing is a ``ConfigError`` with a did-you-mean, so a typo never migrates too much.
+    A model the database routers send to another alias is skipped. ``models`` (empty = all) keeps
+    only the fields it names and ``exclude`` then leaves fields out; both hold ``app_label.Model``
+    or ``app_label.Model.field`` entries (case-insensitive). An entry that matches no model with a
+    file field is a ``ConfigError`` with a did-you-mean, so a typo never migrates too much.
     """
     from django.apps import apps
-    from django.db import models, router
+    from django.db import models as db_models
+    from django.db import router
 
-    wanted_out = {e.strip().lower(): e for e in exclude if e.strip()}
+    wanted_in = _entries(models)
+    wanted_out = _entries(exclude)
     matched: set[str] = set()
     known: list[str] = []
     found: list[FieldReference] = []
@@ -60,12 +63,12 @@ def discover_file_fields(
         if meta.proxy or meta.swapped:
             continue
         for field in meta.local_concrete_fields:
-            if not isinstance(field, models.FileField):
+            if not isinstance(field, db_models.FileField):
                 continue
-            model_key, field_key = meta.label_lower, f"{meta.label_lower}.{field.name.lower()}"
+            keys = {meta.label_lower, f"{meta.label_lower}.{field.name.lower()}"}
             known.extend([meta.label, f"{meta.label}.{field.name}"])
-            if model_key in wanted_out or field_key in wanted_out:
-                matched.add(model_key if model_key in wanted_out else field_key)
+            matched |= keys & (wanted_in.keys() | wanted_out.keys())
+            if (wanted_in and not keys & wanted_in.keys()) or keys & wanted_out.keys():
                 continue
             if router.db_for_read(model) != using:
                 continue
@@ -78,18 +81,22 @@ def discover_file_fields(
                     pk_column=meta.pk.column,
                 )
             )
-    unknown = [original for key, original in wanted_out.items() if key not in matched]
-    if unknown:
-        problems = []
-        for entry in unknown:
-            hint = did_you_mean(entry, known)
-            problems.append(
-                f"R2MIGRATE['exclude']: {entry!r} names no model with a file field{hint}"
-            )
+    problems = [
+        f"{setting}: {original!r} names no model with a file field{did_you_mean(original, known)}"
+        for setting, entries in (("models", wanted_in), ("exclude", wanted_out))
+        for key, original in entries.items()
+        if key not in matched
+    ]
+    if problems:
         raise ConfigError(
             problems, hint="Entries are 'app_label.Model' or 'app_label.Model.field'."
         )
     return tuple(sorted(found, key=lambda r: (r.table, r.column)))
+
+
+def _entries(values: Iterable[str]) -> dict[str, str]:
+    """Lower-cased entry -> the entry as written (for messages)."""
+    return {e.strip().lower(): e.strip() for e in values if e.strip()}
 
 
 def reference_id_column_for(refs: Sequence[FieldReference]) -> str | None:
@@ -108,6 +115,6 @@ def reference_id_column_for(refs: Sequence[FieldReference]) -> str | None:
     raise ConfigError(
         f"The models with file fields use different primary-key columns ({detail}); r2migrate "
         "reads all references with one reference_id_column.",
-        hint="Migrate them in separate runs: R2MIGRATE['exclude'] the models of the other "
-        "primary-key column and set R2MIGRATE['reference_id_column'] for each run.",
+        hint="Migrate them in separate runs, each narrowed to the models of one primary-key "
+        "column with R2MIGRATE['models'] (or R2MIGRATE['exclude']).",
     )

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from r2migrate.errors import ConfigError
 from r2migrate.settings.model import (
     _GIB,
     _HEADER_LINE,
@@ -25,7 +26,17 @@ from r2migrate.settings.model import (
 if TYPE_CHECKING:
     from r2migrate.settings.model import Settings
 
-__all__ = ["check_settings", "closest", "did_you_mean"]
+__all__ = [
+    "DJANGO_ONLY_SETTINGS",
+    "check_settings",
+    "closest",
+    "did_you_mean",
+    "refuse_django_only",
+]
+
+# Settings that name Django models (``app_label.Model[.field]``): meaningful only where the model
+# registry is, i.e. under the Django adapter. The plain CLI refuses them (``refuse_django_only``).
+DJANGO_ONLY_SETTINGS = ("models", "exclude")
 
 
 def closest(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str | None:
@@ -81,6 +92,11 @@ def _check_names(s: Settings) -> Iterable[tuple[str, str]]:
         yield "references", "lists the same column twice"
     if not _IDENTIFIER.fullmatch(s.reference_id_column):
         yield "reference_id_column", f"must be a SQL identifier, got {s.reference_id_column!r}"
+    for name in DJANGO_ONLY_SETTINGS:
+        for entry in getattr(s, name):
+            parts = entry.split(".")
+            if len(parts) not in (2, 3) or not all(_IDENTIFIER.fullmatch(p) for p in parts):
+                yield name, f"{entry!r} is not app_label.Model or app_label.Model.field"
 
 
 def _check_target(s: Settings) -> Iterable[tuple[str, str]]:
@@ -210,3 +226,19 @@ def _check_range(name: str, value: float, low: float, high: float) -> Iterable[t
 def _check_positive(name: str, value: float) -> Iterable[tuple[str, str]]:
     if not value > 0:
         yield name, f"must be more than 0 seconds, got {value}"
+
+
+def refuse_django_only(s: Settings) -> None:
+    """Raise ``ConfigError`` when ``models``/``exclude`` are set where no Django project is
+    loaded: they name Django models, and dropping them silently would migrate too much."""
+    given = [name for name in DJANGO_ONLY_SETTINGS if getattr(s, name)]
+    if not given:
+        return
+    where = ", ".join(f"{name} ({s.sources.get(name, 'argument')})" for name in given)
+    raise ConfigError(
+        f"{where}: names Django models, which only the Django adapter can resolve "
+        "(manage.py migrate_files_to_r2 and the other manage.py commands).",
+        hint="Outside Django, list exactly the columns to migrate in `references` "
+        "(table.column) and unset models/exclude; under Django put them in settings.py's "
+        "R2MIGRATE.",
+    )

@@ -119,6 +119,12 @@ class Settings:
                                 ``Authorization: Bearer ...`` (secret: only its name is shown).
     references                  ``table.column`` / ``schema.table.column`` holding file names.
     reference_id_column         primary-key column of each referencing table.
+    models                      Django only: ``app_label.Model`` / ``app_label.Model.field``
+                                entries; only those FileFields become references (empty = all
+                                discovered). Outside Django the CLI refuses it: list the
+                                columns in ``references`` instead.
+    exclude                     Django only: the same forms, left out of the discovered
+                                FileFields (applied after ``models``; refused outside Django).
     write_back                  also fill the original migration columns of the app's table.
     bucket_name                 target bucket (S3 naming rules: 3-63 lowercase chars).
     location                    key prefix, as django-storages' ``AWS_LOCATION``.
@@ -184,6 +190,8 @@ class Settings:
     media_auth_header: str | None = None
     references: tuple[str, ...] = ("list_cutter_savedfile.file_path",)
     reference_id_column: str = "id"
+    models: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     write_back: bool = False
     bucket_name: str | None = None
     location: str = ""
@@ -220,6 +228,8 @@ class Settings:
     def __post_init__(self) -> None:
         # Normalise containers handed in by Python callers so the object stays immutable.
         object.__setattr__(self, "references", tuple(self.references))
+        object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "object_parameters", _FrozenMap(self.object_parameters))
         object.__setattr__(self, "sources", _FrozenMap(self.sources))
         from r2migrate.settings.checks import check_settings  # checks reads this module's names
