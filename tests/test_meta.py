@@ -168,3 +168,54 @@ def test_every_exception_class_lives_in_errors():
                 if any(re.search(r"(Error|Exception|Exit|Interrupt)$", b) for b in bases):
                     elsewhere.append(f"{path.name}:{node.name}")
     assert elsewhere == []
+
+
+def _layout_lines() -> dict[str, str]:
+    """README's Layout block: the text after each ``name/`` or ``name.py`` entry of the package,
+    continuation lines included."""
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    entries: dict[str, str] = {}
+    current = None
+    for line in block.splitlines():
+        m = re.match(r"^  (\S+?)(/|\.py)\s+(.*)$", line)
+        if m:
+            current = m.group(1)
+            entries[current] = m.group(3)
+        elif current is not None and line.startswith(" " * 21):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+def test_readme_layout_names_every_folder_and_module():
+    entries = _layout_lines()
+    missing = []
+    for path in sorted(PACKAGE.iterdir()):
+        if path.name.startswith(("_", ".")) or path.name in ("py.typed", "static", "migrations"):
+            continue
+        name = path.stem if path.suffix == ".py" else path.name
+        if path.suffix != ".py" and not path.is_dir():
+            continue
+        if name not in entries:
+            missing.append(f"{name} (no entry)")
+            continue
+        if path.is_dir():
+            words = set(re.findall(r"[a-z_0-9]+", entries[name]))
+            for module in sorted(path.iterdir()):
+                if module.suffix == ".py" and module.stem != "__init__":
+                    if module.stem not in words:
+                        missing.append(f"{name}/{module.name}")
+                elif (module / "__init__.py").exists() and module.name not in words:
+                    missing.append(f"{name}/{module.name}/")
+    assert missing == [], "README's Layout section does not name: " + ", ".join(missing)
+
+
+def test_no_module_or_function_is_over_the_size_limits():
+    """Issue 16's limits: modules of at most 600 lines (the ledger and fastput 700), functions of
+    at most 80 (``scripts/sizes.py`` lists the offenders)."""
+    import runpy
+
+    sizes = runpy.run_path(str(PACKAGE.parents[1] / "scripts" / "sizes.py"))
+    assert sizes["problems"]([]) == []
