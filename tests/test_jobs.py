@@ -626,8 +626,10 @@ def test_a_killed_hosts_files_are_taken_over_within_stalled_worker_s_not_lease_s
     assert held > 0
     # A heartbeat is stalled_worker_s old at most that long after the kill, and the survivor's
     # parent looks every poll; a job slot then fetches the re-queued batch within a third of
-    # stalled_worker_s once one is free. Without the release both are lease_s (300 s).
-    assert released_s < stalled_s + poll_s + 1.0
-    assert takeover_s < stalled_s + poll_s + stalled_s / 3 + 3.0
+    # stalled_worker_s once one is free. Without the release both are lease_s (300 s). The
+    # bounds keep slack for a loaded 2-core machine (9.4 s was seen for the takeover under CI
+    # load): what they tell apart is stalled_worker_s (4 s) from lease_s (300 s).
+    assert released_s < stalled_s + poll_s + 5.0
+    assert takeover_s < 3 * stalled_s + 10.0
     assert len(keys) == total and {f.status for f in files} == {FileStatus.UPLOADED}
     assert _objects(settings) == keys
