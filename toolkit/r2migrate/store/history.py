@@ -229,6 +229,31 @@ class History(Database):
             (batch_id, batch_id),
         )
 
+    def _refresh_counts_of(self, batch_ids: Sequence[str]) -> None:
+        """Recount the files of these batches into their rows (one statement for all)."""
+        self.conn.execute(
+            self._q(
+                "UPDATE {s}.batches b SET"
+                " total_files = c.total, uploaded_files = c.uploaded, verified_files = c.verified,"
+                " failed_files = c.failed, skipped_files = c.skipped, conflict_files = c.conflict,"
+                " total_bytes = c.total_bytes, uploaded_bytes = c.uploaded_bytes"
+                " FROM (SELECT ids.batch_id, count(f.batch_id) AS total,"
+                "   count(*) FILTER (WHERE f.status IN ('uploaded','verified')) AS uploaded,"
+                "   count(*) FILTER (WHERE f.status = 'verified') AS verified,"
+                "   count(*) FILTER (WHERE f.status = 'failed') AS failed,"
+                "   count(*) FILTER (WHERE f.status = 'skipped') AS skipped,"
+                "   count(*) FILTER (WHERE f.status = 'conflict') AS conflict,"
+                "   coalesce(sum(f.size_bytes), 0) AS total_bytes,"
+                "   coalesce(sum(f.size_bytes)"
+                "     FILTER (WHERE f.status IN ('uploaded','verified')), 0) AS uploaded_bytes"
+                "  FROM unnest(%s::text[]) AS ids(batch_id)"
+                "  LEFT JOIN {s}.files f ON f.batch_id = ids.batch_id"
+                "  GROUP BY ids.batch_id) c"
+                " WHERE b.batch_id = c.batch_id"
+            ),
+            (list(batch_ids),),
+        )
+
     # -- verify and rollback --------------------------------------------------------------------
 
     def live_lease_count(self, batch_id: str) -> int:

@@ -114,12 +114,16 @@ class State(History, Queue):
         return {r["object_key"] for r in rows}
 
     def next_batch_id(self) -> str:
+        return self.new_batch_ids(1)[0]
+
+    def new_batch_ids(self, count: int) -> list[str]:
+        """``count`` fresh batch ids (the server's UTC time plus a random suffix), one query."""
         with translate_db_errors("naming a batch"):
             row = self.conn.execute(
                 "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD-HH24MISS') AS t"
             ).fetchone()
         assert row is not None
-        return f"b{row['t']}-{uuid.uuid4().hex[:6]}"
+        return [f"b{row['t']}-{uuid.uuid4().hex[:6]}" for _ in range(count)]
 
     def create_batch(
         self,
@@ -132,38 +136,86 @@ class State(History, Queue):
         settings: Mapping[str, Any],
     ) -> Batch:
         """Store a batch bound to `target` and `source`; every later command acts on those."""
-        with translate_db_errors(f"creating batch {batch_id}"), self.conn.transaction():
-            self.conn.execute(
-                self._q(
-                    "INSERT INTO {s}.batches"
-                    " (batch_id, batch_size, bucket_name, location, endpoint_url, source_kind,"
-                    "  media_root, media_url, settings)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                ),
-                (
-                    batch_id,
-                    batch_size,
-                    target.bucket_name,
-                    target.location,
-                    target.endpoint_url,
-                    source.kind,
-                    source.media_root,
-                    source.media_url,
-                    json.dumps(settings, default=str),
-                ),
-            )
+        self.create_batches(
+            [(batch_id, files)],
+            batch_size=batch_size,
+            target=target,
+            source=source,
+            settings=settings,
+        )
+        return self.get_batch(batch_id)
+
+    def create_batches(
+        self,
+        batches: Sequence[tuple[str, Sequence[NewFile]]],
+        *,
+        batch_size: int,
+        target: Target,
+        source: SourceSpec,
+        settings: Mapping[str, Any],
+    ) -> None:
+        """Store several batches in one transaction: one statement for the batches, one COPY
+        for their files, one for the events and one for the counts (not a round trip a row).
+
+        Their ``created_at`` rises in the order given, so they run in that order.
+        """
+        if not batches:
+            return
+        ids = [batch_id for batch_id, _ in batches]
+        label = ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]}"
+        with translate_db_errors(f"creating batch {label}"), self.conn.transaction():
             with self.conn.cursor() as cur:
                 cur.executemany(
                     self._q(
-                        "INSERT INTO {s}.files (batch_id, target_id, file_id, source_refs,"
-                        " relative_path, object_key, size_bytes, mtime_ns, content_type,"
-                        " content_encoding, status, source_sha256, error_code, error_message)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        "INSERT INTO {s}.batches"
+                        " (batch_id, batch_size, bucket_name, location, endpoint_url,"
+                        "  source_kind, media_root, media_url, settings, created_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                        "  now() + make_interval(secs => %s))"
                     ),
                     [
                         (
                             batch_id,
-                            target.target_id,
+                            batch_size,
+                            target.bucket_name,
+                            target.location,
+                            target.endpoint_url,
+                            source.kind,
+                            source.media_root,
+                            source.media_url,
+                            json.dumps(settings, default=str),
+                            i * 1e-6,
+                        )
+                        for i, batch_id in enumerate(ids)
+                    ],
+                )
+                self._copy_files(cur, batches, target)
+                cur.executemany(
+                    self._q(
+                        "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                        " VALUES (%s, NULL, 'batch', 'planned', %s)"
+                    ),
+                    [(b, json.dumps({"files": len(files)})) for b, files in batches],
+                )
+            self._refresh_counts_of(ids)
+
+    def _copy_files(
+        self, cur: Any, batches: Sequence[tuple[str, Sequence[NewFile]]], target: Target
+    ) -> None:
+        with cur.copy(
+            self._q(
+                "COPY {s}.files (batch_id, target_id, file_id, source_refs, relative_path,"
+                " object_key, size_bytes, mtime_ns, content_type, content_encoding, status,"
+                " source_sha256, error_code, error_message) FROM STDIN"
+            )
+        ) as copy:
+            target_id = target.target_id
+            for batch_id, files in batches:
+                for f in files:
+                    copy.write_row(
+                        (
+                            batch_id,
+                            target_id,
                             f.file_id,
                             json.dumps(list(f.source_refs)),
                             f.relative_path,
@@ -177,12 +229,7 @@ class State(History, Queue):
                             f.error_code,
                             f.error_message,
                         )
-                        for f in files
-                    ],
-                )
-            self.add_event(batch_id, None, "batch", "planned", {"files": len(files)})
-            self._refresh_counts(batch_id)
-        return self.get_batch(batch_id)
+                    )
 
     def get_batch(self, batch_id: str) -> Batch:
         with translate_db_errors(f"reading batch {batch_id}"):
