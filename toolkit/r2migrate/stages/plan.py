@@ -325,10 +325,12 @@ def _store_batches(
     batch_ids: list[str] = [] if dry_run else state.new_batch_ids(len(chunks))
     if batch_ids:
         state.create_batches(
-            [
-                (batch_id, [_new_file(item, digest, group) for item, digest, group in chunk])
+            [(batch_id, len(chunk)) for batch_id, chunk in zip(batch_ids, chunks, strict=True)],
+            (
+                (batch_id, _new_file(item, digest, group))
                 for batch_id, chunk in zip(batch_ids, chunks, strict=True)
-            ],
+                for item, digest, group in chunk
+            ),
             batch_size=size,
             target=binding.target_of(settings),
             source=binding.source_of(settings),
@@ -343,6 +345,8 @@ def _store_batches(
 
 
 def _with_batch(item: PlanItem, batch_id: str | None) -> PlanItem:
+    if batch_id is None:  # a dry run: the item as decided (no copy per key)
+        return item
     return PlanItem(
         item.action,
         item.object_key,

@@ -109,17 +109,22 @@ class History(Database):
                 ),
                 (run_id,),
             )
+            # The few distinct references, types and encodings: one string each, shared by
+            # every row that holds it (plan keeps every row of a snapshot in memory).
+            shared: dict[str | None, str | None] = {}
             for r in cur:
                 yield MediaFile(
                     file_id=r["file_id"],
-                    source_ref=r["source_ref"],
+                    source_ref=shared.setdefault(r["source_ref"], r["source_ref"]),
                     source_id=r["source_id"],
                     relative_path=r["relative_path"],
                     object_key=r["object_key"],
                     size_bytes=r["size_bytes"],
                     mtime_ns=r["mtime_ns"],
-                    content_type=r["content_type"],
-                    content_encoding=r["content_encoding"],
+                    content_type=shared.setdefault(r["content_type"], r["content_type"]),
+                    content_encoding=shared.setdefault(
+                        r["content_encoding"], r["content_encoding"]
+                    ),
                     problems=tuple(r["problems"]),
                     disk_path=r["disk_path"],
                 )

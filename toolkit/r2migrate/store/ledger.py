@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from r2migrate.errors import BatchNotFound
@@ -137,7 +137,8 @@ class State(History, Queue):
     ) -> Batch:
         """Store a batch bound to `target` and `source`; every later command acts on those."""
         self.create_batches(
-            [(batch_id, files)],
+            [(batch_id, len(files))],
+            ((batch_id, f) for f in files),
             batch_size=batch_size,
             target=target,
             source=source,
@@ -147,7 +148,8 @@ class State(History, Queue):
 
     def create_batches(
         self,
-        batches: Sequence[tuple[str, Sequence[NewFile]]],
+        batches: Sequence[tuple[str, int]],
+        files: Iterable[tuple[str, NewFile]],
         *,
         batch_size: int,
         target: Target,
@@ -157,7 +159,9 @@ class State(History, Queue):
         """Store several batches in one transaction: one statement for the batches, one COPY
         for their files, one for the events and one for the counts (not a round trip a row).
 
-        Their ``created_at`` rises in the order given, so they run in that order.
+        ``batches``: (batch id, number of files) each; ``files``: (batch id, file), streamed
+        (made while they are copied, so a plan need not hold them all). Their ``created_at``
+        rises in the order given, so they run in that order.
         """
         if not batches:
             return
@@ -189,19 +193,17 @@ class State(History, Queue):
                         for i, batch_id in enumerate(ids)
                     ],
                 )
-                self._copy_files(cur, batches, target)
+                self._copy_files(cur, files, target)
                 cur.executemany(
                     self._q(
                         "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
                         " VALUES (%s, NULL, 'batch', 'planned', %s)"
                     ),
-                    [(b, json.dumps({"files": len(files)})) for b, files in batches],
+                    [(b, json.dumps({"files": count})) for b, count in batches],
                 )
             self._refresh_counts_of(ids)
 
-    def _copy_files(
-        self, cur: Any, batches: Sequence[tuple[str, Sequence[NewFile]]], target: Target
-    ) -> None:
+    def _copy_files(self, cur: Any, files: Iterable[tuple[str, NewFile]], target: Target) -> None:
         with cur.copy(
             self._q(
                 "COPY {s}.files (batch_id, target_id, file_id, source_refs, relative_path,"
@@ -210,26 +212,25 @@ class State(History, Queue):
             )
         ) as copy:
             target_id = target.target_id
-            for batch_id, files in batches:
-                for f in files:
-                    copy.write_row(
-                        (
-                            batch_id,
-                            target_id,
-                            f.file_id,
-                            json.dumps(list(f.source_refs)),
-                            f.relative_path,
-                            f.object_key,
-                            f.size_bytes,
-                            f.mtime_ns,
-                            f.content_type,
-                            f.content_encoding,
-                            f.status.value,
-                            f.source_sha256,
-                            f.error_code,
-                            f.error_message,
-                        )
+            for batch_id, f in files:
+                copy.write_row(
+                    (
+                        batch_id,
+                        target_id,
+                        f.file_id,
+                        json.dumps(list(f.source_refs)),
+                        f.relative_path,
+                        f.object_key,
+                        f.size_bytes,
+                        f.mtime_ns,
+                        f.content_type,
+                        f.content_encoding,
+                        f.status.value,
+                        f.source_sha256,
+                        f.error_code,
+                        f.error_message,
                     )
+                )
 
     def get_batch(self, batch_id: str) -> Batch:
         with translate_db_errors(f"reading batch {batch_id}"):
