@@ -113,12 +113,13 @@ class History(Database):
             # every row that holds it (plan keeps every row of a snapshot in memory).
             shared: dict[str | None, str | None] = {}
             for r in cur:
+                path, key = r["relative_path"], r["object_key"]
                 yield MediaFile(
                     file_id=r["file_id"],
                     source_ref=shared.setdefault(r["source_ref"], r["source_ref"]),
                     source_id=r["source_id"],
-                    relative_path=r["relative_path"],
-                    object_key=r["object_key"],
+                    relative_path=path,
+                    object_key=path if key == path else key,  # most keys: the name itself
                     size_bytes=r["size_bytes"],
                     mtime_ns=r["mtime_ns"],
                     content_type=shared.setdefault(r["content_type"], r["content_type"]),
