@@ -22,6 +22,9 @@ from r2migrate.store.ledger import FileStatus, MediaFile, NewFile, State
 
 log = logging.getLogger(__name__)
 
+# Every inventory row naming one key; a tuple (one per key: 40 B less than a list).
+_Group = tuple[MediaFile, ...]
+
 
 class Action(StrEnum):
     UPLOAD = "upload"
@@ -142,7 +145,7 @@ def plan(
     listed, list_requests = _listed_keys(bucket, settings.location)
     heads = sum(1 for key, _ in to_head if key in listed)
     header = _Header(settings, bucket, listed)  # opens no connection to the media until used
-    headed: list[tuple[PlanItem, str | None, list[MediaFile]]] = []
+    headed: list[tuple[PlanItem, str | None, _Group]] = []
     try:
         for result, digest, group in header.decide_all(to_head, max(1, settings.workers)):
             headed.append((result, digest, group))
@@ -159,10 +162,15 @@ def plan(
                 )
     finally:
         header.close()
+    del to_head  # the decisions hold what is still needed (memory is per row here)
     sendable = [h for h in headed if h[0].action in _SENDABLE]
+    rest = [h[0] for h in headed if h[0].action not in _SENDABLE]
+    del headed
     final, batch_ids = _store_batches(settings, state, sendable, size, dry_run=dry_run)
+    sent = len(sendable)
+    del sendable
     final[:0] = decided
-    final.extend(h[0] for h in headed if h[0].action not in _SENDABLE)
+    final.extend(rest)
     actions: Counter[str] = Counter(i.action.value for i in final)
     sizes: Counter[str] = Counter()
     for i in final:
@@ -173,7 +181,7 @@ def plan(
         actions=dict(sorted(actions.items())),
         bytes_by_action=dict(sorted(sizes.items())),
         batch_ids=tuple(batch_ids),
-        batches_needed=-(-len(sendable) // size) if sendable else 0,
+        batches_needed=-(-sent // size) if sent else 0,
         head_requests=heads,
         list_requests=list_requests,
         items=tuple(final) if keep_items else (),
@@ -202,11 +210,11 @@ def _latest_inventory(settings: Settings, state: State) -> Iterable[MediaFile]:
 
 def _sort_out(
     items: Iterable[MediaFile], planned: Container[str]
-) -> tuple[list[PlanItem], list[tuple[str, list[MediaFile]]]]:
+) -> tuple[list[PlanItem], list[tuple[str, _Group]]]:
     """Refusals and keys already planned (decided without a request), and the keys to HEAD,
     each with every inventory row that names it."""
     decided: list[PlanItem] = []
-    by_key: dict[str, list[MediaFile]] = {}
+    by_key: dict[str, _Group] = {}
     for item in items:
         if item.is_orphan:
             continue
@@ -223,8 +231,9 @@ def _sort_out(
                 )
             )
             continue
-        by_key.setdefault(item.object_key, []).append(item)
-    to_head: list[tuple[str, list[MediaFile]]] = []
+        known = by_key.get(item.object_key)
+        by_key[item.object_key] = (item,) if known is None else (*known, item)
+    to_head: list[tuple[str, _Group]] = []
     for key, group in by_key.items():
         first = group[0]
         ids = tuple(g.file_id for g in group)
@@ -261,8 +270,8 @@ class _Header:
         )
 
     def decide_all(
-        self, to_head: Sequence[tuple[str, list[MediaFile]]], workers: int
-    ) -> Iterator[tuple[PlanItem, str | None, list[MediaFile]]]:
+        self, to_head: Sequence[tuple[str, _Group]], workers: int
+    ) -> Iterator[tuple[PlanItem, str | None, _Group]]:
         """Each key's decision, in order. A key the listing does not hold is decided here
         without a request or a thread; only the others go to ``workers`` threads, a bounded
         window at a time (no future per key, so memory stays flat with the row count)."""
@@ -281,13 +290,13 @@ class _Header:
                     yield result, digest, entry[1]
 
     @staticmethod
-    def upload(entry: tuple[str, list[MediaFile]]) -> PlanItem:
+    def upload(entry: tuple[str, _Group]) -> PlanItem:
         key, group = entry
         first = group[0]
         ids = tuple(g.file_id for g in group)
         return PlanItem(Action.UPLOAD, key, first.relative_path, first.size_bytes or 0, ids)
 
-    def head_one(self, entry: tuple[str, list[MediaFile]]) -> tuple[PlanItem, str | None]:
+    def head_one(self, entry: tuple[str, _Group]) -> tuple[PlanItem, str | None]:
         key, group = entry
         first = group[0]
         assert first.relative_path is not None
@@ -314,7 +323,7 @@ class _Header:
 def _store_batches(
     settings: Settings,
     state: State,
-    sendable: Sequence[tuple[PlanItem, str | None, list[MediaFile]]],
+    sendable: Sequence[tuple[PlanItem, str | None, _Group]],
     size: int,
     *,
     dry_run: bool,
