@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from r2migrate.errors import BatchNotFound, DatabaseUnavailable, SchemaTooNew
+from r2migrate.errors import BatchNotFound, DatabaseUnavailable, SchemaTooNew, StateError
 from r2migrate.rules.binding import SourceSpec, Target
 from r2migrate.store.ledger import (
     SCHEMA_VERSION,
@@ -243,3 +243,44 @@ def test_queue_reads_before_and_after_a_worker_made_the_queue(state):
     assert state.stalled_jobs("r2migrate.run_batch", 30) == []
     state.conn.execute("DROP TABLE r2migrate.queue_schema")
     assert state.queue_status("r2migrate.run_batch", 30) is None
+
+
+def test_create_batches_in_one_transaction_keeps_order_and_counts(state):
+    ids = state.new_batch_ids(3000)
+    assert len(set(ids)) == 3000  # one second, yet never the same id twice
+    files = _files(7)
+    chosen = ["bz", "ba", "bm"]  # not sorted: the order given is the order they run in
+    groups = {"bz": files[:3], "ba": files[3:6], "bm": files[6:]}
+    state.create_batches(
+        [(b, len(groups[b])) for b in chosen],
+        ((b, f) for b in chosen for f in groups[b]),
+        batch_size=3,
+        target=_T,
+        source=_S,
+        settings={},
+    )
+    assert [b.batch_id for b in state.list_batches()] == chosen
+    assert [state.get_batch(b).total_files for b in chosen] == [3, 3, 1]
+    assert state.get_batch("bz").total_bytes == 0 + 1 + 2
+    planned = state.conn.execute(
+        "SELECT batch_id, detail FROM r2migrate.events WHERE outcome = 'planned' ORDER BY id"
+    ).fetchall()
+    assert {(r["batch_id"], r["detail"]["files"]) for r in planned} == {
+        ("bz", 3),
+        ("ba", 3),
+        ("bm", 1),
+    }
+
+
+def test_create_batches_is_all_or_nothing(state):
+    state.create_batch("b1", _files(2), batch_size=2, target=_T, source=_S, settings={})
+    with pytest.raises(StateError, match="duplicate key"):  # b3 reuses b1's keys
+        state.create_batches(
+            [("b2", 1), ("b3", 2)],
+            [("b2", f) for f in _files(3)[2:]] + [("b3", f) for f in _files(2)],
+            batch_size=2,
+            target=_T,
+            source=_S,
+            settings={},
+        )
+    assert [b.batch_id for b in state.list_batches()] == ["b1"]

@@ -118,6 +118,8 @@ def key_problems(key: str) -> tuple[Problem, ...]:
     django-storages handle them, so they migrate, but every place that prints them escapes them.
     ``NOT_NFC``: the NFC spelling differs; R2 would treat it as the same key as its NFC twin.
     """
+    if key and key.isascii() and key.isprintable():  # most keys: one C pass decides all
+        return (Problem.KEY_TOO_LONG,) if len(key) > MAX_KEY_BYTES else ()
     found: set[Problem] = set()
     if not key or "\0" in key:
         found.add(Problem.KEY_INVALID)

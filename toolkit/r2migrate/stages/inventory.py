@@ -10,6 +10,7 @@ with a HEAD request to ``media_url`` (``workers`` at a time, rows kept in order)
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections import Counter, deque
@@ -116,10 +117,7 @@ def _histogram_label(lo: int, hi: int | None) -> str:
 
 
 def _histogram_bin(size: int) -> int:
-    for i in range(len(_HISTOGRAM_EDGES) - 1, -1, -1):
-        if size >= _HISTOGRAM_EDGES[i]:
-            return i
-    return 0
+    return max(0, bisect.bisect_right(_HISTOGRAM_EDGES, size) - 1)
 
 
 def scan_media(settings: Settings) -> Iterator[MediaFile]:
@@ -244,14 +242,17 @@ def _unicode_collisions(
     other's bytes: every spelling of such a group is refused, unless ``same_bytes`` says all of
     them name identical content. Holds one entry per distinct name while it runs.
     """
-    groups: dict[str, set[str]] = {}
+    first: dict[str, str] = {}  # NFC form -> the first spelling seen (no set per name)
+    groups: dict[str, set[str]] = {}  # only the forms spelled more than one way
     for name in names:
         if name:
-            groups.setdefault(keys.normalization_form(name), set()).add(name)
+            form = keys.normalization_form(name)
+            seen = first.setdefault(form, name)
+            if seen != name:
+                groups.setdefault(form, {seen}).add(name)
+    del first
     refused: set[str] = set()
     for spellings in groups.values():
-        if len(spellings) < 2:
-            continue
         if same_bytes is not None and same_bytes(sorted(spellings)):
             continue
         refused.update(spellings)
@@ -328,7 +329,13 @@ def _examine_row(
             problems.extend(keys.key_problems(key))
             headers = keys.content_headers_for(name, object_parameters=settings.object_parameters)
             content_type, content_encoding = headers.content_type, headers.content_encoding
-            if keys.is_gzip_trap(name):
+            # The trap is judged without object_parameters: the headers above are, when empty.
+            trap = (
+                keys.is_gzip_trap(name)
+                if settings.object_parameters
+                else headers.content_encoding is not None
+            )
+            if trap:
                 problems.append(Problem.GZIP_ENCODING)
     ordered = tuple(dict.fromkeys(p.value for p in problems))
     return MediaFile(

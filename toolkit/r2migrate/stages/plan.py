@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,6 +22,9 @@ from r2migrate.store.ledger import FileStatus, MediaFile, NewFile, State
 
 log = logging.getLogger(__name__)
 
+# Every inventory row naming one key; a tuple (one per key: 40 B less than a list).
+_Group = tuple[MediaFile, ...]
+
 
 class Action(StrEnum):
     UPLOAD = "upload"
@@ -32,7 +35,7 @@ class Action(StrEnum):
     ERROR = "error"  # HEAD failed; planning again will retry it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per key: no __dict__
 class PlanItem:
     action: Action
     object_key: str | None
@@ -142,30 +145,32 @@ def plan(
     listed, list_requests = _listed_keys(bucket, settings.location)
     heads = sum(1 for key, _ in to_head if key in listed)
     header = _Header(settings, bucket, listed)  # opens no connection to the media until used
-    headed: list[tuple[PlanItem, str | None, list[MediaFile]]] = []
+    headed: list[tuple[PlanItem, str | None, _Group]] = []
     try:
-        with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
-            for (result, digest), (_, group) in zip(
-                pool.map(header.head_one, to_head), to_head, strict=True
-            ):
-                headed.append((result, digest, group))
-                if on_progress is not None:
-                    on_progress(
-                        StageProgress(
-                            "",
-                            len(headed),
-                            len(to_head),
-                            last_key=result.object_key or "",
-                            last_status=result.action.value,
-                            stage="plan",
-                        )
+        for result, digest, group in header.decide_all(to_head, max(1, settings.workers)):
+            headed.append((result, digest, group))
+            if on_progress is not None:
+                on_progress(
+                    StageProgress(
+                        "",
+                        len(headed),
+                        len(to_head),
+                        last_key=result.object_key or "",
+                        last_status=result.action.value,
+                        stage="plan",
                     )
+                )
     finally:
         header.close()
+    del to_head  # the decisions hold what is still needed (memory is per row here)
     sendable = [h for h in headed if h[0].action in _SENDABLE]
+    rest = [h[0] for h in headed if h[0].action not in _SENDABLE]
+    del headed
     final, batch_ids = _store_batches(settings, state, sendable, size, dry_run=dry_run)
+    sent = len(sendable)
+    del sendable
     final[:0] = decided
-    final.extend(h[0] for h in headed if h[0].action not in _SENDABLE)
+    final.extend(rest)
     actions: Counter[str] = Counter(i.action.value for i in final)
     sizes: Counter[str] = Counter()
     for i in final:
@@ -176,7 +181,7 @@ def plan(
         actions=dict(sorted(actions.items())),
         bytes_by_action=dict(sorted(sizes.items())),
         batch_ids=tuple(batch_ids),
-        batches_needed=-(-len(sendable) // size) if sendable else 0,
+        batches_needed=-(-sent // size) if sent else 0,
         head_requests=heads,
         list_requests=list_requests,
         items=tuple(final) if keep_items else (),
@@ -205,11 +210,11 @@ def _latest_inventory(settings: Settings, state: State) -> Iterable[MediaFile]:
 
 def _sort_out(
     items: Iterable[MediaFile], planned: Container[str]
-) -> tuple[list[PlanItem], list[tuple[str, list[MediaFile]]]]:
+) -> tuple[list[PlanItem], list[tuple[str, _Group]]]:
     """Refusals and keys already planned (decided without a request), and the keys to HEAD,
     each with every inventory row that names it."""
     decided: list[PlanItem] = []
-    by_key: dict[str, list[MediaFile]] = {}
+    by_key: dict[str, _Group] = {}
     for item in items:
         if item.is_orphan:
             continue
@@ -226,8 +231,9 @@ def _sort_out(
                 )
             )
             continue
-        by_key.setdefault(item.object_key, []).append(item)
-    to_head: list[tuple[str, list[MediaFile]]] = []
+        known = by_key.get(item.object_key)
+        by_key[item.object_key] = (item,) if known is None else (*known, item)
+    to_head: list[tuple[str, _Group]] = []
     for key, group in by_key.items():
         first = group[0]
         ids = tuple(g.file_id for g in group)
@@ -257,7 +263,40 @@ class _Header:
     def close(self) -> None:
         self.hash_source.close()
 
-    def head_one(self, entry: tuple[str, list[MediaFile]]) -> tuple[PlanItem, str | None]:
+    def needs_head(self, key: str) -> bool:
+        """Whether the listing holds this key or another spelling of it (else: upload)."""
+        return key in self.listed or (
+            bool(self.folded) and keys.normalization_form(key) in self.folded
+        )
+
+    def decide_all(
+        self, to_head: Sequence[tuple[str, _Group]], workers: int
+    ) -> Iterator[tuple[PlanItem, str | None, _Group]]:
+        """Each key's decision, in order. A key the listing does not hold is decided here
+        without a request or a thread; only the others go to ``workers`` threads, a bounded
+        window at a time (no future per key, so memory stays flat with the row count)."""
+        window = max(1, workers) * 64
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for start in range(0, len(to_head), window):
+                part = to_head[start : start + window]
+                flags = [self.needs_head(key) for key, _ in part]
+                asked_for = [e for e, f in zip(part, flags, strict=True) if f]
+                answers = pool.map(self.head_one, asked_for)
+                for entry, asked in zip(part, flags, strict=True):
+                    if asked:
+                        result, digest = next(answers)
+                    else:
+                        result, digest = self.upload(entry), None
+                    yield result, digest, entry[1]
+
+    @staticmethod
+    def upload(entry: tuple[str, _Group]) -> PlanItem:
+        key, group = entry
+        first = group[0]
+        ids = tuple(g.file_id for g in group)
+        return PlanItem(Action.UPLOAD, key, first.relative_path, first.size_bytes or 0, ids)
+
+    def head_one(self, entry: tuple[str, _Group]) -> tuple[PlanItem, str | None]:
         key, group = entry
         first = group[0]
         assert first.relative_path is not None
@@ -284,34 +323,39 @@ class _Header:
 def _store_batches(
     settings: Settings,
     state: State,
-    sendable: Sequence[tuple[PlanItem, str | None, list[MediaFile]]],
+    sendable: Sequence[tuple[PlanItem, str | None, _Group]],
     size: int,
     *,
     dry_run: bool,
 ) -> tuple[list[PlanItem], list[str]]:
-    """Cut the sendable keys into batches of ``size`` and, unless dry_run, store each one."""
-    batch_ids: list[str] = []
+    """Cut the sendable keys into batches of ``size`` and, unless dry_run, store them all in one
+    transaction (one statement per table, not a round trip per row or per batch)."""
+    chunks = [sendable[start : start + size] for start in range(0, len(sendable), size)]
+    batch_ids: list[str] = [] if dry_run else state.new_batch_ids(len(chunks))
+    if batch_ids:
+        state.create_batches(
+            [(batch_id, len(chunk)) for batch_id, chunk in zip(batch_ids, chunks, strict=True)],
+            (
+                (batch_id, _new_file(item, digest, group))
+                for batch_id, chunk in zip(batch_ids, chunks, strict=True)
+                for item, digest, group in chunk
+            ),
+            batch_size=size,
+            target=binding.target_of(settings),
+            source=binding.source_of(settings),
+            settings=settings.redacted(),
+        )
+        log.info("planned %d batch(es) of up to %d file(s)", len(batch_ids), size)
     final: list[PlanItem] = []
-    for start in range(0, len(sendable), size):
-        chunk = sendable[start : start + size]
-        batch_id = None if dry_run else state.next_batch_id()
-        if batch_id is not None:
-            state.create_batch(
-                batch_id,
-                [_new_file(item, digest, group) for item, digest, group in chunk],
-                batch_size=size,
-                target=binding.target_of(settings),
-                source=binding.source_of(settings),
-                settings=settings.redacted(),
-            )
-            batch_ids.append(batch_id)
-            log.info("planned batch %s with %d file(s)", batch_id, len(chunk))
-        for planned_item, _, _ in chunk:
-            final.append(_with_batch(planned_item, batch_id))
+    for i, chunk in enumerate(chunks):
+        batch_id = batch_ids[i] if batch_ids else None
+        final.extend(_with_batch(planned_item, batch_id) for planned_item, _, _ in chunk)
     return final, batch_ids
 
 
 def _with_batch(item: PlanItem, batch_id: str | None) -> PlanItem:
+    if batch_id is None:  # a dry run: the item as decided (no copy per key)
+        return item
     return PlanItem(
         item.action,
         item.object_key,

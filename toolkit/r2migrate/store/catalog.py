@@ -81,8 +81,9 @@ def iter_source_rows(conn: Connection, ref: Reference) -> Iterator[SourceRow]:
     ):
         cur.itersize = 5000
         cur.execute(query)
+        label = ref.label  # one string for every row, not one each
         for row in cur:
-            yield SourceRow(ref.label, row["source_id"], row["name"])
+            yield SourceRow(label, row["source_id"], row["name"])
 
 
 def count_source_rows(conn: Connection, ref: Reference) -> int:

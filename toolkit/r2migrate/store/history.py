@@ -109,17 +109,23 @@ class History(Database):
                 ),
                 (run_id,),
             )
+            # The few distinct references, types and encodings: one string each, shared by
+            # every row that holds it (plan keeps every row of a snapshot in memory).
+            shared: dict[str | None, str | None] = {}
             for r in cur:
+                path, key = r["relative_path"], r["object_key"]
                 yield MediaFile(
                     file_id=r["file_id"],
-                    source_ref=r["source_ref"],
+                    source_ref=shared.setdefault(r["source_ref"], r["source_ref"]),
                     source_id=r["source_id"],
-                    relative_path=r["relative_path"],
-                    object_key=r["object_key"],
+                    relative_path=path,
+                    object_key=path if key == path else key,  # most keys: the name itself
                     size_bytes=r["size_bytes"],
                     mtime_ns=r["mtime_ns"],
-                    content_type=r["content_type"],
-                    content_encoding=r["content_encoding"],
+                    content_type=shared.setdefault(r["content_type"], r["content_type"]),
+                    content_encoding=shared.setdefault(
+                        r["content_encoding"], r["content_encoding"]
+                    ),
                     problems=tuple(r["problems"]),
                     disk_path=r["disk_path"],
                 )
@@ -227,6 +233,31 @@ class History(Database):
                 " WHERE b.batch_id = %s"
             ),
             (batch_id, batch_id),
+        )
+
+    def _refresh_counts_of(self, batch_ids: Sequence[str]) -> None:
+        """Recount the files of these batches into their rows (one statement for all)."""
+        self.conn.execute(
+            self._q(
+                "UPDATE {s}.batches b SET"
+                " total_files = c.total, uploaded_files = c.uploaded, verified_files = c.verified,"
+                " failed_files = c.failed, skipped_files = c.skipped, conflict_files = c.conflict,"
+                " total_bytes = c.total_bytes, uploaded_bytes = c.uploaded_bytes"
+                " FROM (SELECT ids.batch_id, count(f.batch_id) AS total,"
+                "   count(*) FILTER (WHERE f.status IN ('uploaded','verified')) AS uploaded,"
+                "   count(*) FILTER (WHERE f.status = 'verified') AS verified,"
+                "   count(*) FILTER (WHERE f.status = 'failed') AS failed,"
+                "   count(*) FILTER (WHERE f.status = 'skipped') AS skipped,"
+                "   count(*) FILTER (WHERE f.status = 'conflict') AS conflict,"
+                "   coalesce(sum(f.size_bytes), 0) AS total_bytes,"
+                "   coalesce(sum(f.size_bytes)"
+                "     FILTER (WHERE f.status IN ('uploaded','verified')), 0) AS uploaded_bytes"
+                "  FROM unnest(%s::text[]) AS ids(batch_id)"
+                "  LEFT JOIN {s}.files f ON f.batch_id = ids.batch_id"
+                "  GROUP BY ids.batch_id) c"
+                " WHERE b.batch_id = c.batch_id"
+            ),
+            (list(batch_ids),),
         )
 
     # -- verify and rollback --------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from r2migrate.errors import BatchNotFound
@@ -114,12 +114,21 @@ class State(History, Queue):
         return {r["object_key"] for r in rows}
 
     def next_batch_id(self) -> str:
+        return self.new_batch_ids(1)[0]
+
+    def new_batch_ids(self, count: int) -> list[str]:
+        """``count`` fresh batch ids (the server's UTC time plus a random suffix), one query."""
         with translate_db_errors("naming a batch"):
             row = self.conn.execute(
                 "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD-HH24MISS') AS t"
             ).fetchone()
         assert row is not None
-        return f"b{row['t']}-{uuid.uuid4().hex[:6]}"
+        # Distinct within the call: the ids share one second, and 2,000 random 6-hex suffixes
+        # would collide about one time in eight.
+        suffixes: dict[str, None] = {}
+        while len(suffixes) < count:
+            suffixes[uuid.uuid4().hex[:6]] = None
+        return [f"b{row['t']}-{suffix}" for suffix in suffixes]
 
     def create_batch(
         self,
@@ -132,57 +141,101 @@ class State(History, Queue):
         settings: Mapping[str, Any],
     ) -> Batch:
         """Store a batch bound to `target` and `source`; every later command acts on those."""
-        with translate_db_errors(f"creating batch {batch_id}"), self.conn.transaction():
-            self.conn.execute(
-                self._q(
-                    "INSERT INTO {s}.batches"
-                    " (batch_id, batch_size, bucket_name, location, endpoint_url, source_kind,"
-                    "  media_root, media_url, settings)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                ),
-                (
-                    batch_id,
-                    batch_size,
-                    target.bucket_name,
-                    target.location,
-                    target.endpoint_url,
-                    source.kind,
-                    source.media_root,
-                    source.media_url,
-                    json.dumps(settings, default=str),
-                ),
-            )
+        self.create_batches(
+            [(batch_id, len(files))],
+            ((batch_id, f) for f in files),
+            batch_size=batch_size,
+            target=target,
+            source=source,
+            settings=settings,
+        )
+        return self.get_batch(batch_id)
+
+    def create_batches(
+        self,
+        batches: Sequence[tuple[str, int]],
+        files: Iterable[tuple[str, NewFile]],
+        *,
+        batch_size: int,
+        target: Target,
+        source: SourceSpec,
+        settings: Mapping[str, Any],
+    ) -> None:
+        """Store several batches in one transaction: one statement for the batches, one COPY
+        for their files, one for the events and one for the counts (not a round trip a row).
+
+        ``batches``: (batch id, number of files) each; ``files``: (batch id, file), streamed
+        (made while they are copied, so a plan need not hold them all). Their ``created_at``
+        rises in the order given, so they run in that order.
+        """
+        if not batches:
+            return
+        ids = [batch_id for batch_id, _ in batches]
+        label = ids[0] if len(ids) == 1 else f"{ids[0]} .. {ids[-1]}"
+        with translate_db_errors(f"creating batch {label}"), self.conn.transaction():
             with self.conn.cursor() as cur:
                 cur.executemany(
                     self._q(
-                        "INSERT INTO {s}.files (batch_id, target_id, file_id, source_refs,"
-                        " relative_path, object_key, size_bytes, mtime_ns, content_type,"
-                        " content_encoding, status, source_sha256, error_code, error_message)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                        "INSERT INTO {s}.batches"
+                        " (batch_id, batch_size, bucket_name, location, endpoint_url,"
+                        "  source_kind, media_root, media_url, settings, created_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                        "  now() + make_interval(secs => %s))"
                     ),
                     [
                         (
                             batch_id,
-                            target.target_id,
-                            f.file_id,
-                            json.dumps(list(f.source_refs)),
-                            f.relative_path,
-                            f.object_key,
-                            f.size_bytes,
-                            f.mtime_ns,
-                            f.content_type,
-                            f.content_encoding,
-                            f.status.value,
-                            f.source_sha256,
-                            f.error_code,
-                            f.error_message,
+                            batch_size,
+                            target.bucket_name,
+                            target.location,
+                            target.endpoint_url,
+                            source.kind,
+                            source.media_root,
+                            source.media_url,
+                            json.dumps(settings, default=str),
+                            i * 1e-6,
                         )
-                        for f in files
+                        for i, batch_id in enumerate(ids)
                     ],
                 )
-            self.add_event(batch_id, None, "batch", "planned", {"files": len(files)})
-            self._refresh_counts(batch_id)
-        return self.get_batch(batch_id)
+                self._copy_files(cur, files, target)
+                cur.executemany(
+                    self._q(
+                        "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                        " VALUES (%s, NULL, 'batch', 'planned', %s)"
+                    ),
+                    [(b, json.dumps({"files": count})) for b, count in batches],
+                )
+            self._refresh_counts_of(ids)
+
+    def _copy_files(self, cur: Any, files: Iterable[tuple[str, NewFile]], target: Target) -> None:
+        with cur.copy(
+            self._q(
+                "COPY {s}.files (batch_id, target_id, file_id, source_refs, relative_path,"
+                " object_key, size_bytes, mtime_ns, content_type, content_encoding, status,"
+                " source_sha256, error_code, error_message) FROM STDIN"
+            )
+        ) as copy:
+            target_id = target.target_id
+            for batch_id, f in files:
+                copy.write_row(
+                    (
+                        batch_id,
+                        target_id,
+                        f.file_id,
+                        json.dumps(list(f.source_refs)),
+                        f.relative_path,
+                        f.object_key,
+                        f.size_bytes,
+                        f.mtime_ns,
+                        f.content_type,
+                        f.content_encoding,
+                        f.status.value,
+                        f.source_sha256,
+                        f.error_code,
+                        f.error_message,
+                    )
+                )
 
     def get_batch(self, batch_id: str) -> Batch:
         with translate_db_errors(f"reading batch {batch_id}"):

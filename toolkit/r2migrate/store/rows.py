@@ -38,7 +38,7 @@ class FileStatus(StrEnum):
 DONE_STATUSES = frozenset({FileStatus.UPLOADED, FileStatus.VERIFIED, FileStatus.SKIPPED})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per row: no __dict__
 class MediaFile:
     """One inventory row: a referenced name (or an orphan on disk) and what is wrong with it."""
 
@@ -126,7 +126,7 @@ class FileRecord:
     verified_at: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per row: no __dict__
 class NewFile:
     """What plan hands to create_batch for one object key."""
 
