@@ -808,6 +808,9 @@ def test_after_the_switch_an_image_library_writes_beside_the_migrated_files(proj
             assert "match" in text and "Checked 6 file(s)" in text
             text = _run("r2migrate_cutover_check", deep=True)
             assert "PASSED" in text and "works today and after the switch: 6" in text
+            # the rows the site wrote have no file on disk, yet they work: not "broken today"
+            assert "broken today already: 0" in text
+            assert "only in the bucket (written after the switch): 4" in text
 
 
 def test_the_copy_window_rows_added_after_planning_are_listed_then_migrated(project):

@@ -15,8 +15,11 @@ Each row gets one verdict:
   when r2migrate refused the file, e.g. ``unicode_collision``), ``object_differs`` (size, type,
   encoding or, deep, content), ``refused_by_storage`` (django-storages raises
   SuspiciousOperation), or ``error`` (run the check again);
-- ``broken_today``: the row names no file on disk (missing, a folder, a symlink out, ...): it
-  does not work today either, so it does not fail the check;
+- ``broken_today``: the row names no file on disk (missing, a folder, a symlink out, ...) and
+  the storage holds no object for it: it does not work today either, so it does not fail the
+  check;
+- ``in_bucket_only``: no file on disk, but the storage holds an object at its key: a file the
+  site wrote after the switch (or put there otherwise); served after the switch, never a failure;
 - ``no_file``: NULL or empty name.
 
 The check fails (exit 1) when any row would break. Rows stream from the application's tables
@@ -68,6 +71,7 @@ class Verdict(StrEnum):
     WORKS = "works"  # served today and after the switch
     WILL_BREAK = "will_break"  # served today, not after the switch: fails the check
     BROKEN_TODAY = "broken_today"  # no file on disk: not served today either
+    IN_BUCKET_ONLY = "in_bucket_only"  # no file on disk, but the bucket holds it: served after
     NO_FILE = "no_file"  # NULL or empty name
 
 
@@ -358,6 +362,8 @@ def _check_row(
     seen = examine_reference(settings, media_root, row, collisions=collisions)
     blocking = tuple(p for p in seen.problems if Problem(p).blocking)
     if seen.size_bytes is None:  # Django serves no file for this row today
+        if _in_bucket(storage, name):
+            return _Result(file_id, name, Verdict.IN_BUCKET_ONLY, seen.object_key)
         return _Result(
             file_id,
             name,
@@ -403,6 +409,22 @@ def _check_row(
         asked.gzip,
         asked.read,
     )
+
+
+def _in_bucket(storage: Any, name: str) -> bool:
+    """Whether the storage holds an object for a row with no file on disk (the site at work
+    after the switch). A name it refuses or a failed request says no: the row stays broken."""
+    from django.core.exceptions import SuspiciousOperation
+
+    try:
+        return bool(storage.exists(name))
+    except SuspiciousOperation:
+        return False
+    except Exception as exc:
+        err = translate_error(exc, op="HEAD", bucket=str(storage.bucket_name), key=name)
+        if err.whole_run:  # wrong credentials, bucket or certificate: every key would fail
+            raise err from exc
+        return False
 
 
 @dataclass
@@ -483,6 +505,11 @@ def format_report(summary: CutoverSummary, *, show: int = 20) -> list[str]:
         f"will break after the switch: {v.get(Verdict.WILL_BREAK.value, 0)}   "
         f"broken today already: {v.get(Verdict.BROKEN_TODAY.value, 0)}   "
         f"no file: {v.get(Verdict.NO_FILE.value, 0)}"
+        + (
+            f"   only in the bucket (written after the switch): {n}"
+            if (n := v.get(Verdict.IN_BUCKET_ONLY.value, 0))
+            else ""
+        )
         + (
             f"   served with Content-Encoding: {summary.gzip_served}" if summary.gzip_served else ""
         ),
