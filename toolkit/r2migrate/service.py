@@ -29,7 +29,7 @@ from r2migrate.stages.progress import StageProgress
 from r2migrate.stages.rollback import RollbackProgress, RollbackSummary, rollback
 from r2migrate.stages.transfer import Progress, RunSummary, run
 from r2migrate.stages.verify import VerifyProgress, VerifySummary, verify
-from r2migrate.store.ledger import Batch, FileRecord, MediaFile, State
+from r2migrate.store.ledger import Batch, FileRecord, MediaFile, State, open_state
 
 __all__ = [
     "BatchOverview",
@@ -97,22 +97,6 @@ class Enqueued:
     batch_id: str
     queued: bool
     jobs: dict[str, int]  # the queue's batch jobs by status (todo, doing, succeeded, ...)
-
-
-@contextmanager
-def open_state(
-    settings: Settings, *, migrate: bool = False, require_ledger: bool = True
-) -> Iterator[State]:
-    """The ledger for ``settings``: ``migrate`` only when storing a plan (or ``db upgrade``);
-    otherwise it must exist at the current version (``SchemaNotReady``, exit 4)."""
-    settings.require("database_url")
-    with State.open(
-        settings.database_url,
-        schema=settings.state_schema,
-        migrate=migrate,
-        require_ledger=require_ledger,
-    ) as state:
-        yield state
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import shlex
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -135,22 +135,13 @@ def source_options(command: F) -> F:
     )(command)
 
 
-@contextmanager
 def open_state(
     settings: Settings, *, migrate: bool = False, require_ledger: bool = True
-) -> Iterator[State]:
-    """``migrate`` only for the commands that create the ledger (plan, inventory, db upgrade);
-    every other command reads it and gets exit 4 when it is missing or older."""
-    from r2migrate.store.ledger import State
+) -> AbstractContextManager[State]:
+    """``store.ledger.open_state``, imported when a command runs (``--help`` stays quick)."""
+    from r2migrate.store.ledger import open_state as open_ledger
 
-    settings.require("database_url")
-    with State.open(
-        settings.database_url,
-        schema=settings.state_schema,
-        migrate=migrate,
-        require_ledger=require_ledger,
-    ) as state:
-        yield state
+    return open_ledger(settings, migrate=migrate, require_ledger=require_ledger)
 
 
 @contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -20,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from r2migrate.django.conf import ProjectSettings, load_django_settings
 from r2migrate.errors import ExitCode, Interrupted, ToolkitError
 from r2migrate.runtime.logs import configure_logging
-from r2migrate.store.ledger import State
+from r2migrate.store.ledger import open_state
 
 __all__ = ["USAGE_EXIT_CODE", "ToolkitCommand", "command_error", "open_state"]
 
@@ -31,22 +30,6 @@ def command_error(exc: ToolkitError) -> CommandError:
     """The ``CommandError`` a ``ToolkitError`` becomes: message, hint line, same exit code."""
     text = exc.message + (f"\nhint: {exc.hint}" if exc.hint else "")
     return CommandError(text, returncode=int(exc.exit_code))
-
-
-@contextmanager
-def open_state(
-    settings: Any, *, migrate: bool = False, require_ledger: bool = True
-) -> Iterator[State]:
-    """As the CLI: only a migration that plans may create the ledger (``migrate``); every other
-    path reads it and fails with exit 4 when it is missing or older, never issuing DDL."""
-    settings.require("database_url")
-    with State.open(
-        settings.database_url,
-        schema=settings.state_schema,
-        migrate=migrate,
-        require_ledger=require_ledger,
-    ) as state:
-        yield state
 
 
 class ToolkitCommand(BaseCommand):  # type: ignore[misc]  # django-stubs is not installed

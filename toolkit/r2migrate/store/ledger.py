@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from r2migrate.errors import BatchNotFound
 from r2migrate.rules.binding import SourceSpec, Target
@@ -59,6 +60,9 @@ from r2migrate.store.rows import (
     file_from_row,
 )
 
+if TYPE_CHECKING:
+    from r2migrate.settings.model import Settings
+
 __all__ = [
     "DONE_STATUSES",
     "REPAIRABLE_FAILURE_CODES",
@@ -85,6 +89,7 @@ __all__ = [
     "ledger_sql",
     "ledger_tables",
     "new_owner_id",
+    "open_state",
     "privilege_error",
     "procrastinate_version",
     "same_minor",
@@ -562,3 +567,20 @@ _BATCH_COLUMNS = (
     " location, created_at, started_at, completed_at, last_error, endpoint_url, source_kind,"
     " media_root, media_url"
 )
+
+
+@contextmanager
+def open_state(
+    settings: Settings, *, migrate: bool = False, require_ledger: bool = True
+) -> Iterator[State]:
+    """The ledger for ``settings``, for every front end. ``migrate`` only for what creates the
+    ledger (a plan that stores batches, ``db upgrade``); every other path reads it and gets
+    ``SchemaNotReady`` (exit 4) when it is missing or older, never issuing DDL."""
+    settings.require("database_url")
+    with State.open(
+        settings.database_url,
+        schema=settings.state_schema,
+        migrate=migrate,
+        require_ledger=require_ledger,
+    ) as state:
+        yield state
