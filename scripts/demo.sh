@@ -11,7 +11,9 @@ done
 export R2MIGRATE_STATE_DIR=.r2migrate/demo
 R2M=.venv/bin/r2migrate
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold only on a terminal: a log file or a CI console gets plain text.
+if [ -t 1 ]; then BOLD=$'\033[1m'; PLAIN=$'\033[0m'; else BOLD=; PLAIN=; fi
+step() { printf '\n%s== %s%s\n' "$BOLD" "$*" "$PLAIN"; }
 
 step "Fresh embedded stack under $R2MIGRATE_STATE_DIR"
 $R2M dev down >/dev/null 2>&1 || true
@@ -48,7 +50,7 @@ step "6. Status"
 $R2M batches
 
 report=$(sed -n 's/^  report: *//p' "$R2MIGRATE_STATE_DIR/04.out")
-printf '\n\033[1mVerification report for stakeholders:\033[0m %s\n' "$report"
+printf '\n%sVerification report for stakeholders:%s %s\n' "$BOLD" "$PLAIN" "$report"
 printf '\nThe stack keeps running for you to explore (settings come from %s/stack.json):\n' "$R2MIGRATE_STATE_DIR"
 printf '  R2MIGRATE_STATE_DIR=%s .venv/bin/r2migrate batches\n' "$R2MIGRATE_STATE_DIR"
 printf 'Stop it with: R2MIGRATE_STATE_DIR=%s .venv/bin/r2migrate dev down\n' "$R2MIGRATE_STATE_DIR"
