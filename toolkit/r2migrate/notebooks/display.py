@@ -73,7 +73,10 @@ def show_batches(
         completed=frame["completed_at"].map(_short_time),
     )
     columns = ["batch_id", "status", "files", "uploaded", "verified", "skipped", "failed"]
-    show_table(frame[[*columns, "conflict", "size", "completed"]], caption=caption or None)
+    shown = frame[[*columns, "conflict", "size", "completed"]].rename(
+        columns={"batch_id": "batch", "conflict": "conflicts", "completed": "completed (UTC)"}
+    )
+    show_table(shown, caption=caption or None)
 
 
 def _short_time(at: object) -> str:
