@@ -201,6 +201,31 @@ def test_changed_size_and_a_cut_body_fail_without_an_object(http_settings, serve
     assert len(keys) == len(FILES) - 3  # everything else went through
 
 
+def test_rollback_proves_a_row_without_a_digest_ours_over_http(http_settings, served):
+    """A failed row whose PUT landed (its answer lost) records no SHA-256: rollback proves the
+    object ours by hashing the source, here the application's MEDIA_URL (there is no
+    MEDIA_ROOT on this machine), and deletes it; before, it was refused and left behind."""
+    from r2migrate.stages.rollback import RollbackOutcome, rollback
+
+    settings = http_settings()
+    with State.open(settings.database_url) as state:
+        inventory(settings, state)
+        (batch_id,) = plan(settings, state, batch_size=100).batch_ids
+        run_batches(settings, state, batch_id=batch_id)
+        victim = "uploads/résumé 2024.pdf"
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE r2migrate.files SET status = 'failed', source_sha256 = NULL,"
+                " object_sha256 = NULL, etag = NULL WHERE batch_id = %s AND relative_path = %s",
+                (batch_id, victim),
+            )
+        summary = rollback(settings, state, batch_id)
+    outcomes = {item.object_key: item.outcome for item in summary.items}
+    (victim_key,) = [key for key in outcomes if key.endswith(victim)]
+    assert outcomes[victim_key] is RollbackOutcome.DELETED, summary.items
+    assert summary.ok and _objects(settings) == {}
+
+
 def test_plan_proves_an_existing_object_ours_over_http(http_settings, served):
     settings = http_settings()
     with State.open(settings.database_url) as state:

@@ -45,12 +45,13 @@ from typing import Any
 from r2migrate.errors import (
     BatchBusy,
     BucketError,
+    ConfigError,
     ExitCode,
     Interrupted,
     ObjectChanged,
     SourceError,
 )
-from r2migrate.media import disk as source
+from r2migrate.media.base import MediaSource, open_media_source
 from r2migrate.rules import binding
 from r2migrate.runtime.pool import drain
 from r2migrate.runtime.retry import Requests
@@ -208,7 +209,13 @@ class _Remover:
         dry_run: bool,
     ) -> None:
         self.bucket = bucket
-        self.media_root = settings.media_root
+        # The source proves a row with no recorded digest ours (disk or the application's
+        # MEDIA_URL); a rollback needs none otherwise, so an unset one only refuses such rows.
+        self.media: MediaSource | None = open_media_source(settings)
+        try:
+            self.media.require_configured()
+        except ConfigError:
+            self.media = None
         self.settings = settings
         self.stop = stop
         self.dry_run = dry_run
@@ -286,6 +293,10 @@ class _Remover:
             return done(RollbackOutcome.ERROR, ask.why(exc), retryable=exc.retryable)
         return done(RollbackOutcome.DELETED, etag=info.etag)
 
+    def close(self) -> None:
+        if self.media is not None:
+            self.media.close()
+
     def _expected(self, rec: FileRecord) -> tuple[str | None, int, str]:
         """(SHA-256, size) this batch's object must have; or (None, 0, why it cannot be known)."""
         known = rec.object_sha256 or rec.source_sha256
@@ -293,10 +304,10 @@ class _Remover:
             return known, rec.size_bytes, ""
         # A failed row records no digest, yet its PUT may have landed with the lost answer; the
         # object is ours only if it carries the source's current SHA-256 (transfer's own rule).
-        if self.media_root is None:
-            return None, 0, "the ledger holds no SHA-256 for this file and media_root is not set"
+        if self.media is None:
+            return None, 0, "the ledger holds no SHA-256 for this file and no source is set"
         try:
-            digest, size = source.sha256_file(self.media_root, rec.relative_path)
+            digest, size = self.media.sha256(rec.relative_path)
         except SourceError as exc:
             return None, 0, f"cannot prove it ours: source {exc.problem.value}: {exc.message}"
         return digest, size, ""
@@ -388,15 +399,18 @@ def _remove_all(
 ) -> None:
     """Ask the bucket about each row in the worker threads; each result reaches ``tally`` here."""
     remover = _Remover(bucket, settings, stop, dry_run=tally.dry_run)
-    untried = drain(
-        remover.remove,
-        to_ask,
-        tally,
-        workers=settings.workers,
-        stop=stop,
-        thread_name="r2m-rollback",
-        poll_s=FLUSH_EVERY_S,
-    )
+    try:
+        untried = drain(
+            remover.remove,
+            to_ask,
+            tally,
+            workers=settings.workers,
+            stop=stop,
+            thread_name="r2m-rollback",
+            poll_s=FLUSH_EVERY_S,
+        )
+    finally:
+        remover.close()
     for rec in untried:  # only left when the endpoint kept failing
         tally.add(_Done(_item(rec, RollbackOutcome.ERROR, f"not tried: {tally.aborted}")), rec)
 
