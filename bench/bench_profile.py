@@ -31,7 +31,7 @@ CATEGORIES = (
     "signing (SigV4)",
     "HTTP (connection, send, receive, headers)",
     "botocore (build request, events, parse reply)",
-    "ledger (PostgreSQL: psycopg + state.py)",
+    "ledger (PostgreSQL: psycopg + store/)",
     "file read (open, stat, read)",
     "r2migrate logic (inventory, plan, transfer)",
     "logging",
@@ -62,9 +62,10 @@ _FILE_RULES: tuple[tuple[str, str], ...] = (
     ("/psycopg/", LEDGER),
     ("/psycopg_binary/", LEDGER),
     ("/psycopg_pool/", LEDGER),
-    ("/r2migrate/state.py", LEDGER),
-    ("/r2migrate/source.py", READ),
-    ("/r2migrate/logs.py", LOGGING),
+    ("/r2migrate/s3/sigv4.py", SIGN),
+    ("/r2migrate/store/", LEDGER),
+    ("/r2migrate/media/", READ),
+    ("/r2migrate/runtime/logs.py", LOGGING),
     ("/logging/", LOGGING),
     ("/threading.py", THREADS),
     ("/concurrent/futures/", THREADS),
@@ -109,7 +110,7 @@ def _is_neutral(func: Func) -> bool:
 
 
 def _by_file(path: str, name: str) -> str:
-    if "/r2migrate/fastput.py" in path:
+    if "/r2migrate/s3/fastput.py" in path:
         return SIGN if "sign" in name.lower() else HTTP
     for pattern, category in _FILE_RULES:
         if pattern in path:
@@ -179,8 +180,9 @@ def _top(stats: pstats.Stats, n: int = 15) -> list[dict[str, object]]:
     return [{"function": _label(f), "calls": v[1], "own_s": round(v[2], 4)} for f, v in rows]
 
 
-def profile_stage(fn: Callable[[], object]) -> dict[str, Any]:
-    """Run ``fn`` with a CPU-clock cProfile on this thread and on every thread it starts."""
+def profile_stage(fn: Callable[[], object], dump: Path | None = None) -> dict[str, Any]:
+    """Run ``fn`` with a CPU-clock cProfile on this thread and on every thread it starts;
+    ``dump``: also write the merged raw profile there (``python -m pstats FILE``)."""
     profiles: list[cProfile.Profile] = []
     lock = threading.Lock()
 
@@ -208,6 +210,8 @@ def profile_stage(fn: Callable[[], object]) -> dict[str, Any]:
     for prof in profiles:
         prof.disable()  # the thread has ended; this only snapshots what it collected
         stats.add(prof)
+    if dump is not None:
+        stats.dump_stats(dump)
     seconds, biggest = categorize(stats)
     return {
         "wall_s": wall,
@@ -249,9 +253,9 @@ def main() -> int:
         def do_run() -> None:
             box["run"] = run(settings, state)
 
-        result["plan"] = profile_stage(do_plan)
+        result["plan"] = profile_stage(do_plan, args.out.with_suffix(".plan.pstats"))
         result["plan"]["files"] = box["plan"].upload_files
-        result["run"] = profile_stage(do_run)
+        result["run"] = profile_stage(do_run, args.out.with_suffix(".run.pstats"))
         result["run"]["files"] = box["run"].uploaded
         result["run"]["failed"] = box["run"].failed
     args.out.write_text(json.dumps(result, indent=2), encoding="utf-8")

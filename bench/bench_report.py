@@ -17,6 +17,7 @@ METRICS = (
     "client_cpu_ms_per_file",
     "server_cpu_s",
     "db_cpu_s",
+    "cores_busy",
     "peak_rss_mib",
     "peak_tree_rss_mib",
 )
@@ -173,6 +174,7 @@ def markdown(result: dict[str, Any]) -> str:
             for name, d in result["datasets"].items()
         ),
     )
+    out += _headline(result)
     out += ["", "## Throughput (median of the valid repeats)", ""]
     rows = []
     for row in result["summary"]:
@@ -317,6 +319,57 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("notes"):
         out += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _headline(result: dict[str, Any]) -> list[str]:
+    """Per set and tool: files/s, MiB/s, CPU per file, cores busy, r2migrate / each peer."""
+    summary = result["summary"]
+    peers = list(dict.fromkeys(r["peer"] for r in result["ratios"]))
+    keyed = {(r["set"], r["tool"], r["peer"]): r["ratio"] for r in result["ratios"]}
+    cpus = result["machine"]["cpus"]
+
+    def per_file_ms(row: dict[str, Any], metric: str) -> str:
+        value = row["median"][metric]
+        return _fmt(1000 * value / row["files"], 2) if value is not None else "–"
+
+    rows = []
+    for row in sorted(summary, key=lambda r: _set_order((r["set"], r["tool"]))):
+        med = row["median"]
+        busy = med.get("cores_busy")
+        rows.append(
+            [
+                row["set"],
+                row["tool"],
+                _fmt(med["files_per_s"]),
+                _fmt(med["mib_per_s"]),
+                _fmt(med["client_cpu_ms_per_file"], 2),
+                per_file_ms(row, "server_cpu_s"),
+                per_file_ms(row, "db_cpu_s"),
+                f"{busy:.2f} of {cpus}" if busy is not None else "–",
+                *(_ratio(keyed.get((row["set"], row["tool"], p))) for p in peers),
+            ]
+        )
+    out = ["", "## Summary (medians; r2migrate is `plan` + `run` from a fresh ledger)", ""]
+    out += _table(
+        [
+            "set",
+            "tool",
+            "files/s",
+            "MiB/s",
+            "client CPU ms/file",
+            "weed CPU ms/file",
+            "PostgreSQL CPU ms/file",
+            "cores busy",
+            *(f"r2migrate / {p}" for p in peers),
+        ],
+        rows,
+    )
+    out += [
+        "",
+        "Cores busy: CPU seconds of every process (the client and its children, weed mini, "
+        "PostgreSQL) over wall seconds. Ratios use files/s for small and mix, MiB/s for large.",
+    ]
+    return out
 
 
 def _set_order(pair: tuple[str, str]) -> tuple[int, bool, str]:

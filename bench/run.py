@@ -254,6 +254,11 @@ def _record(
         "client_cpu_ms_per_file": 1000 * cpu / dataset.file_count,
         "server_cpu_s": sum(p.server_cpu_s for p in parts),
         "db_cpu_s": sum(p.db_cpu_s for p in parts),
+        # CPU of every process (client tree, weed mini, PostgreSQL) over wall: of 2 cores, how
+        # many the run kept busy (serial phases and waits leave the rest idle).
+        "cores_busy": (cpu + sum(p.server_cpu_s + p.db_cpu_s for p in parts)) / wall
+        if wall
+        else None,
         "peak_rss_mib": max(p.peak_rss_mib for p in parts),
         "peak_tree_rss_mib": max(tree) if tree else None,
         "exit_codes": {k: p.returncode for k, p in phases.items()},

@@ -25,6 +25,7 @@ METRICS = (
     "client_cpu_ms_per_file",
     "server_cpu_s",
     "db_cpu_s",
+    "cores_busy",
     "peak_rss_mib",
 )
 
@@ -68,6 +69,10 @@ def test_bench_smoke_run_checks_buckets_and_writes_results(tmp_path: Path) -> No
     result = json.loads((run_dir / "results.json").read_text("utf-8"))
     assert (run_dir / "results.md").read_text("utf-8") in done.stdout  # the table is printed
 
+    markdown = (run_dir / "results.md").read_text("utf-8")
+    summary_md = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "| files/s | MiB/s |" in summary_md
+    assert "| cores busy |" in summary_md or "| cores busy" in summary_md
     assert result["schema_version"] == 1
     for key in ("run_id", "args", "machine", "tools", "datasets", "runs", "summary", "ratios"):
         assert key in result
