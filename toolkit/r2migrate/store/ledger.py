@@ -16,6 +16,7 @@ import ...`` keeps working.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -407,33 +408,40 @@ class State(History, Queue):
         wanted = "status = 'pending' OR (status = 'uploading' AND lease_expires_at < now())"
         if include_failed:
             wanted += " OR status = 'failed'"
-        with translate_db_errors(f"claiming files of {batch_id}"), self.conn.transaction():
+        # One statement, so one round trip and atomic on its own (autocommit): the rows become
+        # `uploading` and their 'sending' events are written from the same RETURNING, never
+        # one without the other. A connection in a transaction of its own keeps it.
+        with translate_db_errors(f"claiming files of {batch_id}"), self._atomic():
             rows = self.conn.execute(
                 self._q(
                     "WITH picked AS ("
                     "  SELECT id, status AS previous FROM {s}.files"
                     "  WHERE batch_id = %s AND (" + wanted + ")"
-                    "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)"
-                    " UPDATE {s}.files f SET status = 'uploading', lease_owner = %s,"
-                    "  lease_expires_at = now() + make_interval(secs => %s), updated_at = now()"
-                    " FROM picked WHERE f.id = picked.id"
-                    " RETURNING " + _CLAIM_COLUMNS + ", picked.previous"
+                    "  ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED),"
+                    " claimed AS ("
+                    "  UPDATE {s}.files f SET status = 'uploading', lease_owner = %s,"
+                    "   lease_expires_at = now() + make_interval(secs => %s), updated_at = now()"
+                    "  FROM picked WHERE f.id = picked.id"
+                    "  RETURNING " + _CLAIM_COLUMNS + ", picked.previous),"
+                    # The intent in the history too, before any byte is sent: a PUT that lands
+                    # just before a kill -9 still shows as an attempt, not only as a "resolve".
+                    " intent AS ("
+                    "  INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
+                    "  SELECT c.batch_id, c.id, 'attempt', 'sending',"
+                    "   jsonb_build_object('owner', c.lease_owner, 'previous', c.previous)"
+                    "  FROM claimed c)"
+                    " SELECT * FROM claimed ORDER BY id"
                 ),
                 (batch_id, limit, owner, lease_s),
             ).fetchall()
-            if rows:
-                # The intent in the history too, before any byte is sent: a PUT that lands just
-                # before a kill -9 still shows as an attempt, not only as a later "resolve".
-                self.conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.events (batch_id, file_row_id, kind, outcome, detail)"
-                        " SELECT %s, v.id, 'attempt', 'sending',"
-                        "   jsonb_build_object('owner', %s::text, 'previous', v.previous)"
-                        " FROM unnest(%s::bigint[], %s::text[]) AS v(id, previous)"
-                    ),
-                    (batch_id, owner, [r["id"] for r in rows], [r["previous"] for r in rows]),
-                )
-        return [file_from_row(r) for r in sorted(rows, key=lambda r: r["id"])]
+        return [file_from_row(r) for r in rows]
+
+    def _atomic(self) -> contextlib.AbstractContextManager[object]:
+        """Nothing to add under autocommit (one statement is its own transaction); otherwise a
+        transaction block, as ``conn.transaction()`` gave every caller before."""
+        if self.conn.autocommit:
+            return contextlib.nullcontext()
+        return self.conn.transaction()
 
     def renew_leases(self, row_ids: Sequence[int], *, owner: str, lease_s: float) -> None:
         if not row_ids:

@@ -29,6 +29,7 @@ from r2migrate.stages.recorder import (
 from r2migrate.stages.transfer.results import BatchResult, BatchRun
 from r2migrate.stages.transfer.sender import SOURCE_UNAVAILABLE, Sender
 from r2migrate.store.ledger import (
+    Batch,
     BatchStatus,
     FileRecord,
     FileStatus,
@@ -108,7 +109,7 @@ class BatchScheduler:
         for run in list(self.runs.values()):
             # Started but not finished: interrupted, or the endpoint is down.
             if self.state.open_file_count(run.batch_id) == 0:
-                self._finish(run, finalize_batch(self.state, run.batch_id, run.failures))
+                self._finish(run, *close_batch(self.state, run.batch_id, run.failures))
                 continue
             self.state.set_batch_status(
                 run.batch_id, BatchStatus.PARTIAL, last_error=self.outage or "interrupted"
@@ -151,8 +152,9 @@ class BatchScheduler:
         return True
 
     def _claim(self) -> int | None:
-        """Top up the files in flight from the batch being claimed; the number claimed, or None
-        when no claim was made (the window is full enough, or nothing is left to start)."""
+        """Top up the files in flight from the batch being claimed; the number claimed (0 once
+        the batch has nothing more to claim), or None when no claim was made (the window is
+        full enough, or nothing is left to start)."""
         if self.claiming is None:
             unexhausted = [r for r in self.runs.values() if not r.exhausted]
             if unexhausted:
@@ -161,13 +163,13 @@ class BatchScheduler:
                 self.claiming = self._begin(self.pending.pop(0))
         if self.claiming is None or len(self.in_flight) > self.low_water:
             return None
+        limit = self.window - len(self.in_flight)
         claimed = self.state.claim_files(
-            self.claiming.batch_id,
-            owner=self.owner,
-            limit=self.window - len(self.in_flight),
-            lease_s=self.settings.lease_s,
+            self.claiming.batch_id, owner=self.owner, limit=limit, lease_s=self.settings.lease_s
         )
-        if not claimed:
+        if len(claimed) < limit:
+            # Fewer than asked: nothing else is claimable now, so no empty claim to learn it.
+            # _settle looks again once this batch's uploads are in (other runners' files).
             self.claiming.exhausted = True
             self.claiming = None
         for rec in claimed:
@@ -175,7 +177,8 @@ class BatchScheduler:
             self.in_flight[fut] = rec
             self.runs[rec.batch_id].in_flight += 1
             fut.add_done_callback(self.done_queue.put)
-        return len(claimed)
+        # 0: this batch is used up, claim from the next one at once.
+        return 0 if self.claiming is None else len(claimed)
 
     def _collect(self, fut: Future[Outcome], rec: FileRecord) -> None:
         run = self.runs[rec.batch_id]
@@ -264,7 +267,7 @@ class BatchScheduler:
                 continue
             self.writes.flush()
             if self.state.open_file_count(run.batch_id) == 0:
-                self._finish(run, finalize_batch(self.state, run.batch_id, run.failures))
+                self._finish(run, *close_batch(self.state, run.batch_id, run.failures))
                 continue
             # Claim again at the next look: a dead holder's or an expired lease is claimable.
             self.state.release_dead_leases(
@@ -274,9 +277,10 @@ class BatchScheduler:
             run.next_check = now + min(1.0, self.settings.lease_s / 10)
         return wake
 
-    def _finish(self, run: BatchRun, status: BatchStatus) -> None:
+    def _finish(self, run: BatchRun, status: BatchStatus, counts: Batch | None = None) -> None:
+        """Report a finished batch; ``counts``: its counters as close_batch just refreshed them."""
         del self.runs[run.batch_id]
-        final = self.state.refresh_counts(run.batch_id)
+        final = counts if counts is not None else self.state.refresh_counts(run.batch_id)
         result = run.result(status, final.skipped_files)
         log.info(
             "batch %s %s: %d uploaded, %d failed, %d conflict in %.1fs",
@@ -379,6 +383,14 @@ def finalize_batch(
     """Set the batch's final status, unless another runner still holds some of its files."""
     if state.open_file_count(batch_id) > 0:
         return BatchStatus.RUNNING
+    return close_batch(state, batch_id, failures)[0]
+
+
+def close_batch(
+    state: State, batch_id: str, failures: Sequence[tuple[str, str, str]]
+) -> tuple[BatchStatus, Batch]:
+    """finalize_batch once the caller has seen no open file: the final status and the counts
+    it refreshed (so reporting the batch needs no second count)."""
     counts = state.refresh_counts(batch_id)
     ok = counts.uploaded_files + counts.skipped_files  # uploaded counts verified files too
     status = (
@@ -389,7 +401,7 @@ def finalize_batch(
         else BatchStatus.FAILED
     )
     state.set_batch_status(batch_id, status, last_error=failures[0][2] if failures else None)
-    return status
+    return status, counts
 
 
 def _write_back(
