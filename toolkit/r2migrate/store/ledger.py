@@ -519,8 +519,14 @@ class State(History, Queue):
             for o in outcomes
             for kind, outcome, detail in o.events
         ]
-        with translate_db_errors(f"recording outcomes for {batch_id}"), self.conn.transaction():
-            updated = self.conn.execute(
+        # A pipeline: BEGIN, the update, the events, the counters and COMMIT go out together,
+        # one round trip instead of five, and stay one transaction.
+        with (
+            translate_db_errors(f"recording outcomes for {batch_id}"),
+            self.conn.pipeline(),
+            self.conn.transaction(),
+        ):
+            updated_cur = self.conn.execute(
                 self._q(
                     "UPDATE {s}.files f SET status = v.status, attempts = f.attempts + v.attempts,"
                     " source_sha256 = coalesce(v.source_sha256, f.source_sha256),"
@@ -542,10 +548,7 @@ class State(History, Queue):
                     " RETURNING f.id"
                 ),
                 [list(c) for c in columns] + [owner],
-            ).fetchall()
-            if len(updated) != len(outcomes):
-                lost = {o.row_id for o in outcomes} - {r["id"] for r in updated}
-                log.warning("rows %s are no longer leased by this runner", sorted(lost))
+            )
             if events:
                 self.conn.execute(
                     self._q(
@@ -556,6 +559,10 @@ class State(History, Queue):
                     [list(c) for c in zip(*events, strict=True)],
                 )
             self._refresh_counts(batch_id)
+        updated = updated_cur.fetchall()  # the pipeline has synced: no round trip here
+        if len(updated) != len(outcomes):
+            lost = {o.row_id for o in outcomes} - {r["id"] for r in updated}
+            log.warning("rows %s are no longer leased by this runner", sorted(lost))
         return len(updated)
 
 
