@@ -436,6 +436,13 @@ class State(History, Queue):
             ).fetchall()
         return [file_from_row(r) for r in rows]
 
+    @contextlib.contextmanager
+    def pipelined(self, doing: str) -> Iterator[None]:
+        """Statements run inside go out together and wait only where a result is read (fewer
+        round trips); an error of any of them surfaces by the end, as a DatabaseError."""
+        with translate_db_errors(doing), self.conn.pipeline():
+            yield
+
     def _atomic(self) -> contextlib.AbstractContextManager[object]:
         """Nothing to add under autocommit (one statement is its own transaction); otherwise a
         transaction block, as ``conn.transaction()`` gave every caller before."""

@@ -237,8 +237,9 @@ class BatchScheduler:
     def _begin(self, batch_id: str) -> BatchRun:
         state = self.state
         state.release_dead_leases(batch_id, stalled_worker_s=self.settings.stalled_worker_s)
-        state.set_batch_status(batch_id, BatchStatus.RUNNING)
-        current = state.refresh_counts(batch_id)
+        with state.pipelined(f"starting batch {batch_id}"):  # one round trip, not four
+            state.set_batch_status(batch_id, BatchStatus.RUNNING)
+            current = state.refresh_counts(batch_id)
         log.info(
             "running batch %s: %d file(s), %d bytes",
             batch_id,
@@ -391,17 +392,22 @@ def close_batch(
 ) -> tuple[BatchStatus, Batch]:
     """finalize_batch once the caller has seen no open file: the final status and the counts
     it refreshed (so reporting the batch needs no second count)."""
-    counts = state.refresh_counts(batch_id)
+    with state.pipelined(f"closing batch {batch_id}"):  # two round trips, not four
+        counts = state.refresh_counts(batch_id)
+        status = _final_status(counts)
+        state.set_batch_status(batch_id, status, last_error=failures[0][2] if failures else None)
+    return status, counts
+
+
+def _final_status(counts: Batch) -> BatchStatus:
     ok = counts.uploaded_files + counts.skipped_files  # uploaded counts verified files too
-    status = (
+    return (
         BatchStatus.COMPLETED
         if ok == counts.total_files
         else BatchStatus.PARTIAL
         if ok
         else BatchStatus.FAILED
     )
-    state.set_batch_status(batch_id, status, last_error=failures[0][2] if failures else None)
-    return status, counts
 
 
 def _write_back(
