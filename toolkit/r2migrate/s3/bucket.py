@@ -188,9 +188,23 @@ class Bucket:
             )
         self.name: str = settings.bucket_name
         self.endpoint_url = settings.effective_endpoint_url
-        self.client = client or make_client(settings)
+        self._settings = settings
+        self._client = client
+        self._client_lock = threading.Lock()
         self.object_parameters = dict(settings.object_parameters)
         self.tls_hint = tls_hint(settings)
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 client, made on first use: an upload process whose small files all go
+        through fastput never needs one (making it costs ~0.1 s of CPU: botocore's models)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = make_client(self._settings)
+                client = self._client
+        return client
 
     def _error(
         self, exc: Exception, *, op: str, bucket: str, key: str | None = None
