@@ -490,7 +490,7 @@ class State(History, Queue):
         return cur.rowcount
 
     def record_outcomes(self, batch_id: str, outcomes: Sequence[Outcome], *, owner: str) -> int:
-        """Write a group of outcomes in one transaction and two statements.
+        """Write a group of outcomes in one transaction: one pipeline, one round trip.
 
         The arrays go in binary (``%b``): psycopg builds text arrays in Python, escaping every
         quoted ETag, which cost about three times the client CPU per row.
@@ -500,27 +500,7 @@ class State(History, Queue):
         """
         if not outcomes:
             return 0
-        columns = list(
-            zip(
-                *[
-                    (
-                        o.row_id,
-                        o.status.value,
-                        o.attempts_made,
-                        o.source_sha256,
-                        o.object_sha256,
-                        o.etag,
-                        o.part_size_bytes,
-                        o.size_bytes,
-                        o.error_code,
-                        o.error_message,
-                        o.mtime_ns,
-                    )
-                    for o in outcomes
-                ],
-                strict=True,
-            )
-        )
+        columns = _outcome_columns(outcomes)
         events = [
             (batch_id, o.row_id, kind, outcome, json.dumps(dict(detail), default=str))
             for o in outcomes
@@ -571,6 +551,31 @@ class State(History, Queue):
             lost = {o.row_id for o in outcomes} - {r["id"] for r in updated}
             log.warning("rows %s are no longer leased by this runner", sorted(lost))
         return len(updated)
+
+
+def _outcome_columns(outcomes: Sequence[Outcome]) -> list[tuple[Any, ...]]:
+    """The outcomes as columns (one tuple per column), in record_outcomes' unnest order."""
+    return list(
+        zip(
+            *[
+                (
+                    o.row_id,
+                    o.status.value,
+                    o.attempts_made,
+                    o.source_sha256,
+                    o.object_sha256,
+                    o.etag,
+                    o.part_size_bytes,
+                    o.size_bytes,
+                    o.error_code,
+                    o.error_message,
+                    o.mtime_ns,
+                )
+                for o in outcomes
+            ],
+            strict=True,
+        )
+    )
 
 
 # What a runner needs of a claimed row: the timestamps stay in the database, unparsed.
