@@ -26,6 +26,7 @@ from r2migrate.errors import (
     BucketError,
     BucketUnavailable,
     CertificateRefused,
+    ConfigError,
     DigestMismatch,
     NoSuchBucket,
     ObjectChanged,
@@ -180,8 +181,6 @@ class Bucket:
 
     def __init__(self, settings: Settings, *, client: S3Client | None = None) -> None:
         if not settings.bucket_name:
-            from r2migrate.errors import ConfigError
-
             raise ConfigError(
                 "No bucket configured.",
                 hint="Set bucket_name in r2migrate.toml or R2MIGRATE_BUCKET_NAME.",
@@ -191,6 +190,8 @@ class Bucket:
         self._settings = settings
         self._client = client
         self._client_lock = threading.Lock()
+        if client is None:
+            tls_verify(settings)  # an unreadable ca_bundle is a ConfigError now, not at first use
         self.object_parameters = dict(settings.object_parameters)
         self.tls_hint = tls_hint(settings)
 
