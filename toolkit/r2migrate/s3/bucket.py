@@ -197,8 +197,7 @@ class Bucket:
 
     @property
     def client(self) -> S3Client:
-        """The boto3 client, made on first use: an upload process whose small files all go
-        through fastput never needs one (making it costs ~0.1 s of CPU: botocore's models)."""
+        """The boto3 client, made on first use (~0.1 s of CPU): fastput's uploads need none."""
         client = self._client
         if client is None:
             with self._client_lock:
