@@ -817,8 +817,8 @@ def rollback_under_faults(
     After the migration (proven by the audit), someone else puts objects beside ours (outside
     and inside the batch's key space), replaces one of ours with a foreign object, and another
     with an impostor that copies our sha256 metadata and size but not our bytes. Rollback runs
-    (`r2migrate rollback BATCH`) until nothing but refusals is left: every object the batch wrote
-    is gone, and every other object holds its bytes.
+    (`r2migrate rollback --batch BATCH`) until nothing but refusals is left: every object the
+    batch wrote is gone, and every other object holds its bytes.
     """
     started = time.monotonic()
     (batch_id,) = _prepare(world, files, seed=seed, batch_size=max(1000, files))

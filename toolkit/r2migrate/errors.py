@@ -258,7 +258,7 @@ class BatchRolledBack(StateError):
 
 class BatchBusy(StateError):
     default_hint = (
-        "Another runner is working on this batch; watch it with `r2migrate status BATCH`, "
+        "Another runner is working on this batch; watch it with `r2migrate status --batch BATCH`, "
         "or wait for its lease to expire."
     )
 

@@ -34,7 +34,7 @@ def verify_batch(
 ) -> BaseModel:
     """Check the batch against the bucket: cheap (HEAD), ``deep`` or a ``sample`` read back.
 
-    ``r2migrate verify BATCH [--deep | --sample N]``; ``ok`` is false when any file is not a
+    ``r2migrate verify --batch BATCH [--deep | --sample N]``; ``ok`` is false when any file is not a
     match (the CLI's exit 1), and ``problems`` lists those files. The options go in the JSON
     body or the query (``?deep=true``, ``?sample=N&seed=S``); the body wins where both are set.
     """
@@ -54,7 +54,7 @@ def verify_batch(
 def rollback(ctx: Ctx, batch_id: BatchId, body: RollbackBatch) -> BaseModel:
     """Delete only the objects this batch wrote that still hold its SHA-256 (``dry_run``: list).
 
-    ``r2migrate rollback BATCH [--dry-run]``. 409 while a runner holds the batch's files.
+    ``r2migrate rollback --batch BATCH [--dry-run]``. 409 while a runner holds the batch's files.
     """
     if ctx.jobs.running(batch_id):
         raise BatchBusy(

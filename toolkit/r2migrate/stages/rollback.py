@@ -347,7 +347,7 @@ def rollback(
     if state.live_lease_count(batch_id):
         raise BatchBusy(
             f"Batch {batch_id} is being uploaded right now; it cannot be rolled back meanwhile.",
-            hint=f"Stop the runner (or wait for it), then run `r2migrate rollback {batch_id}`.",
+            hint=f"Stop the runner (or wait for it), then run `r2migrate rollback --batch {batch_id}`.",
         )
     records = state.batch_files(batch_id)
     todo = [r for r in records if r.status is not FileStatus.ROLLED_BACK]
@@ -373,7 +373,7 @@ def rollback(
     except KeyboardInterrupt as exc:
         raise Interrupted(
             f"Rollback of {batch_id} interrupted; every deletion made so far is recorded.",
-            hint=f"Finish it with `r2migrate rollback {batch_id}`.",
+            hint=f"Finish it with `r2migrate rollback --batch {batch_id}`.",
         ) from exc
     finally:
         tally.flush()

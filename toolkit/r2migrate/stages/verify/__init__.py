@@ -256,7 +256,7 @@ def _check_arguments(
     if (batch_id is None) == (not all_batches):
         raise ConfigError(
             "Say which batch to verify: a batch id, or all batches.",
-            hint="`r2migrate verify BATCH` or `r2migrate verify --all`.",
+            hint="`r2migrate verify --batch BATCH` or `r2migrate verify --all`.",
         )
     if sample is not None and (sample < 0 or deep):
         raise ConfigError(
