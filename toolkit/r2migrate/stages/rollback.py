@@ -347,7 +347,7 @@ def rollback(
     if state.live_lease_count(batch_id):
         raise BatchBusy(
             f"Batch {batch_id} is being uploaded right now; it cannot be rolled back meanwhile.",
-            hint=f"Stop the runner (or wait for it), then run `r2migrate rollback --batch {batch_id}`.",
+            hint=f"Stop the runner (or wait), then run `r2migrate rollback --batch {batch_id}`.",
         )
     records = state.batch_files(batch_id)
     todo = [r for r in records if r.status is not FileStatus.ROLLED_BACK]
