@@ -49,6 +49,7 @@ from bench_measure import Measured, ServerCpu, run_measured
 from bench_tools import Endpoint, Installed, Tool
 
 from r2migrate.dev import stack as devstack
+from r2migrate.dev.sample import SAMPLE_TABLE, create_sample_table
 from r2migrate.s3.bucket import make_client
 from r2migrate.settings.config import load_settings
 
@@ -58,7 +59,6 @@ TLS_SETS = tuple(s + bench_report.TLS_SUFFIX for s in SETS)  # the same data ove
 DEFAULT_SETS = (*SETS, "small-tls")
 CHECKS = ("dryrun100k", "rerun")
 SCHEMA_VERSION = 1
-SAMPLE_TABLE = "list_cutter_savedfile"
 PROFILE_MAX_SCALE = 0.2  # the profile runs on at most 2,000 small files (it slows Python ~3x)
 DRY_RUN_TARGET_S = 10.0  # issue 17: inventory + dry run of 100,000 rows <= 10 s
 RERUN_TARGET_S = 2.0
@@ -159,19 +159,7 @@ def drop_bucket(client: Any, bucket: str) -> None:
 def load_table(database_url: str, dataset: Dataset) -> None:
     """The Django table the original system had, one row per file of the dataset (COPY)."""
     with psycopg.connect(database_url) as conn:
-        conn.execute(
-            f"""CREATE TABLE {SAMPLE_TABLE} (
-                id serial PRIMARY KEY,
-                file_id text UNIQUE NOT NULL,
-                file_name text,
-                file_path text,
-                uploaded_at timestamptz,
-                system_tags jsonb,
-                user_tags jsonb,
-                metadata jsonb,
-                user_id integer
-            )"""
-        )
+        create_sample_table(conn)
         when = datetime(2023, 1, 1, tzinfo=UTC)
         with (
             conn.cursor() as cur,

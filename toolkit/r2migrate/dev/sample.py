@@ -232,8 +232,9 @@ def _check_sample_table(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def _write_sample_table(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
-    conn.execute(f"DROP TABLE IF EXISTS {SAMPLE_TABLE}")
+def create_sample_table(conn: psycopg.Connection[Any]) -> None:
+    """The original system's Django table (``list_cutter.SavedFile``), empty; the sample data
+    and the bench both fill it."""
     conn.execute(
         f"""CREATE TABLE {SAMPLE_TABLE} (
             id serial PRIMARY KEY,
@@ -247,6 +248,11 @@ def _write_sample_table(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...
             user_id integer
         )"""
     )
+
+
+def _write_sample_table(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {SAMPLE_TABLE}")
+    create_sample_table(conn)
     conn.execute(f"COMMENT ON TABLE {SAMPLE_TABLE} IS '{_TABLE_COMMENT}'")
     with conn.cursor() as cur:
         cur.executemany(

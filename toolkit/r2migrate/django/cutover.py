@@ -44,7 +44,7 @@ from typing import Any
 
 from r2migrate.django.render import table
 from r2migrate.django.storage_options import StorageOptions, check_storage_options
-from r2migrate.errors import ConfigError, Problem, SourceError
+from r2migrate.errors import BucketError, ConfigError, Problem, SourceError
 from r2migrate.media import disk as source
 from r2migrate.rules import binding
 from r2migrate.s3.bucket import translate_error
@@ -391,9 +391,7 @@ def _check_row(
     except FileNotFoundError:
         asked.found.append(CutoverProblem.NO_OBJECT)
     except Exception as exc:
-        err = translate_error(exc, op="HEAD", bucket=str(storage.bucket_name), key=key)
-        if err.whole_run:  # wrong credentials, bucket or certificate: every key would fail
-            raise err from exc
+        err = _storage_error(storage, exc, key)
         asked.found.append(CutoverProblem.ERROR)
         asked.notes.append(err.message)
     if not asked.found:
@@ -421,10 +419,17 @@ def _in_bucket(storage: Any, name: str) -> bool:
     except SuspiciousOperation:
         return False
     except Exception as exc:
-        err = translate_error(exc, op="HEAD", bucket=str(storage.bucket_name), key=name)
-        if err.whole_run:  # wrong credentials, bucket or certificate: every key would fail
-            raise err from exc
+        _storage_error(storage, exc, name)
         return False
+
+
+def _storage_error(storage: Any, exc: Exception, key: str) -> BucketError:
+    """The toolkit's error for a failed storage request on one key; raised at once when it is
+    wrong for every key (credentials, bucket, certificate), since then every row would fail."""
+    err = translate_error(exc, op="HEAD", bucket=str(storage.bucket_name), key=key)
+    if err.whole_run:
+        raise err from exc
+    return err
 
 
 @dataclass
